@@ -1,0 +1,175 @@
+"""Model directories and checkpoints: safetensors for tensors, JSON for the rest, atomic writes.
+
+A *model directory* holds ``model.safetensors`` (weights; the frozen embedding
+is not stored, it is rebuilt from the substrate spec and checked against the
+fingerprint) and ``model.json`` (format, kind, config, substrate spec and
+fingerprint). A *run directory* (written by ``growlm grow``) holds
+``model/`` (the final model), ``stages/stage-NN/`` (the model at the end of
+each stage) and ``checkpoints/`` (resumable training state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from growlm.model import Config, GrowLM
+from growlm.substrate import Substrate
+
+FORMAT = "growlm-model-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, foreign or does not fit."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors`` save through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_dir(final: Path):
+    """Context manager: yields a temporary directory that replaces ``final`` on success."""
+    return _AtomicDir(Path(final))
+
+
+class _AtomicDir:
+    def __init__(self, final: Path):
+        self.final = final
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}."))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.final, old)
+        os.replace(self.tmp, self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: Path, what: str = "file") -> dict:
+    """Read a JSON object, turning every failure into a ``CheckpointError`` that names the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{what} {path} is unreadable or truncated: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what} {path} is not a JSON object")
+    return data
+
+
+def read_tensors(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning failures into a ``CheckpointError`` that names the file."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} file {path} does not exist") from None
+    except (SafetensorsError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{what} file {path} is corrupt or truncated ({e}); "
+                              "restore it or resume from an earlier checkpoint") from None
+
+
+def model_meta(model: GrowLM) -> dict:
+    """The JSON description saved next to a GrowLM's weights."""
+    return {"format": FORMAT, "kind": "growlm", "config": model.cfg.to_dict(),
+            "substrate": model.substrate_spec, "substrate_fingerprint": model.substrate_fingerprint}
+
+
+def save_model(model: torch.nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write a model directory atomically (weights + JSON); works for GrowLM and composed models."""
+    path = Path(path)
+    meta = model.save_meta() if hasattr(model, "save_meta") else model_meta(model)
+    meta.update(extra or {})
+    state = {k: v for k, v in model.state_dict().items()}
+    with atomic_dir(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory, or the final model of a run directory."""
+    path = Path(path)
+    if (path / "model.json").exists():
+        return path
+    if (path / "model" / "model.json").exists():
+        return path / "model"
+    stages = sorted((path / "stages").glob("stage-*")) if (path / "stages").exists() else []
+    if stages:
+        return stages[-1]
+    raise CheckpointError(f"{path} is not a growlm model or run directory (no model.json, model/ or stages/)")
+
+
+def load_model(path: str | Path, substrate: Substrate | None = None, map_location: str = "cpu") -> torch.nn.Module:
+    """Load a model directory (or a run's final model); checks the substrate fingerprint."""
+    d = resolve_model_dir(path)
+    meta = read_json(d / "model.json", "model description")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{d} is not a growlm model (format {meta.get('format')!r}, expected {FORMAT!r})")
+    kind = meta.get("kind")
+    if kind == "composed":
+        from growlm.compose import load_composed
+
+        return load_composed(d, meta, map_location=map_location)
+    if kind != "growlm":
+        raise CheckpointError(f"{d}: unknown model kind {kind!r}")
+    state = read_tensors(d / "model.safetensors")
+    return build_growlm(meta, state, substrate, where=str(d)).to(map_location)
+
+
+def build_growlm(meta: dict, state: dict[str, torch.Tensor], substrate: Substrate | None = None,
+                 where: str = "checkpoint") -> GrowLM:
+    """A GrowLM from its saved description and weights, on the substrate the description names."""
+    cfg = Config.from_dict(meta["config"])
+    if substrate is None:
+        substrate = Substrate.from_spec(meta["substrate"])
+    substrate.check_same(meta["substrate_fingerprint"], f"model at {where}")
+    model = GrowLM(cfg, substrate)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {where} do not fit the saved config: {e}") from None
+    return model

@@ -1,0 +1,69 @@
+"""The ``growlm`` command: a thin map from subcommands to library functions.
+
+Each subcommand lives in the module that owns its concept and exposes
+``add_parser(subparsers)``; the parser sets ``func`` to a function taking the
+parsed arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+# subcommand modules, in the order ``growlm --help`` lists them
+COMMAND_MODULES = [
+    "growlm.commands.substrate",
+]
+
+
+def _params(args: argparse.Namespace) -> int:
+    from growlm.growth import parameter_budget
+    from growlm.model import Config
+
+    overrides = {"d_model": args.d_model, "n_layer": args.n_layer, "n_head": args.n_head}
+    cfg = Config.from_preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
+    if args.vocab:
+        from growlm.substrate import Vocabulary
+
+        cfg.vocab_size = len(Vocabulary.load(args.vocab))
+    print(json.dumps(parameter_budget(cfg, args.train_newest), indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="growlm", description=__import__("growlm").__doc__)
+    parser.add_argument("--version", action="version", version=f"growlm {__import__('growlm').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("params", help="parameter counts (fully trainable, frozen interface, grown active) as JSON")
+    p.add_argument("--preset", default="paper", help="config preset (paper, llama, demo, tiny)")
+    p.add_argument("--d-model", type=int)
+    p.add_argument("--n-layer", type=int)
+    p.add_argument("--n-head", type=int)
+    p.add_argument("--vocab", help="vocabulary whose size sets V (bmp65k, compact)")
+    p.add_argument("--train-newest", type=int, default=1, help="blocks trained per growth stage (with the head)")
+    p.set_defaults(func=_params)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``growlm`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"growlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""``growlm substrate build|info`` and ``growlm tokenize``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", default="glyph", choices=["glyph", "binary"])
+    p.add_argument("--vocab", default="compact", help="bmp65k (paper layout, V=65536) or compact (V=16384)")
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--bits", type=int, help="binary substrate: code length k (default ceil(log2 V))")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from growlm.substrate import Substrate
+
+    opts = {"bits": args.bits} if args.bits else {}
+    t = time.perf_counter()
+    sub = Substrate.build(args.kind, args.vocab, args.d_model, cache=not args.no_cache, **opts)
+    built = time.perf_counter() - t
+    info = sub.info() if args.command_sub == "info" else {"spec": sub.spec.to_dict(), "fingerprint": sub.fingerprint,
+                                                          "shape": list(sub.matrix.shape)}
+    info["build_seconds"] = round(built, 2)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from growlm.substrate import Tokenizer
+
+    tok = Tokenizer.load(args.vocab)
+    ids = tok.encode(args.text)
+    print(json.dumps({"vocab": tok.name, "ids": ids, "tokens": [tok.token_text(i) for i in ids],
+                      "chars_per_token": round(len(args.text) / max(1, len(ids)), 3)}, ensure_ascii=False))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("substrate", help="build a substrate (cached on disk) or show its fingerprint and rank")
+    s = p.add_subparsers(dest="command_sub", metavar="ACTION", required=True)
+    for name, text in [("build", "build and cache; print spec and fingerprint"),
+                       ("info", "build (or load) and print spec, fingerprint, shape and rank")]:
+        q = s.add_parser(name, help=text)
+        _spec_args(q)
+        q.add_argument("--no-cache", action="store_true", help="build even if cached; write no cache")
+        q.set_defaults(func=_build)
+    p = sub.add_parser("tokenize", help="show the ids and tokens of a text")
+    p.add_argument("text")
+    p.add_argument("--vocab", default="compact")
+    p.set_defaults(func=_tokenize)

@@ -1,0 +1,117 @@
+"""Glyph substrate: tokens drawn with GNU Unifont, reduced by PCA, rows L2-normalised.
+
+Every token becomes a 16x16 grey image:
+* a character is its Unifont glyph (8 or 16 pixels wide), resized to the cell;
+* an n-gram is its characters' glyphs side by side, resized to one cell;
+* a character Unifont has no glyph for is drawn as its hex code (``"D7A5"``);
+* specials and byte tokens are their names drawn inverted (ink on a full
+  background), which no text token can produce, so all vectors stay distinct.
+Images go through PCA (eigendecomposition of the 256x256 covariance in
+float64, signs fixed so the largest-magnitude loading is positive); the
+leading ``d_model`` components are kept. Unifont cells have 256 pixels, so the
+substrate's rank is at most 256: for ``d_model > 256`` the extra columns are
+the (zero-variance) components past the data's rank, i.e. zeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from growlm.substrate.vocab import Vocabulary
+
+GLYPH_DIR = Path(__file__).parent / "glyphs"
+UNIFONT_FILE = GLYPH_DIR / "unifont-15.0.01.hex.xz"
+UNIFONT_SHA256 = "fe93c0df9a69e71df0fcf9e71af3adab3c85a393b1a3cae1eb32f69880fc1841"  # of the .hex text
+CELL = 16
+
+
+def unifont_path() -> Path:
+    """The pinned Unifont hex file (``GROWLM_UNIFONT`` may point at another copy of the same file)."""
+    env = os.environ.get("GROWLM_UNIFONT")
+    path = Path(env) if env else UNIFONT_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Unifont glyph source not found at {path}. It ships with growlm as {UNIFONT_FILE.name}; "
+            "reinstall growlm, or install Debian's 'unifont' package (apt-get install unifont) and set "
+            "GROWLM_UNIFONT=/usr/share/unifont/unifont.hex")
+    return path
+
+
+@lru_cache(maxsize=1)
+def load_unifont() -> dict[int, np.ndarray]:
+    """Parse the pinned Unifont hex file into {code point: uint8 bitmap [16, 8 or 16]}; verifies its hash."""
+    path = unifont_path()
+    raw = path.read_bytes()
+    if path.suffix == ".xz":
+        raw = lzma.decompress(raw)
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != UNIFONT_SHA256:
+        raise ValueError(f"Unifont file {path} has sha256 {digest}, expected {UNIFONT_SHA256} "
+                         "(GNU Unifont 15.0.01 unifont.hex); the glyph substrate is pinned to that file")
+    glyphs: dict[int, np.ndarray] = {}
+    for line in raw.decode("ascii").splitlines():
+        cp_hex, bits = line.split(":")
+        width = len(bits) * 4 // CELL  # 32 hex digits -> 8 px wide, 64 -> 16 px
+        rows = np.frombuffer(bytes.fromhex(bits), dtype=np.uint8).reshape(CELL, width // 8)
+        glyphs[int(cp_hex, 16)] = np.unpackbits(rows, axis=1)
+    return glyphs
+
+
+def _char_bitmap(glyphs: dict[int, np.ndarray], ch: str) -> np.ndarray:
+    g = glyphs.get(ord(ch))
+    if g is not None:
+        return g
+    return np.concatenate([glyphs[ord(c)] for c in f"{ord(ch):04X}"], axis=1)
+
+
+def _to_cell(bitmap: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(bitmap.astype(np.float64))[None, None]
+    return F.adaptive_avg_pool2d(t, (CELL, CELL))[0, 0].numpy()
+
+
+def token_images(vocab: Vocabulary) -> np.ndarray:
+    """[V, 256] float64 pixel matrix of every token in ``vocab``."""
+    glyphs = load_unifont()
+    images = np.zeros((len(vocab), CELL * CELL), dtype=np.float64)
+    cache: dict[bytes, np.ndarray] = {}
+    for i, tok in enumerate(vocab.tokens):
+        if tok.kind in ("char", "ngram"):
+            text, invert = tok.text, False
+        else:
+            text, invert = tok.text, True
+        bitmap = np.concatenate([_char_bitmap(glyphs, c) for c in text], axis=1)
+        key = bitmap.tobytes() + bytes([bitmap.shape[1]])
+        cell = cache.get(key)
+        if cell is None:
+            cell = cache[key] = _to_cell(bitmap)
+        images[i] = (1.0 - cell if invert else cell).reshape(-1)
+    return images
+
+
+def pca_embed(images: np.ndarray, d_model: int) -> np.ndarray:
+    """Project centred ``images`` on their leading principal axes; [V, d_model], rows L2-normalised."""
+    x = images - images.mean(axis=0, keepdims=True)
+    cov = x.T @ x / x.shape[0]
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(-evals, kind="stable")
+    evecs = evecs[:, order]
+    signs = np.sign(evecs[np.abs(evecs).argmax(axis=0), np.arange(evecs.shape[1])])
+    evecs = evecs * np.where(signs == 0, 1.0, signs)
+    k = min(d_model, evecs.shape[1])
+    z = np.zeros((x.shape[0], d_model), dtype=np.float64)
+    z[:, :k] = x @ evecs[:, :k]
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    return z / np.maximum(norms, 1e-12)
+
+
+def glyph_matrix(vocab: Vocabulary, d_model: int) -> torch.Tensor:
+    """The glyph substrate matrix, float32 [V, d_model]."""
+    return torch.from_numpy(pca_embed(token_images(vocab), d_model).astype(np.float32))
