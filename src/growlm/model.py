@@ -41,6 +41,7 @@ class Config:
     rope_base: float = 10000.0
     dropout: float = 0.0
     init_std: float = 0.02
+    trainable_embedding: bool = False  # baseline only: the substrate becomes a trainable initialisation
 
     def __post_init__(self) -> None:
         if self.block not in BLOCK_STYLES:
@@ -249,6 +250,14 @@ class GrowLM(nn.Module):
         n, self.cfg.n_layer = cfg.n_layer, 0
         self.grow(n)
         self._init_linear(self.head)
+        if cfg.trainable_embedding:
+            self.make_embedding_trainable()
+
+    def make_embedding_trainable(self) -> None:
+        """Turn the frozen embedding into a parameter (the fully-trainable baseline of the paper)."""
+        emb = self._buffers.pop("embedding")
+        self.embedding = nn.Parameter(emb.clone())
+        self.cfg.trainable_embedding = True
 
     # -- construction ---------------------------------------------------------------
 
@@ -319,6 +328,8 @@ class GrowLM(nn.Module):
         # Blocks below the lowest trainable one run without an autograd graph:
         # that is where the speed of training only the newest blocks comes from.
         split = self.first_trainable_block() if torch.is_grad_enabled() else len(self.blocks)
+        if x.requires_grad:  # a trainable embedding (baseline) needs the whole graph
+            split = 0
         with torch.no_grad():
             for i in range(split):
                 x = self.blocks[i](x, cos, sin, caches[i] if caches else None, pos)
@@ -327,7 +338,7 @@ class GrowLM(nn.Module):
         return self.norm(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                caches: list[KVCache] | None = None, pos: int = 0, loss_chunk: int = 4096):
+                caches: list[KVCache] | None = None, pos: int = 0, loss_chunk: int | None = None):
         """Logits [B, T, V] when ``targets`` is None, else the mean cross-entropy (logits never held whole)."""
         h = self.hidden_states(idx, caches, pos)
         if targets is None:

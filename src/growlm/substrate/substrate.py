@@ -149,8 +149,10 @@ class Substrate:
         """Spec, fingerprint, shape, rank and a float checksum, as a JSON-ready dict."""
         t = time.perf_counter()
         r = self.rank()
+        shared = self.matrix.shape[0] - torch.unique(self.matrix, dim=0).shape[0]
         return {"spec": self.spec.to_dict(), "fingerprint": self.fingerprint, "shape": list(self.matrix.shape),
                 "rank": r, "rank_seconds": round(time.perf_counter() - t, 2),
+                "identical_rows": shared,  # tokens drawn alike (homoglyphs such as Latin A / Cyrillic A)
                 "matrix_sha256": hashlib.sha256(self.matrix.numpy().tobytes()).hexdigest()}
 
     def check_same(self, other_fingerprint: str, what: str = "checkpoint") -> None:

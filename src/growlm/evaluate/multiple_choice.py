@@ -1,0 +1,144 @@
+"""Multiple choice: log-likelihood scoring (lm-evaluation-harness convention) and the paper's letter protocol."""
+
+from __future__ import annotations
+
+import random
+
+from growlm.evaluate.scorer import Scorer
+from growlm.evaluate.stats import proportion, runs_ci
+from growlm.evaluate.tasks import LETTERS, MCItem
+
+# -- prompts: log-likelihood (lm-evaluation-harness templates) --------------------------------
+
+
+def mmlu_description(subject: str) -> str:
+    return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+
+
+def mmlu_query(item: MCItem) -> str:
+    """lm-eval's mmlu text: question, lettered choices, 'Answer:'; continuations are ' A', ' B', ..."""
+    lines = [item.question.strip()] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices)]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def qa_query(item: MCItem) -> str:
+    """ARC / CommonsenseQA: 'Question: {q}\\nAnswer:'; continuations are ' ' + choice text."""
+    return f"Question: {item.question}\nAnswer:"
+
+
+def loglik_request(task: str, item: MCItem, shots: list[MCItem]) -> tuple[str, list[str], list[str]]:
+    """(context, continuations, choice strings whose lengths normalise acc_norm) for one item."""
+    if task == "mmlu":
+        fmt, conts = mmlu_query, [f" {LETTERS[i]}" for i in range(len(item.choices))]
+        choice_strs = [LETTERS[i] for i in range(len(item.choices))]
+        head = mmlu_description(item.subject)
+        shot_text = "".join(f"{mmlu_query(s)} {LETTERS[s.gold]}\n\n" for s in shots)
+        return head + shot_text + fmt(item), conts, choice_strs
+    if task == "hellaswag":
+        shot_text = "".join(f"{s.question} {s.choices[s.gold]}\n\n" for s in shots)
+        return shot_text + item.question, [f" {c}" for c in item.choices], list(item.choices)
+    shot_text = "".join(f"{qa_query(s)} {s.choices[s.gold]}\n\n" for s in shots)
+    return shot_text + qa_query(item), [f" {c}" for c in item.choices], list(item.choices)
+
+
+def pick_shots(task: str, items: list[MCItem], pool: list[MCItem], k: int, seed: int) -> list[list[MCItem]]:
+    """Few-shot examples per item: MMLU takes the first k dev questions of the subject (as lm-eval);
+    other tasks draw k seeded examples from ``pool``, never the item itself."""
+    if k <= 0:
+        return [[] for _ in items]
+    if task == "mmlu":
+        by_subject: dict[str, list[MCItem]] = {}
+        for p in pool:
+            by_subject.setdefault(p.subject, []).append(p)
+        return [by_subject.get(it.subject, [])[:k] for it in items]
+    rng = random.Random(seed)
+    out = []
+    for it in items:
+        cand = [p for p in rng.sample(pool, min(len(pool), k + 1)) if p.id != it.id or not it.id]
+        out.append(cand[:k])
+    return out
+
+
+def score_loglik(scorer: Scorer, task: str, items: list[MCItem], shots: list[list[MCItem]]) -> dict:
+    """acc (argmax of summed log-prob) and acc_norm (divided by the choice's length in characters, as lm-eval)."""
+    tok = scorer.tok
+    pairs, spans, norms = [], [], []
+    for it, sh in zip(items, shots):
+        ctx, conts, choice_strs = loglik_request(task, it, sh)
+        ctx_ids = tok.encode(ctx)
+        start = len(pairs)
+        pairs += [(ctx_ids, tok.encode(c)) for c in conts]
+        spans.append((start, len(pairs)))
+        norms.append([max(1, len(c)) for c in choice_strs])
+    lls = scorer.loglikelihood(pairs, desc=f"{task} loglik")
+    correct, correct_norm, per_subject = [], [], {}
+    for it, (a, b), norm in zip(items, spans, norms):
+        ll = [lls[j][0] for j in range(a, b)]
+        pred = max(range(len(ll)), key=lambda i: ll[i])
+        pred_norm = max(range(len(ll)), key=lambda i: ll[i] / norm[i])
+        correct.append(pred == it.gold)
+        correct_norm.append(pred_norm == it.gold)
+        if it.subject:
+            s = per_subject.setdefault(it.subject, [0, 0, 0])
+            s[0] += pred == it.gold
+            s[1] += pred_norm == it.gold
+            s[2] += 1
+    n = len(items)
+    out = {"acc": proportion(sum(correct), n), "acc_norm": proportion(sum(correct_norm), n), "n": n,
+           "num_fewshot": max((len(s) for s in shots), default=0), "ci_method": "wilson"}
+    if per_subject and task == "mmlu":
+        out["subjects"] = {s: {"acc": v[0] / v[2], "acc_norm": v[1] / v[2], "n": v[2]}
+                           for s, v in sorted(per_subject.items())}
+        out["acc_macro"] = sum(v["acc"] for v in out["subjects"].values()) / len(out["subjects"])
+    return out
+
+
+# -- the paper's protocol (AVBochkov/PGT _models_benchmarking.py) -----------------------------
+
+
+def paper_prompt(task: str, item: MCItem) -> str:
+    """MMLU: options on one line 'A) a B) b ...'; ARC/CSQA (their own labels): one option per line."""
+    if task == "mmlu":
+        options = " ".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(item.choices))
+        return f"Question: {item.question}\nOptions: {options}\nAnswer:"
+    options = "\n".join(f"{label}) {c}" for label, c in zip(item.labels, item.choices))
+    return f"Question: {item.question}\nOptions:\n{options}\nAnswer:"
+
+
+def paper_new_tokens(task: str) -> int:
+    """New tokens the reference script generates: 1 for MMLU, 2 for ARC and CommonsenseQA."""
+    return 1 if task == "mmlu" else 2
+
+
+def paper_letter(continuation: str) -> str:
+    """First character of the stripped, upper-cased continuation (the paper's answer extraction)."""
+    return continuation.strip().upper()[:1]
+
+
+def score_paper(scorer: Scorer, task: str, items: list[MCItem], runs: int = 1, temperature: float | None = None,
+                seed: int = 0) -> dict:
+    """Generate a letter after each prompt; accuracy per run, and over runs the mean with the paper's 95 % CI."""
+    temp = (0.0 if runs == 1 else 1.0) if temperature is None else temperature
+    prompts = [scorer.tok.encode(paper_prompt(task, it)) for it in items]
+    gens = scorer.generate_short(prompts, paper_new_tokens(task), temp, runs, seed, desc=f"{task} paper")
+    accs, per_subject = [], {}
+    for r in range(runs):
+        hits = [paper_letter(scorer.tok.decode(g)) == it.labels[it.gold].upper() for g, it in zip(gens[r], items)]
+        accs.append(sum(hits) / max(1, len(items)))
+        if task == "mmlu":
+            for h, it in zip(hits, items):
+                s = per_subject.setdefault(it.subject, [0, 0])
+                s[0] += h
+                s[1] += 1
+    out = {"n": len(items), "runs": runs, "temperature": temp, "new_tokens": paper_new_tokens(task),
+           "acc_runs": accs}
+    if runs == 1:
+        out["acc"] = proportion(accs[0] * len(items), len(items))
+        out["ci_method"] = "wilson"
+    else:
+        mean, std, half = runs_ci(accs)
+        out["acc"] = {"value": mean, "ci95": [mean - half, mean + half], "std": std, "n": len(items)}
+        out["ci_method"] = "runs: mean +- 1.96*std/sqrt(runs) (the paper's formula)"
+    if per_subject:
+        out["subjects"] = {s: {"acc": v[0] / v[1], "n": v[1] // runs} for s, v in sorted(per_subject.items())}
+    return out

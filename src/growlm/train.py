@@ -1,0 +1,383 @@
+"""The training loop: run a growth plan stage by stage, single process or under torchrun.
+
+Parts, each swappable: ``Distributed`` (process group and rank slicing),
+``build_optimizer``/``lr_at`` (AdamW, warmup + cosine), ``validate`` (loss and
+bits per character per language), ``growlm.checkpoint`` (atomic, exact
+resume) and ``growlm.metrics`` (JSON lines). ``grow`` ties them together; the
+inner loop is ``train_stage``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from tqdm import tqdm
+
+from growlm import growth
+from growlm.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    build_growlm,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+)
+from growlm.data import TokenData, bits_per_char, prepare
+from growlm.growth import Recipe, Stage, TrainSpec
+from growlm.metrics import MetricsLog
+from growlm.model import Config, GrowLM
+from growlm.substrate import Substrate, SubstrateSpec
+
+# --------------------------------------------------------------------------- distribution
+
+
+@dataclass
+class Distributed:
+    """Rank, world size and device of this process (torchrun sets the environment)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def setup(cls, device: str | None = None) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+        if world > 1 and not torch_dist.is_initialized():
+            torch_dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        return cls(rank, world, dev)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DistributedDataParallel around the model when there is more than one process."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def mean(self, value: float) -> float:
+        """Average a scalar over processes (for logging)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch_dist.all_reduce(t)
+        return t.item() / self.world
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch_dist.barrier()
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters only (matrices decay, vectors don't); fused on CUDA."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    groups = [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
+              {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=device.type == "cuda")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
+    """Linear warmup to ``peak``, then cosine decay to ``peak * min_ratio`` at ``total`` steps."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def autocast(train: TrainSpec, device: torch.device):
+    """bf16 autocast when asked for (or on CUDA with precision auto), else nothing."""
+    if train.precision == "bf16" or (train.precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: torch.device,
+             batch: int = 16) -> dict:
+    """Validation loss (nats/token, mean over languages) and bits per character per language."""
+    was_training = model.training
+    model.eval()
+    bpc, losses = {}, []
+    for lang in data.languages:
+        windows = data.val_windows(lang, train.seq_len, train.val_tokens)
+        nats, n = 0.0, 0
+        for i in range(0, len(windows), batch):
+            w = windows[i:i + batch].to(device)
+            with autocast(train, device):
+                loss = model(w[:, :-1], w[:, 1:])
+            nats += float(loss) * w[:, 1:].numel()
+            n += w[:, 1:].numel()
+        losses.append(nats / n)
+        bpc[lang] = round(bits_per_char(nats, n, data.characters(lang), data.tokens(lang, "val").size - 1), 4)
+    model.train(was_training)
+    return {"val_loss": round(sum(losses) / len(losses), 4), "val_bpc": bpc,
+            "val_bpc_mean": round(sum(bpc.values()) / len(bpc), 4)}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    """Where a run is: which stage, how far into it, and totals."""
+
+    stage: int = 0
+    stage_step: int = 0
+    stage_started: bool = False  # the stage's growth/LoRA has been applied to the model
+    step: int = 0
+    tokens: int = 0
+
+
+def open_data(recipe: Recipe, vocab_name: str) -> TokenData:
+    """The recipe's token files; ``default`` prepares the embedded corpus once into the cache."""
+    if recipe.data.path == "default":
+        from growlm.substrate import Vocabulary
+        from growlm.substrate.substrate import cache_dir
+
+        v = Vocabulary.load(vocab_name)
+        root = cache_dir().parent / "data" / f"default-{v.name}-{v.sha256[:10]}"
+        if not (root / "meta.json").exists():
+            tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+            prepare(None, tmp, vocab_name)
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(tmp, root)
+        data = TokenData.open(root)
+    else:
+        data = TokenData.open(recipe.data.path)
+    from growlm.substrate import Vocabulary
+
+    data.check_vocab(vocab_name, Vocabulary.load(vocab_name).sha256)
+    return data
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    rng = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _restore_rng(rng: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["data"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+class Run:
+    """One growth run: its directory, model, data, state and logs."""
+
+    def __init__(self, recipe: Recipe, out: str | Path, resume: bool = False, device: str | None = None,
+                 progress: bool = True, log=print):
+        self.recipe, self.out, self.progress = recipe, Path(out), progress
+        self.dist = Distributed.setup(device)
+        self.log = log if self.dist.main else (lambda *a, **k: None)
+        self.train = recipe.train
+        cfg = recipe.config()
+        sub_opts = {k: v for k, v in recipe.substrate.items() if k not in ("kind", "vocab")}
+        self.substrate = Substrate.build(recipe.substrate.get("kind", "glyph"), recipe.substrate.get("vocab", "compact"),
+                                         cfg.d_model, **sub_opts)
+        self.data = open_data(recipe, self.substrate.spec.vocab)
+        self.generator = torch.Generator().manual_seed(self.train.seed)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.main)
+        self.state = RunState()
+        self.opt_state = None
+        if resume:
+            self._resume()
+        else:
+            self._start(cfg)
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _start(self, cfg) -> None:
+        if find_checkpoint(self.out) or (self.out / "metrics.jsonl").exists():
+            raise ValueError(f"{self.out} already holds a run; continue it with --resume, or choose a new --out")
+        torch.manual_seed(self.train.seed)
+        self.model = GrowLM(cfg, self.substrate).to(self.dist.device)
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "plan.toml", self.recipe.source or "")
+        self.dist.barrier()
+
+    def _resume(self) -> None:
+        ckpt = find_checkpoint(self.out)
+        if ckpt is None:
+            raise CheckpointError(f"{self.out} has no checkpoint to resume from (expected {self.out}/checkpoints/latest)")
+        state, weights, opt, rng = load_checkpoint(ckpt)
+        if state.get("recipe_fingerprint") != self.recipe.fingerprint():
+            saved = self.out / "plan.toml"
+            diff = self.recipe.diff(Recipe.load(saved)) if saved.exists() else ["(saved plan missing)"]
+            raise ValueError(f"cannot resume {self.out} with a different plan: it differs in {diff}; "
+                             f"resume with the run's own plan ({saved}) or start a new run")
+        self.substrate.check_same(state.get("substrate_fingerprint", ""), f"checkpoint {ckpt}")
+        if SubstrateSpec.from_dict(state["substrate"]) != self.substrate.spec:
+            raise ValueError(f"checkpoint {ckpt} was made on substrate {state['substrate']}, "
+                             f"the plan gives {self.substrate.spec.to_dict()}")
+        self.state = RunState(**state["run"])
+        meta = {"config": state["config"], "substrate": state["substrate"],
+                "substrate_fingerprint": state["substrate_fingerprint"]}
+        stage = self.recipe.stages[self.state.stage] if self.state.stage < len(self.recipe.stages) else None
+        if stage is not None and self.state.stage_started:
+            # mid-stage: freeze and attach adapters as the stage did, then load (adapters included)
+            model = GrowLM(Config.from_dict(state["config"]), self.substrate)
+            growth.apply_stage(model, stage)
+            try:
+                model.load_state_dict(weights, strict=True)
+            except RuntimeError as e:
+                raise CheckpointError(f"checkpoint {ckpt} does not fit its plan: {e}") from None
+        else:
+            model = build_growlm(meta, weights, self.substrate, where=str(ckpt))
+        self.model = model.to(self.dist.device)
+        self.opt_state = opt if self.state.stage_started else None
+        _restore_rng(rng, self.generator, self.dist.device)
+        self.metrics.truncate(int(state.get("metrics_offset", self.metrics.offset())))
+        self.log(f"resuming {self.out} at stage {self.state.stage} step {self.state.stage_step} "
+                 f"(global step {self.state.step}, {self.state.tokens:,} tokens)")
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def checkpoint(self, optimizer) -> None:
+        """Write the resumable state (rank 0), atomically replacing the previous checkpoint."""
+        self.dist.barrier()
+        if self.dist.main:
+            state = {"run": asdict(self.state), "recipe_fingerprint": self.recipe.fingerprint(),
+                     "config": self.model.cfg.to_dict(), "substrate": self.substrate.spec.to_dict(),
+                     "substrate_fingerprint": self.substrate.fingerprint, "metrics_offset": self.metrics.offset()}
+            save_checkpoint(self.out / "checkpoints" / "latest", self.model, optimizer, state,
+                            _rng_state(self.generator, self.dist.device))
+        self.dist.barrier()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """Run every remaining stage; returns the final model directory."""
+        t0 = self.t0 = time.perf_counter()
+        for si in range(self.state.stage, len(self.recipe.stages)):
+            stage = self.recipe.stages[si]
+            if not self.state.stage_started:
+                budget = growth.begin_stage(self.model, stage)
+                self.model.to(self.dist.device)
+                self.state.stage_started, self.opt_state = True, None
+                self.metrics.write({"type": "stage", "stage": si, "name": stage.name, "kind": stage.kind,
+                                    "step": self.state.step, "tokens": self.state.tokens, **budget})
+                self.log(f"stage {si} '{stage.name}' ({stage.kind}): depth {budget['depth']}, "
+                         f"active trainable parameters {budget['active_params']:,} "
+                         f"(LoRA {budget['lora_params']:,}) of {budget['total_params']:,}; "
+                         f"{self.recipe.stage_steps(stage)} steps")
+            self.train_stage(si, stage)
+            growth.end_stage(self.model, stage)
+            val = validate(self.model, self.data, self.train, self.dist.device)
+            depth = len(self.model.blocks)
+            self.metrics.write({"type": "stage_end", "stage": si, "name": stage.name, "step": self.state.step,
+                                "tokens": self.state.tokens, "depth": depth, **val})
+            self.log(f"stage {si} done: depth {depth}, val loss {val['val_loss']:.4f}, bits/char {val['val_bpc']}")
+            if self.dist.main:
+                save_model(self.model, self.out / "stages" / f"stage-{si:02d}",
+                           extra={"stage": si, "stage_name": stage.name, "depth": depth, **val})
+            self.state = RunState(stage=si + 1, step=self.state.step, tokens=self.state.tokens)
+            self.checkpoint(None)
+        if self.dist.main:
+            save_model(self.model, self.out / "model", extra={"depth": len(self.model.blocks)})
+        self.log(f"run finished in {time.perf_counter() - t0:.0f}s: {self.out / 'model'}")
+        return self.out / "model"
+
+    def train_stage(self, si: int, stage: Stage) -> None:
+        """The inner loop of one stage: sample, forward, backward, clip, step, log, validate, checkpoint."""
+        train, dist, model = self.train, self.dist, self.model
+        total = self.recipe.stage_steps(stage)
+        peak = stage.lr or train.lr
+        warmup = train.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
+        mixture = self.data.mixture(self.recipe.data.mixtures.get(stage.mixture) if stage.mixture != "all" else None)
+        micro = train.batch_size // (train.grad_accum * dist.world)
+        if micro * train.grad_accum * dist.world != train.batch_size:
+            raise ValueError(f"batch_size {train.batch_size} is not divisible by grad_accum {train.grad_accum} "
+                             f"x processes {dist.world}")
+        optimizer = build_optimizer(model, train, dist.device)
+        if self.opt_state is not None:
+            optimizer.load_state_dict(self.opt_state)
+            self.opt_state = None
+        ddp = dist.wrap(model)
+        wrapped = ddp
+        if dist.device.type == "cuda" and str(train.compile).lower() in ("auto", "true"):
+            wrapped = torch.compile(ddp)
+        kwargs = {"loss_chunk": train.loss_chunk} if train.loss_chunk else {}
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        bar = tqdm(total=total, initial=self.state.stage_step, desc=f"stage {si} {stage.name}",
+                   disable=not (self.progress and dist.main), dynamic_ncols=True, leave=True)
+        t_last, tok_last = time.perf_counter(), self.state.tokens
+        while self.state.stage_step < total:
+            lr = lr_at(self.state.stage_step, total, peak, warmup, train.min_lr_ratio)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            x, y = self.data.sample_batch(mixture, train.batch_size, train.seq_len, self.generator)
+            lo = dist.rank * micro * train.grad_accum
+            x, y = x[lo:lo + micro * train.grad_accum].to(dist.device), y[lo:lo + micro * train.grad_accum].to(dist.device)
+            loss_sum = 0.0
+            for k in range(train.grad_accum):
+                sync = k == train.grad_accum - 1 or dist.world == 1
+                ctx = contextlib.nullcontext() if sync else ddp.no_sync()
+                with ctx, autocast(train, dist.device):
+                    loss = wrapped(x[k * micro:(k + 1) * micro], y[k * micro:(k + 1) * micro], **kwargs)
+                    loss = loss / train.grad_accum
+                loss.backward()
+                loss_sum += float(loss.detach())
+            if train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.state.stage_step += 1
+            self.state.step += 1
+            self.state.tokens += train.batch_size * train.seq_len
+            bar.update(1)
+            if self.state.step % train.log_every == 0 or self.state.stage_step == total:
+                loss_avg = dist.mean(loss_sum)
+                now = time.perf_counter()
+                tps = (self.state.tokens - tok_last) / max(1e-9, now - t_last)
+                t_last, tok_last = now, self.state.tokens
+                bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tps:,.0f}")
+                self.metrics.write({"type": "train", "step": self.state.step, "tokens": self.state.tokens,
+                                    "stage": si, "depth": len(model.blocks), "loss": round(loss_avg, 5),
+                                    "lr": lr, "tok_per_s": round(tps, 1), "time": round(now - self.t0, 3)})
+            if train.val_every and self.state.step % train.val_every == 0 and self.state.stage_step < total:
+                val = validate(model, self.data, train, dist.device)
+                self.metrics.write({"type": "val", "step": self.state.step, "tokens": self.state.tokens,
+                                    "stage": si, "depth": len(model.blocks), **val})
+            if train.ckpt_every and self.state.step % train.ckpt_every == 0 and self.state.stage_step < total:
+                self.checkpoint(optimizer)
+        bar.close()
+
+
+def grow(recipe: Recipe | str | Path, out: str | Path, resume: bool = False, device: str | None = None,
+         progress: bool = True, log=print) -> Path:
+    """Run (or resume) a growth plan into the run directory ``out``; returns the final model directory."""
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.load(recipe)
+    return Run(recipe, out, resume=resume, device=device, progress=progress, log=log).run()

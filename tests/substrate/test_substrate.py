@@ -1,0 +1,76 @@
+"""Glyph and binary substrates: determinism, rank, fingerprints, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from growlm.substrate import Substrate
+from growlm.substrate.binary import code_bits
+
+
+def test_glyph_built_twice_gives_same_bytes_and_fingerprint():
+    a = Substrate.build("glyph", "compact", 64, cache=False)
+    b = Substrate.build("glyph", "compact", 64, cache=False)
+    assert a.fingerprint == b.fingerprint
+    assert torch.equal(a.matrix, b.matrix)
+
+
+def test_cache_returns_the_same_matrix():
+    a = Substrate.build("glyph", "compact", 48)
+    b = Substrate.build("glyph", "compact", 48)
+    assert torch.equal(a.matrix, b.matrix) and a.fingerprint == b.fingerprint
+
+
+def test_glyph_rows_are_unit_norm_and_specials_distinct():
+    from growlm.substrate import Vocabulary
+
+    s = Substrate.build("glyph", "compact", 256)
+    norms = s.matrix.norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    vocab = Vocabulary.load("compact")
+    marked = [i for i, t in enumerate(vocab.tokens) if t.kind in ("special", "byte")]
+    others = torch.tensor([i for i in range(len(vocab)) if i not in set(marked)])
+    m = s.matrix[marked]
+    assert torch.unique(m, dim=0).shape[0] == len(marked)
+    # no special/byte vector coincides with a text token's vector
+    assert torch.cdist(m, s.matrix[others]).min() > 1e-3
+    # homoglyphs (Latin A / Cyrillic A) share a row; the info reports how many rows are shared
+    assert 0 < s.info()["identical_rows"] < 0.05 * len(vocab)
+
+
+def test_glyph_rank_is_bounded_by_the_cell_and_extra_columns_are_zero():
+    s = Substrate.build("glyph", "compact", 320)
+    assert s.rank() <= 256
+    assert torch.count_nonzero(s.matrix[:, 256:]) == 0
+
+
+@pytest.mark.parametrize("vocab,d_model", [("compact", 64), ("bmp65k", 64)])
+def test_binary_rank_is_at_most_k(vocab, d_model):
+    s = Substrate.build("binary", vocab, d_model, cache=False)
+    k = code_bits(s.vocab_size)
+    assert k == (14 if vocab == "compact" else 16)
+    assert s.rank() == k
+    assert torch.unique(s.matrix, dim=0).shape[0] == s.vocab_size
+
+
+def test_fingerprint_depends_on_spec_only():
+    fps = {Substrate.build(k, "compact", d, cache=False).fingerprint for k in ("glyph", "binary") for d in (32, 64)}
+    assert len(fps) == 4
+
+
+def test_errors_are_clear(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="valid kinds"):
+        Substrate.build("random", "compact", 64)
+    with pytest.raises(ValueError, match="needs d_model >= 14"):
+        Substrate.build("binary", "compact", 8, cache=False)
+    from growlm.substrate import glyph
+
+    glyph.load_unifont.cache_clear()
+    monkeypatch.setenv("GROWLM_UNIFONT", str(tmp_path / "missing.hex"))
+    try:
+        with pytest.raises(FileNotFoundError, match="apt-get install unifont"):
+            Substrate.build("glyph", "compact", 40, cache=False)
+    finally:
+        monkeypatch.delenv("GROWLM_UNIFONT")
+        glyph.load_unifont.cache_clear()

@@ -1,0 +1,144 @@
+"""The model: shapes, causality, the frozen embedding, growth inits, generation, the chunked loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from growlm import Config, GrowLM, Substrate
+from growlm.cli import main as cli_main
+from growlm.growth import parameter_budget
+from growlm.losses import chunked_cross_entropy
+
+
+@pytest.fixture(scope="module")
+def sub():
+    return Substrate.build("glyph", "compact", 64)
+
+
+@pytest.fixture(params=["paper", "llama"])
+def model(request, sub):
+    torch.manual_seed(0)
+    cfg = Config.from_preset(request.param, vocab_size=16384, d_model=64, n_layer=2, n_head=4, block_size=32)
+    return GrowLM(cfg, sub)
+
+
+def test_forward_shapes(model):
+    idx = torch.randint(0, 16384, (3, 11))
+    assert model(idx).shape == (3, 11, 16384)
+    assert model.hidden_states(idx).shape == (3, 11, 64)
+    assert model(idx, idx).shape == ()
+
+
+def test_causality(model):
+    idx = torch.randint(0, 16384, (1, 12))
+    other = idx.clone()
+    other[0, 7:] = torch.randint(0, 16384, (5,))
+    a, b = model(idx), model(other)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_embedding_is_frozen_and_in_no_optimizer(model, sub):
+    from growlm.growth import TrainSpec
+    from growlm.train import build_optimizer
+
+    assert "embedding" not in dict(model.named_parameters())
+    assert "embedding" not in model.state_dict()
+    opt = build_optimizer(model, TrainSpec(), torch.device("cpu"))
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(model.embedding) not in in_opt
+    idx = torch.randint(0, 16384, (2, 8))
+    model(idx, idx).backward()
+    assert model.embedding.grad is None
+    assert torch.equal(model.embedding, sub.matrix)
+
+
+def test_frozen_blocks_build_no_graph_and_get_no_grad(model):
+    model.grow(1)
+    model.set_trainable([2])
+    assert model.first_trainable_block() == 2
+    idx = torch.randint(0, 16384, (2, 8))
+    model(idx, idx).backward()
+    assert all(p.grad is None for b in model.blocks[:2] for p in b.parameters())
+    assert all(p.grad is not None for p in model.blocks[2].parameters())
+
+
+def test_identity_growth_keeps_the_function(model):
+    idx = torch.randint(0, 16384, (2, 9))
+    before = model(idx)
+    model.grow(2, init="identity")
+    assert len(model.blocks) == 4 and model.cfg.n_layer == 4
+    assert torch.allclose(model(idx), before, atol=1e-5)
+    assert [n for n, _ in model.named_parameters()][0].startswith("blocks.0.")
+
+
+def test_copy_growth_copies_the_top_block(model):
+    model.grow(1, init="copy")
+    a, b = model.blocks[-2].state_dict(), model.blocks[-1].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kv_cache_generation_equals_no_cache(model):
+    model.eval()
+    idx = torch.randint(0, 16384, (2, 5))
+    greedy = model.generate(idx, 12, temperature=0)
+    assert torch.equal(greedy, model.generate(idx, 12, temperature=0, use_cache=False))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    s1 = model.generate(idx, 8, temperature=0.9, top_k=50, top_p=0.9, generator=g1)
+    s2 = model.generate(idx, 8, temperature=0.9, top_k=50, top_p=0.9, generator=g2, use_cache=False)
+    assert torch.equal(s1, s2)
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_chunked_loss_matches_cross_entropy(chunk):
+    torch.manual_seed(0)
+    h = torch.randn(13, 16, requires_grad=True)
+    w = torch.randn(300, 16, requires_grad=True)
+    b = torch.randn(300, requires_grad=True)
+    t = torch.randint(0, 300, (13,))
+    t[4] = -100
+    loss = chunked_cross_entropy(h, w, b, t, chunk=chunk)
+    grads = torch.autograd.grad(loss, (h, w, b))
+    ref = F.cross_entropy(h @ w.t() + b, t)
+    ref_grads = torch.autograd.grad(ref, (h, w, b))
+    assert torch.allclose(loss, ref, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-5)
+
+
+def test_bf16_autocast_loss_is_close(model):
+    idx = torch.randint(0, 16384, (2, 16))
+    ref = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(idx, idx)
+    assert abs(float(low) - float(ref)) < 0.05 * float(ref)
+
+
+def test_config_errors_name_the_valid_choices(sub):
+    with pytest.raises(ValueError, match="valid presets are"):
+        Config.from_preset("gpt5")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['n_layers'\]; valid keys are"):
+        Config.from_preset("tiny", n_layers=3)
+    with pytest.raises(ValueError, match="not divisible by n_head=5"):
+        Config.from_preset("tiny", d_model=64, n_head=5)
+    with pytest.raises(ValueError, match="substrate is"):
+        GrowLM(Config.from_preset("tiny", d_model=32), sub)
+
+
+def test_paper_parameter_counts_match_v3():
+    cfg = Config.from_preset("paper", d_model=1024, n_layer=9, vocab_size=65536)
+    b = parameter_budget(cfg, train_newest=3)
+    for key, paper in [("fully_trainable", 247.6e6), ("frozen_interface", 180.5e6), ("grown_active", 105.0e6)]:
+        assert abs(b[key] - paper) / paper < 0.005, (key, b[key])
+
+
+def test_params_cli(capsys):
+    assert cli_main(["params", "--preset", "paper", "--d-model", "1024", "--n-layer", "9", "--vocab", "bmp65k",
+                     "--train-newest", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["grown_active"] == 104_965_120 and out["frozen_interface"] == 180_542_464
+    assert out["fully_trainable"] == 247_651_328

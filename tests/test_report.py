@@ -1,0 +1,146 @@
+"""Reports from synthetic run directories: figures exist, are real PNGs, and report.md links them."""
+
+import json
+import math
+import random
+
+import pytest
+
+from growlm.report import load_run, parse_eval, plot_composition, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SUBJECTS = ["abstract_algebra", "anatomy", "astronomy", "college_physics", "high_school_biology",
+            "world_religions", "moral_scenarios", "professional_law"]
+STAGES = [("grow-1", "grow", 1), ("grow-2", "grow", 2), ("grow-3", "grow", 3), ("lora-3", "lora", 3),
+          ("grow-4", "grow", 4), ("finetune", "finetune", 4)]
+
+
+def write_run(run, seed=0, evals=True, stage_tokens=40_000, every=1000):
+    """A plausible run: stage/train/val/stage_end records and (optionally) per-stage eval.json files."""
+    rng = random.Random(seed)
+    run.mkdir(parents=True)
+    recs, step, tokens, loss = [], 0, 0, 9.5
+    for s, (name, kind, depth) in enumerate(STAGES):
+        recs.append({"type": "stage", "stage": s, "name": name, "kind": kind, "step": step, "tokens": tokens,
+                     "depth": depth, "active_params": 1000 * depth})
+        for _ in range(stage_tokens // every):
+            step, tokens = step + 1, tokens + every
+            loss = 2.0 + (loss - 2.0) * 0.97 + rng.gauss(0, 0.05)
+            recs.append({"type": "train", "step": step, "tokens": tokens, "stage": s, "depth": depth, "loss": loss,
+                         "lr": 1e-3, "tok_per_s": 1e4, "time": step * 0.1})
+            if step % 10 == 0:
+                bpc = {"en": loss * 0.6, "ru": loss * 0.7, "zh": loss * 1.4}
+                recs.append({"type": "val", "step": step, "tokens": tokens, "stage": s, "depth": depth,
+                             "val_loss": loss, "val_bpc": bpc, "val_bpc_mean": sum(bpc.values()) / 3})
+        recs.append({"type": "stage_end", "stage": s, "step": step, "tokens": tokens, "depth": depth,
+                     "val_loss": loss, "val_bpc": {"en": loss * 0.6, "ru": loss * 0.7, "zh": loss * 1.4}})
+        if evals:
+            d = run / "stages" / f"stage-{s:02d}"
+            d.mkdir(parents=True)
+            acc = 0.25 + 0.02 * depth + rng.uniform(0, 0.01)
+            results = {
+                "mmlu": {"acc": acc, "acc_ci": [acc - 0.01, acc + 0.01],
+                         "subjects": {sub: {"acc": 0.2 + 0.05 * depth * rng.random(), "n": 100} for sub in SUBJECTS}},
+                "arc_easy": {"acc": acc + 0.1, "acc_ci": [acc + 0.07, acc + 0.13], "acc_norm": acc + 0.08,
+                             "acc_norm_ci": [acc + 0.05, acc + 0.11]},
+                "squad_v2": {"f1": 5.0 * depth},  # no CI: drawn without a band
+            }
+            (d / "eval.json").write_text(json.dumps({"model": str(d), "depth": depth, "stage": s,
+                                                     "results": results}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return run
+
+
+def assert_png(path):
+    assert path.exists(), path
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000, (path, len(data))
+
+
+def test_full_report(tmp_path):
+    runs = [write_run(tmp_path / "run-a", seed=0), write_run(tmp_path / "run-b", seed=1)]
+    table = {"rows": [{"name": "en-expert", "kind": "expert", "bpc": {"en": 1.9, "ru": 3.9, "zh": 6.1}},
+                      {"name": "ru-expert", "kind": "expert", "bpc": {"en": 3.5, "ru": 2.1, "zh": 6.3}},
+                      {"name": "zh-expert", "kind": "expert", "bpc": {"en": 3.8, "ru": 4.0, "zh": 4.2}},
+                      {"name": "average", "kind": "composed", "bpc": {"en": 2.3, "ru": 2.6, "zh": 4.9}},
+                      {"name": "average+ft", "kind": "finetuned", "bpc": {"en": 2.0, "ru": 2.2, "zh": 4.4}}]}
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    md = write_report(runs, tmp_path / "report", composition=tmp_path / "table.json")
+    text = md.read_text()
+    for name in ["loss.png", "bpc_depth.png", "benchmarks.png", "mmlu_run-a.png", "mmlu_run-b.png",
+                 "composition.png"]:
+        assert_png(tmp_path / "report" / name)
+        assert f"({name})" in text
+    assert "Skipped" not in text
+    # the bpc table has one row per depth per run (the LoRA and fine-tune stages supersede their grow stage)
+    rows = [line for line in text.splitlines() if line.startswith("| run-")]
+    assert len(rows) == 2 * 4
+    assert any(line.startswith("| run-a | 3 | 3 |") for line in rows)
+
+
+def test_missing_data_is_skipped_with_a_note(tmp_path):
+    run = write_run(tmp_path / "run", evals=False)
+    md = write_report([run], tmp_path / "out")
+    text = md.read_text()
+    assert_png(tmp_path / "out" / "loss.png")
+    assert "Skipped: no `stages/stage-NN/eval.json` files" in text
+    assert "Skipped: no per-subject MMLU scores" in text
+    assert not (tmp_path / "out" / "benchmarks.png").exists()
+
+
+def test_evals_only_run(tmp_path):
+    run = write_run(tmp_path / "run")
+    (run / "metrics.jsonl").unlink()
+    text = write_report([run], tmp_path / "out").read_text()
+    assert "(benchmarks.png)" in text and "Skipped: no `train` records" in text
+
+
+def test_corrupt_metrics_line_names_file_and_line(tmp_path):
+    run = write_run(tmp_path / "run", evals=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[4] = lines[4][:20]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:5: corrupt"):
+        write_report([run], tmp_path / "out")
+
+
+def test_empty_or_missing_run_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_run(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="growlm run directory"):
+        load_run(tmp_path / "empty")
+    with pytest.raises(ValueError, match="at least one RUN"):
+        write_report([], tmp_path / "out")
+
+
+def test_parse_eval_is_tolerant():
+    p = parse_eval({"depth": 3, "results": {"mmlu": {"acc": 0.3, "acc_ci": [0.2], "subjects": {"x": {"n": 3}}},
+                                            "broken": "n/a", "arc": {"acc": None, "acc_norm": 0.4,
+                                                                     "acc_norm_ci": [0.3, 0.5]}}})
+    assert p.depth == 3 and p.subjects == {}
+    assert p.scores == {"mmlu": {"acc": (0.3, None, None)}, "arc": {"acc_norm": (0.4, 0.3, 0.5)}}
+    assert parse_eval({"results": {}}) is None  # no depth: unusable
+    assert not math.isnan(parse_eval({"depth": 1, "results": {}}).depth)
+
+
+def test_plot_composition_empty_table(tmp_path):
+    assert plot_composition({"rows": []}, tmp_path / "c.png") is None
+    assert plot_composition({"rows": [{"name": "a", "kind": "expert", "bpc": {"en": 2.0}}]}, tmp_path / "c.png")
+
+
+def test_parse_eval_nested_protocol_format():
+    """The `growlm evaluate` layout: per-protocol groups and {"value", "ci95"} metrics."""
+    data = {"results": {
+        "mmlu": {"loglik": {"acc": {"value": 0.3, "ci95": [0.28, 0.32], "n": 100}, "n": 100, "ci_method": "wilson",
+                            "subjects": {"anatomy": {"acc": 0.4, "acc_norm": 0.3, "n": 10}}},
+                 "paper": {"acc": {"value": 0.26, "ci95": [0.2, 0.3]}, "acc_runs": [0.26],
+                           "subjects": {"anatomy": {"acc": 0.1}}}},
+        "ppl_en": {"bits_per_char": 2.1, "bits_per_char_ci95": [2.0, 2.2], "perplexity": 9.0, "tokens": 1000},
+        "squad": {"source": "x", "standard": {"f1": {"value": 0.1, "ci95": [0.05, 0.15]}}}}}
+    p = parse_eval(data, depth=2, stage=1)
+    assert (p.depth, p.stage) == (2, 1)
+    assert p.scores == {"mmlu": {"loglik acc": (0.3, 0.28, 0.32), "paper acc": (0.26, 0.2, 0.3)},
+                        "ppl_en": {"bits_per_char": (2.1, 2.0, 2.2)},
+                        "squad": {"standard f1": (0.1, 0.05, 0.15)}}
+    assert p.subjects == {"anatomy": 0.4}  # the first protocol's subjects (loglik)

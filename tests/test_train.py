@@ -1,0 +1,136 @@
+"""The trainer: a full tiny growth run, exact resume after a kill, refusals, atomic saves, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from growlm.checkpoint import CheckpointError, find_checkpoint, load_model
+from growlm.growth import Recipe
+from growlm.metrics import read_metrics
+from growlm.train import grow
+
+QUIET = dict(progress=False, log=lambda *a: None)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_tiny_growth_run(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    grow(tiny_recipe(steps=8, val_every=4), run, **QUIET)
+    records = read_metrics(run / "metrics.jsonl")
+    stages = [r for r in records if r["type"] == "stage"]
+    assert [s["kind"] for s in stages] == ["grow", "lora", "grow"]
+    assert stages[1]["lora_params"] > 0 and stages[0]["active_params"] > 0
+    ends = [r for r in records if r["type"] == "stage_end"]
+    assert [e["depth"] for e in ends] == [1, 1, 2]
+    assert set(ends[-1]["val_bpc"]) == {"en", "ru", "zh"}
+    assert any(r["type"] == "val" for r in records)
+    train = [r for r in records if r["type"] == "train"]
+    assert train[-1]["tokens"] == 24 * 4 * 32
+    model = load_model(run)
+    assert len(model.blocks) == 2
+    assert not any(".lora_" in k for k in model.state_dict())  # merged at the end of the LoRA phase
+    assert sorted(p.name for p in (run / "stages").iterdir()) == ["stage-00", "stage-01", "stage-02"]
+
+
+def test_resume_after_kill_is_bit_identical(tiny_recipe, tmp_path):
+    recipe = tiny_recipe(steps=12, ckpt_every=2)
+    ref = tmp_path / "ref"
+    grow(recipe, ref, **QUIET)
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "growlm.cli", "grow", str(recipe), "--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    killed_mid_run = False
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = find_checkpoint(run)
+        try:
+            step = json.loads((ckpt / "state.json").read_text())["run"]["step"] if ckpt else 0
+        except (OSError, ValueError):  # caught mid-swap: look again
+            step = 0
+        if step >= 16:  # inside the LoRA phase: adapters and optimiser state must survive
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_mid_run = True
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert killed_mid_run, "the run finished before it could be killed"
+    assert not (run / "model").exists()
+    grow(Recipe.load(run / "plan.toml"), run, resume=True, **QUIET)
+    assert_same_weights(ref, run)
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == sorted(set(steps))  # resumed logs continue, no duplicated steps
+
+
+def test_resume_refuses_another_plan_and_a_broken_checkpoint(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    grow(tiny_recipe(steps=4), run, **QUIET)
+    other = Recipe.load(tiny_recipe(steps=5, name="other.toml"))
+    with pytest.raises(ValueError, match=r"different plan: it differs in \['stages\[0\]'"):
+        grow(other, run, resume=True, **QUIET)
+    with pytest.raises(ValueError, match="already holds a run"):
+        grow(Recipe.load(run / "plan.toml"), run, **QUIET)
+    ckpt = find_checkpoint(run)
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        grow(Recipe.load(run / "plan.toml"), run, resume=True, **QUIET)
+    (ckpt / "state.json").write_text('{"format": "somebody-else"}')
+    with pytest.raises(CheckpointError, match="not a growlm training checkpoint"):
+        grow(Recipe.load(run / "plan.toml"), run, resume=True, **QUIET)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tiny_recipe, tmp_path, monkeypatch):
+    import growlm.checkpoint as ck
+
+    run = tmp_path / "run"
+    grow(tiny_recipe(steps=3), run, **QUIET)
+    ckpt = find_checkpoint(run)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    model = load_model(run)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ck.save_checkpoint(ckpt, model, None, {"run": {}}, {"torch": torch.get_rng_state()})
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert not [p for p in ckpt.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_two_processes_match_one(tiny_recipe, tmp_path):
+    recipe = tiny_recipe(steps=3, ckpt_every=0)
+    one = tmp_path / "one"
+    grow(recipe, one, device="cpu", **QUIET)
+    two = tmp_path / "two"
+    torchrun = shutil.which("torchrun") or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "growlm.cli", "grow",
+                          str(recipe), "--out", str(two), "--no-progress", "--device", "cpu"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    wa, wb = weights(one), weights(two)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
