@@ -24,7 +24,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--questions", type=int, default=1000, help="MMLU test questions sampled (0 = all 14,042)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--max-length", type=int, default=None, help="context window (default: the model's block_size)")
     p.add_argument("--data-dir", default=None)

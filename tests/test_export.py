@@ -92,3 +92,18 @@ def test_composed_is_refused(tmp_path):
     (d / "model.json").write_text(json.dumps({"format": "growlm-model-1", "kind": "composed"}))
     with pytest.raises(ExportError, match="composed"):
         export_hf(d, tmp_path / "hf")
+
+
+def test_cli_export_verify(substrate, tmp_path, capsys):
+    import argparse
+
+    from growlm.commands import export as cmd
+
+    _, run = make_model(substrate, tmp_path, "paper", head_bias=False)
+    parser = argparse.ArgumentParser()
+    cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["export", str(run), str(tmp_path / "hf"), "--verify"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["architecture"] == "GPTNeoXForCausalLM" and out["depth"] == 3
+    assert out["max_abs_logit_diff"] < 1e-4

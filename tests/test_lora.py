@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from growlm import Config, GrowLM, Substrate
-from growlm import lora
+from growlm import Config, GrowLM, Substrate, lora
 
 
 @pytest.fixture

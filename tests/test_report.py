@@ -144,3 +144,17 @@ def test_parse_eval_nested_protocol_format():
                         "ppl_en": {"bits_per_char": (2.1, 2.0, 2.2)},
                         "squad": {"standard f1": (0.1, 0.05, 0.15)}}
     assert p.subjects == {"anatomy": 0.4}  # the first protocol's subjects (loglik)
+
+
+def test_cli_report(tmp_path, capsys):
+    import argparse
+
+    from growlm.commands import report as cmd
+
+    run = write_run(tmp_path / "run", evals=False)
+    parser = argparse.ArgumentParser()
+    cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["report", str(run), "--out", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "report.md")
+    assert_png(tmp_path / "out" / "bpc_depth.png")

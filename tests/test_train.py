@@ -77,7 +77,7 @@ def test_resume_after_kill_is_bit_identical(tiny_recipe, tmp_path):
     proc.wait()
     assert killed_mid_run, "the run finished before it could be killed"
     assert not (run / "model").exists()
-    grow(Recipe.load(run / "plan.toml"), run, resume=True, **QUIET)
+    grow(Recipe.load(run / "plan.json"), run, resume=True, **QUIET)
     assert_same_weights(ref, run)
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
     assert steps == sorted(set(steps))  # resumed logs continue, no duplicated steps
@@ -90,15 +90,15 @@ def test_resume_refuses_another_plan_and_a_broken_checkpoint(tiny_recipe, tmp_pa
     with pytest.raises(ValueError, match=r"different plan: it differs in \['stages\[0\]'"):
         grow(other, run, resume=True, **QUIET)
     with pytest.raises(ValueError, match="already holds a run"):
-        grow(Recipe.load(run / "plan.toml"), run, **QUIET)
+        grow(Recipe.load(run / "plan.json"), run, **QUIET)
     ckpt = find_checkpoint(run)
     data = (ckpt / "model.safetensors").read_bytes()
     (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        grow(Recipe.load(run / "plan.toml"), run, resume=True, **QUIET)
+        grow(Recipe.load(run / "plan.json"), run, resume=True, **QUIET)
     (ckpt / "state.json").write_text('{"format": "somebody-else"}')
     with pytest.raises(CheckpointError, match="not a growlm training checkpoint"):
-        grow(Recipe.load(run / "plan.toml"), run, resume=True, **QUIET)
+        grow(Recipe.load(run / "plan.json"), run, resume=True, **QUIET)
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tiny_recipe, tmp_path, monkeypatch):

@@ -17,6 +17,9 @@ COMMAND_MODULES = [
     "growlm.commands.substrate",
     "growlm.commands.grow",
     "growlm.commands.compose",
+    "growlm.commands.demo",
+    "growlm.commands.export",
+    "growlm.commands.report",
 ]
 
 

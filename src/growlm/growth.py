@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import tomllib
 import torch
 
 from growlm import lora
@@ -114,7 +114,8 @@ class Recipe:
     data: DataSpec
     train: TrainSpec
     stages: list[Stage]
-    source: str = ""  # the TOML text it was read from
+    source: str = ""  # the TOML text it was read from, if any
+    raw: dict = field(default_factory=dict)  # the parsed recipe (saved as plan.json in every run)
 
     @classmethod
     def from_dict(cls, d: dict, name: str = "recipe", source: str = "") -> Recipe:
@@ -137,7 +138,8 @@ class Recipe:
         recipe = cls(name=d.get("name", name), model=dict(d.get("model", {})),
                      substrate=dict(d.get("substrate", {"kind": "glyph", "vocab": "compact"})),
                      data=_from_dict(DataSpec, d.get("data", {}), "data"),
-                     train=_from_dict(TrainSpec, d.get("train", {}), "train"), stages=stages, source=source)
+                     train=_from_dict(TrainSpec, d.get("train", {}), "train"), stages=stages, source=source,
+                     raw=d)
         recipe.config()  # validates the model section
         bad = set(recipe.substrate) - {"kind", "vocab", "bits"}
         if bad:
@@ -150,7 +152,7 @@ class Recipe:
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> Recipe:
-        """Read a recipe file, or a shipped recipe by name (``demo``, ``paper-v3-9layer``, ...)."""
+        """Read a recipe (TOML, or the plan.json a run saved), or a shipped recipe by name (``demo``, ...)."""
         path = Path(name_or_path)
         if not path.exists():
             path = RECIPE_DIR / f"{name_or_path}.toml"
@@ -159,10 +161,10 @@ class Recipe:
             raise FileNotFoundError(f"recipe {name_or_path!r} not found; shipped recipes: {shipped}")
         text = path.read_text(encoding="utf-8")
         try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"recipe {path} is not valid TOML: {e}") from None
-        return cls.from_dict(data, name=path.stem, source=text)
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"recipe {path} is not valid {path.suffix[1:].upper()}: {e}") from None
+        return cls.from_dict(data, name=data.get("name", path.stem), source=text if path.suffix == ".toml" else "")
 
     def config(self) -> Config:
         """The model config before the first stage (n_layer = starting depth, usually 0)."""
@@ -279,8 +281,6 @@ def plan_budgets(recipe: Recipe) -> list[dict]:
     cfg = recipe.config()
     with torch.device("meta"):
         model = GrowLM(cfg)
-        if cfg.trainable_embedding:
-            model.make_embedding_trainable()
         out = []
         for st in recipe.stages:
             b = begin_stage(model, st)

@@ -104,7 +104,7 @@ def _resolve(block: nn.Module, path: str) -> nn.Linear | None:
 
 
 def attach_to_blocks(model: nn.Module, spec: LoRASpec, block_ids: list[int]) -> int:
-    """Attach adapters to the spec's targets in ``model.blocks[i]`` for i in block_ids; returns their parameter count."""
+    """Attach adapters to the spec's targets in ``model.blocks[i]``, i in block_ids; returns their size."""
     n = 0
     for i in block_ids:
         for t in spec.targets:

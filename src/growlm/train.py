@@ -10,6 +10,7 @@ inner loop is ``train_stage``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -202,8 +203,8 @@ class Run:
         self.train = recipe.train
         cfg = recipe.config()
         sub_opts = {k: v for k, v in recipe.substrate.items() if k not in ("kind", "vocab")}
-        self.substrate = Substrate.build(recipe.substrate.get("kind", "glyph"), recipe.substrate.get("vocab", "compact"),
-                                         cfg.d_model, **sub_opts)
+        kind, vocab = recipe.substrate.get("kind", "glyph"), recipe.substrate.get("vocab", "compact")
+        self.substrate = Substrate.build(kind, vocab, cfg.d_model, **sub_opts)
         self.data = open_data(recipe, self.substrate.spec.vocab)
         self.generator = torch.Generator().manual_seed(self.train.seed)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.main)
@@ -223,16 +224,19 @@ class Run:
         self.model = GrowLM(cfg, self.substrate).to(self.dist.device)
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "plan.toml", self.recipe.source or "")
+            atomic_write_text(self.out / "plan.json", json.dumps(self.recipe.raw, indent=1, ensure_ascii=False))
+            if self.recipe.source:
+                atomic_write_text(self.out / "plan.toml", self.recipe.source)
         self.dist.barrier()
 
     def _resume(self) -> None:
         ckpt = find_checkpoint(self.out)
         if ckpt is None:
-            raise CheckpointError(f"{self.out} has no checkpoint to resume from (expected {self.out}/checkpoints/latest)")
+            raise CheckpointError(f"{self.out} has no checkpoint to resume from "
+                                  f"(expected {self.out}/checkpoints/latest)")
         state, weights, opt, rng = load_checkpoint(ckpt)
         if state.get("recipe_fingerprint") != self.recipe.fingerprint():
-            saved = self.out / "plan.toml"
+            saved = self.out / "plan.json"
             diff = self.recipe.diff(Recipe.load(saved)) if saved.exists() else ["(saved plan missing)"]
             raise ValueError(f"cannot resume {self.out} with a different plan: it differs in {diff}; "
                              f"resume with the run's own plan ({saved}) or start a new run")
@@ -338,8 +342,8 @@ class Run:
             for g in optimizer.param_groups:
                 g["lr"] = lr
             x, y = self.data.sample_batch(mixture, train.batch_size, train.seq_len, self.generator)
-            lo = dist.rank * micro * train.grad_accum
-            x, y = x[lo:lo + micro * train.grad_accum].to(dist.device), y[lo:lo + micro * train.grad_accum].to(dist.device)
+            lo, n = dist.rank * micro * train.grad_accum, micro * train.grad_accum  # this rank's slice
+            x, y = x[lo:lo + n].to(dist.device), y[lo:lo + n].to(dist.device)
             loss_sum = 0.0
             for k in range(train.grad_accum):
                 sync = k == train.grad_accum - 1 or dist.world == 1
@@ -381,3 +385,51 @@ def grow(recipe: Recipe | str | Path, out: str | Path, resume: bool = False, dev
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
     return Run(recipe, out, resume=resume, device=device, progress=progress, log=log).run()
+
+
+# --------------------------------------------------------------------------- fine-tuning any model
+
+
+def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: int, train: TrainSpec,
+             lr: float | None = None, mixture: dict[str, float] | None = None, progress: bool = True,
+             log=print) -> dict:
+    """Fine-tune the trainable parameters of any growlm language model (e.g. a composed one).
+
+    The model only needs ``forward(idx, targets) -> loss``. Validation runs before the
+    first step (so the composed model's starting loss is on record) and after the last;
+    metrics go to ``out/metrics.jsonl`` and the result to ``out/model``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    metrics = MetricsLog(out / "metrics.jsonl")
+    generator = torch.Generator().manual_seed(train.seed)
+    mix = data.mixture(mixture)
+    optimizer = build_optimizer(model, train, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = validate(model, data, train, device)
+    metrics.write({"type": "val", "step": 0, "tokens": 0, **before})
+    log(f"fine-tuning {sum(p.numel() for p in params):,} parameters for {steps} steps; "
+        f"step-0 val loss {before['val_loss']:.4f}, bits/char {before['val_bpc']}")
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, steps, lr or train.lr, min(train.warmup_steps, steps // 10), train.min_lr_ratio)
+        x, y = data.sample_batch(mix, train.batch_size, train.seq_len, generator)
+        with autocast(train, device):
+            loss = model(x.to(device), y.to(device))
+        loss.backward()
+        if train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step == 0 or (step + 1) % train.log_every == 0:
+            metrics.write({"type": "train", "step": step + 1, "tokens": (step + 1) * train.batch_size * train.seq_len,
+                           "loss": round(float(loss.detach()), 5), "time": round(time.perf_counter() - t0, 3)})
+        if progress and (step + 1) % max(1, steps // 5) == 0:
+            log(f"  step {step + 1}/{steps}: loss {float(loss.detach()):.4f}")
+    after = validate(model, data, train, device)
+    metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})
+    save_model(model, out / "model")
+    return {"before": before, "after": after, "model": str(out / "model")}

@@ -15,7 +15,7 @@ def _grow(args: argparse.Namespace) -> int:
         raise ValueError("give --out RUN for a new run or --resume RUN to continue one")
     if args.resume and args.out:
         raise ValueError("give either --out (new run) or --resume (continue a run), not both")
-    recipe = Recipe.load(args.recipe) if args.recipe else Recipe.load(f"{args.resume}/plan.toml")
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe.load(f"{args.resume}/plan.json")
     path = grow(recipe, run, resume=bool(args.resume), device=args.device, progress=not args.no_progress)
     print(f"final model: {path}")
     return 0
@@ -49,7 +49,8 @@ def _corpus(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("grow", help="run a growth plan (a TOML recipe) into a run directory, or resume one")
-    p.add_argument("recipe", nargs="?", help="recipe file or shipped name (demo, paper-v1-grow6, ...)")
+    p.add_argument("recipe", nargs="?", help="recipe file or shipped name (demo, paper-v1-grow6, ...); "
+                   "with --resume, defaults to the run's own plan.json")
     p.add_argument("--out", help="new run directory")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")

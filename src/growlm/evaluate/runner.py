@@ -37,7 +37,7 @@ def _fewshot_pool(task: str, root: Path, split: str) -> list[T.MCItem]:
 
 
 def evaluate(model: nn.Module, tokenizer, tasks: list[str] | str, limit: int | None = None,
-             num_fewshot: int | None = None, protocol: str = "loglik", runs: int = 1, batch_size: int = 32,
+             num_fewshot: int | None = None, protocol: str = "loglik", runs: int = 1, batch_size: int = 64,
              seed: int = 0, data_dir: str | Path | None = None, ppl_data: str | Path | None = None,
              squad_file: str | Path | None = None, arc_split: str = "test", temperature: float | None = None,
              max_length: int | None = None, progress: bool = True) -> dict:

@@ -33,7 +33,7 @@ class Request:
 class Scorer:
     """Wraps a model and tokenizer: batched, length-sorted, right-padded scoring with a token budget."""
 
-    def __init__(self, model: nn.Module, tokenizer, batch_size: int = 32, max_length: int | None = None,
+    def __init__(self, model: nn.Module, tokenizer, batch_size: int = 64, max_length: int | None = None,
                  progress: bool = True):
         self.model = model.eval()
         self.tok = tokenizer

@@ -1,0 +1,94 @@
+"""``growlm demo``, ``growlm compose-study`` and ``growlm finetune``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _bpc_by_depth(run: Path) -> list[str]:
+    from growlm.metrics import read_metrics
+
+    ends = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "stage_end"]
+    langs = sorted({k for r in ends for k in r["val_bpc"]})
+    lines = ["| stage | depth | " + " | ".join(f"bpc {k}" for k in langs) + " |",
+             "|---|---|" + "---|" * len(langs)]
+    for r in ends:
+        lines.append(f"| {r['name']} | {r['depth']} | " + " | ".join(f"{r['val_bpc'][k]:.3f}" for k in langs) + " |")
+    return lines
+
+
+def _composition_lines(table: dict) -> list[str]:
+    langs = sorted({k for r in table["rows"] for k in r["bpc"]})
+    lines = ["| model | kind | " + " | ".join(f"bpc {k}" for k in langs) + " |", "|---|---|" + "---|" * len(langs)]
+    for r in table["rows"]:
+        lines.append(f"| {r['name']} | {r['kind']} | " + " | ".join(f"{r['bpc'][k]:.3f}" for k in langs) + " |")
+    return lines
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from growlm.experiments import run_demo
+
+    s = run_demo(args.out, args.recipe, args.compose_recipe, progress=not args.no_progress)
+    out = Path(args.out)
+    print("\nValidation bits per character by depth (growth run):")
+    print("\n".join(_bpc_by_depth(Path(s["run"]))))
+    print("\nExperts and their compositions:")
+    print("\n".join(_composition_lines(json.loads((out / "compose" / "composition.json").read_text()))))
+    print(f"\ngrowth run:   {s['run']}  ({s['grow_seconds']:.0f} s)")
+    print(f"composition:  {s['compose']}  ({s['compose_seconds']:.0f} s)")
+    print(f"report:       {s['report']}")
+    print(f"total:        {s['total_seconds']:.0f} s")
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from growlm.experiments import compose_experiment
+
+    table = compose_experiment(args.recipe, args.out, progress=not args.no_progress)
+    print("\n".join(_composition_lines(table)))
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from growlm.checkpoint import load_model
+    from growlm.growth import DataSpec, Recipe, TrainSpec
+    from growlm.train import finetune, open_data
+
+    model = load_model(args.model)
+    fake = Recipe(name="finetune", model={}, substrate={}, data=DataSpec(path=args.data), train=TrainSpec(),
+                  stages=[])
+    data = open_data(fake, model.save_meta()["substrate"]["vocab"] if hasattr(model, "save_meta")
+                     else model.substrate_spec["vocab"])
+    train = TrainSpec(batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, val_tokens=args.val_tokens)
+    res = finetune(model, data, args.out, args.steps, train)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the CPU demo: grow a small model, compose two experts, write the report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--recipe", default="demo", help="growth recipe (default: demo)")
+    p.add_argument("--compose-recipe", default="compose-demo", help="composition recipe (default: compose-demo)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("compose-study", help="grow experts on different mixtures, compose by every method, "
+                                             "fine-tune, and tabulate bits per character")
+    p.add_argument("recipe", nargs="?", default="compose-demo")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_study)
+
+    p = sub.add_parser("finetune", help="fine-tune the trainable parts of a model (e.g. a composed model's adapter)")
+    p.add_argument("model", help="model directory (e.g. written by growlm compose)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", default="default", help="a `growlm prepare` directory (default: the embedded corpus)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--val-tokens", type=int, default=16384)
+    p.set_defaults(func=_finetune)

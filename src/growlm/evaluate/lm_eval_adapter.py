@@ -1,0 +1,102 @@
+"""lm-evaluation-harness model ``growlm``: ``lm_eval --model growlm --model_args path=RUN --tasks ...``.
+
+lm-eval 0.4.13 finds models only in its own registry (it does not read the ``lm_eval.models`` entry point), so this
+module registers ``growlm`` on import. Use ``python -m growlm.evaluate.lm_eval_adapter ARGS`` (the ``lm_eval``
+command line with ``growlm`` registered), or import this module before ``lm_eval.simple_evaluate(model="growlm")``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm.auto import tqdm
+
+from growlm.evaluate.scorer import Scorer
+
+
+def _split_space(context: str, continuation: str) -> tuple[str, str]:
+    """Move trailing spaces of the context onto the continuation (as lm-eval's own models do)."""
+    n = len(context) - len(context.rstrip(" "))
+    return (context[:-n], context[-n:] + continuation) if n else (context, continuation)
+
+
+@register_model("growlm")
+class GrowLMEval(LM):
+    """A growlm model or run directory (``path=``) as an lm-eval ``LM``."""
+
+    def __init__(self, path: str | None = None, batch_size: int | str = 64, max_length: int | None = None,
+                 device: str | None = None, model=None, tokenizer=None, **kwargs):
+        super().__init__()
+        from growlm.checkpoint import load_model, read_json, resolve_model_dir
+        from growlm.substrate import Tokenizer
+
+        if device and device.startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn(f"device {device!r} requested but CUDA is unavailable; using cpu", stacklevel=2)
+            device = "cpu"
+        if model is None:
+            if not path:
+                raise ValueError("growlm needs model_args path=RUN_OR_MODEL_DIR (e.g. --model_args path=runs/demo)")
+            d = resolve_model_dir(path)
+            model = load_model(d, map_location=device or "cpu")
+            tokenizer = Tokenizer.load(read_json(d / "model.json")["substrate"]["vocab"])
+        if tokenizer is None:
+            raise ValueError("pass tokenizer= together with model=")
+        bs = 64 if str(batch_size).startswith("auto") else int(batch_size)
+        self.scorer = Scorer(model, tokenizer, bs, int(max_length) if max_length else None, progress=True)
+        self.tok = tokenizer
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tok.name
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        pairs = []
+        for req in requests:
+            ctx, cont = _split_space(*req.args[:2])
+            pairs.append((self.tok.encode(ctx) if ctx else [], self.tok.encode(cont)))
+        return self.scorer.loglikelihood(pairs, desc="lm-eval loglikelihood")
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        out = []
+        for req in requests:
+            ids = [self.tok.eos_id] + self.tok.encode(req.args[0])
+            out.append(-sum(n for n, _ in self.scorer.rolling_nll(ids, desc="lm-eval rolling")))
+        return out
+
+    def generate_until(self, requests) -> list[str]:
+        out = []
+        for req in tqdm(requests, desc="lm-eval generate_until", leave=False):
+            context, kw = req.args[0], dict(req.args[1] if len(req.args) > 1 else {})
+            until = kw.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(kw.pop("max_gen_toks", 256))
+            temp = float(kw.pop("temperature", 0.0)) if kw.pop("do_sample", False) else 0.0
+            gen = torch.Generator().manual_seed(int(kw.pop("seed", 0)))
+
+            def stop(new: list[int], until=until) -> bool:
+                text = self.tok.decode(new)
+                return any(u in text for u in until) or new[-1] == self.tok.eos_id
+
+            text = self.tok.decode(self.scorer.generate(self.tok.encode(context), max_new, temp, gen, stop),
+                                   skip_special_tokens=True)
+            for u in until:
+                text = text.split(u, 1)[0]
+            out.append(text)
+        return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``lm_eval`` command line with ``growlm`` registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
