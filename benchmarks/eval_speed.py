@@ -42,8 +42,10 @@ def main() -> None:
     res = mc.score_loglik(scorer, "mmlu", items, [[] for _ in items])
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     qps = len(items) / dt
-    print(json.dumps({"questions": len(items), "seconds": round(dt, 2), "questions_per_s": round(qps, 2), "cpu_seconds": round(cpu, 2),
-                      "tokens": sum(len(tok.encode(mc.loglik_request("mmlu", it, [])[0])) for it in items),
+    prompt_tokens = sum(len(tok.encode(mc.loglik_request("mmlu", it, [])[0])) for it in items)
+    print(json.dumps({"questions": len(items), "seconds": round(dt, 2), "questions_per_s": round(qps, 2),
+                      "cpu_seconds": round(cpu, 2),
+                      "prompt_tokens_untruncated": prompt_tokens,
                       "full_mmlu_questions": total, "full_mmlu_seconds_extrapolated": round(total / qps, 1),
                       "acc": round(res["acc"]["value"], 4), "threads": args.threads, "batch_size": args.batch_size,
                       "max_length": scorer.max_length, "scoring_mode": scorer.mode, "d_model": 256,

@@ -39,7 +39,9 @@ def evaluate_dir(d: Path, args: argparse.Namespace) -> dict:
     depth = meta.get("depth")
     if depth is None:
         depth = (meta.get("config") or {}).get("n_layer")
-    out["model"] = {"path": str(d), "kind": meta.get("kind"), "depth": depth, "stage": meta.get("stage"),
+    experts = meta.get("experts") or []
+    out["model"] = {"expert_depths": [(e.get("config") or {}).get("n_layer") for e in experts] or None,
+                    "path": str(d), "kind": meta.get("kind"), "depth": depth, "stage": meta.get("stage"),
                     "stage_name": meta.get("stage_name"), "substrate_fingerprint": meta.get("substrate_fingerprint")}
     return out
 
@@ -84,7 +86,8 @@ def add_parser(sub) -> None:
                    help="comma-separated: mmlu, arc_easy, arc_challenge, csqa, hellaswag, squad, ppl, ppl_en, ...")
     p.add_argument("--protocol", default="loglik", choices=["loglik", "paper", "both"],
                    help="loglik: lm-eval acc/acc_norm (SQuAD: EM/F1); paper: generated letter (arXiv 2507.07129)")
-    p.add_argument("--limit", type=int, help="score only the first N items of each task (ppl: N documents)")
+    p.add_argument("--limit", type=int,
+                   help="score only the first N items of each task (MMLU: per subject; ppl: N documents)")
     p.add_argument("--fewshot", type=int, help="few-shot examples for loglik multiple choice (MMLU: from dev)")
     p.add_argument("--runs", type=int, default=1, help="paper protocol: sampled runs (1 = greedy)")
     p.add_argument("--temperature", type=float, help="paper protocol sampling temperature (default 1 when runs>1)")

@@ -11,7 +11,7 @@ from growlm.evaluate import multiple_choice as mc
 from growlm.evaluate import tasks as T
 from growlm.evaluate.perplexity import read_texts, score_perplexity
 from growlm.evaluate.scorer import Scorer
-from growlm.evaluate.squad import score_squad, score_squad_paper
+from growlm.evaluate.squad import paper_items, score_squad, score_squad_paper
 
 MC_TASKS = ("mmlu", "arc_easy", "arc_challenge", "csqa", "hellaswag")
 PPL_LANGS = ("en", "ru", "zh")
@@ -26,6 +26,16 @@ def parse_tasks(tasks: str | list[str]) -> list[str]:
     if bad or not names:
         raise ValueError(f"unknown task(s) {bad or names}; valid tasks are {', '.join(TASKS)}")
     return names
+
+
+def _first_per_subject(items: list[T.MCItem], limit: int) -> list[T.MCItem]:
+    counts: dict[str, int] = {}
+    out = []
+    for it in items:
+        counts[it.subject] = counts.get(it.subject, 0) + 1
+        if counts[it.subject] <= limit:
+            out.append(it)
+    return out
 
 
 def _fewshot_pool(task: str, root: Path, split: str) -> list[T.MCItem]:
@@ -51,7 +61,21 @@ def evaluate(model: nn.Module, tokenizer, tasks: list[str] | str, limit: int | N
         raise ValueError(f"runs must be >= 1, got {runs}")
     names = parse_tasks(tasks)
     protos = ["loglik", "paper"] if protocol == "both" else [protocol]
-    scorer = Scorer(model, tokenizer, batch_size, max_length, progress)
+    was_training = model.training
+    scorer = Scorer(model, tokenizer, batch_size, max_length, progress)  # puts the model in eval mode
+    try:
+        results, timings = _run(scorer, names, protos, limit, num_fewshot, runs, seed, data_dir, ppl_data,
+                                squad_file, arc_split, temperature)
+    finally:
+        model.train(was_training)
+    return {"results": results, "seconds": timings,
+            "config": {"tasks": names, "protocol": protocol, "limit": limit, "num_fewshot": num_fewshot,
+                       "runs": runs, "seed": seed, "batch_size": batch_size, "max_length": scorer.max_length,
+                       "arc_split": arc_split, "scoring_mode": scorer.mode}}
+
+
+def _run(scorer: Scorer, names: list[str], protos: list[str], limit, num_fewshot, runs, seed, data_dir, ppl_data,
+         squad_file, arc_split, temperature) -> tuple[dict, dict]:
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
     for name in names:
@@ -77,15 +101,16 @@ def evaluate(model: nn.Module, tokenizer, tasks: list[str] | str, limit: int | N
             if "loglik" in protos:  # the standard protocol: greedy generation, EM / F1
                 res["standard"] = score_squad(scorer, items[:limit] if limit else items, seed=seed)
             if "paper" in protos:
-                sub = items if not limit else items[: limit * 4]  # the paper's filter keeps ~1 in 4
-                res["paper"] = score_squad_paper(scorer, sub, runs, temperature, seed)
-                if limit:
-                    res["paper"]["note"] = f"--limit {limit}: the first {len(sub)} questions before filtering"
+                sub = paper_items(items)  # the paper keeps answered questions with answers of <= 8 characters
+                res["paper"] = score_squad_paper(scorer, sub[:limit] if limit else sub, runs, temperature, seed)
             results[name] = res
         else:
             root = T.data_root(data_dir)
             items = T.load_task(name, root, arc_split)
-            items = items[:limit] if limit else items
+            if limit and name == "mmlu":  # per subject, as lm-eval applies --limit to each MMLU subtask
+                items = _first_per_subject(items, limit)
+            elif limit:
+                items = items[:limit]
             res = {}
             if "loglik" in protos:
                 k = num_fewshot if num_fewshot is not None else 0
@@ -95,7 +120,4 @@ def evaluate(model: nn.Module, tokenizer, tasks: list[str] | str, limit: int | N
                 res["paper"] = mc.score_paper(scorer, name, items, runs, temperature, seed)
             results[name] = res
         timings[name] = round(time.perf_counter() - t0, 3)
-    return {"results": results, "seconds": timings,
-            "config": {"tasks": names, "protocol": protocol, "limit": limit, "num_fewshot": num_fewshot,
-                       "runs": runs, "seed": seed, "batch_size": batch_size, "max_length": scorer.max_length,
-                       "arc_split": arc_split, "scoring_mode": scorer.mode}}
+    return results, timings

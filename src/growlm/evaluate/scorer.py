@@ -207,7 +207,7 @@ class Scorer:
     def generate(self, prompt: list[int], max_new: int, temperature: float = 0.0,
                  generator: torch.Generator | None = None, stop: Callable[[list[int]], bool] | None = None
                  ) -> list[int]:
-        """Up to ``max_new`` tokens after one prompt with a KV cache when the model has one; ``stop(new_ids)`` ends early."""
+        """Up to ``max_new`` tokens after one prompt (KV-cached when the model has caches); ``stop(new)`` ends early."""
         prompt = (list(prompt) or [self.tok.eos_id])[-max(1, self.max_length - max_new):]
         new: list[int] = []
         if not hasattr(self.model, "new_caches"):
