@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "growlm.commands.grow",
     "growlm.commands.compose",
     "growlm.commands.demo",
+    "growlm.commands.eval",
     "growlm.commands.export",
     "growlm.commands.report",
 ]
