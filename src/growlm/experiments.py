@@ -84,8 +84,10 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
         rows.append({"name": label, "kind": "composed", **_bpc(composed, data, base)})
         log(f"composed {label}: bits/char {rows[-1]['bpc']}")
         if method in opts.get("finetune", []):
+            lr = opts.get("finetune_lr")
+            lr = lr.get(method) if isinstance(lr, dict) else lr  # one rate, or one per method
             res = finetune(composed, data, out / f"finetuned-{method}", opts.get("finetune_steps", 50), train,
-                           lr=opts.get("finetune_lr"), progress=progress, log=log)
+                           lr=lr, progress=progress, log=log)
             rows.append({"name": f"{label} + fine-tune", "kind": "finetuned", "bpc": res["after"]["val_bpc"],
                          "val_loss": res["after"]["val_loss"], "step0_val_loss": res["before"]["val_loss"]})
             log(f"fine-tuned {label}: bits/char {rows[-1]['bpc']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -62,7 +63,7 @@ def _finetune(args: argparse.Namespace) -> int:
     data = open_data(fake, model.save_meta()["substrate"]["vocab"] if hasattr(model, "save_meta")
                      else model.substrate_spec["vocab"])
     train = TrainSpec(batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, val_tokens=args.val_tokens)
-    res = finetune(model, data, args.out, args.steps, train)
+    res = finetune(model, data, args.out, args.steps, train, log=lambda *a: print(*a, file=sys.stderr))
     print(json.dumps(res, indent=1))
     return 0
 
