@@ -102,7 +102,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=65536)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=2, help="repeat every mode, interleaved; report the best")
     ap.add_argument("--device", default=None)
     ap.add_argument("--quick", action="store_true", help="d_model 64 x 2, V 8192, 2 steps")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -114,18 +115,24 @@ def main() -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:
-        args.configs, args.vocab, args.steps, args.seq = "64x2", 8192, 2, 64
+        args.configs, args.vocab, args.steps, args.seq, args.rounds = "64x2", 8192, 2, 64, 1
     results = []
     for cfg in args.configs.split(","):
         d, depth = (int(v) for v in cfg.split("x"))
-        rows = {}
-        for mode in MODES:
-            payload = json.dumps([mode, d, depth, args.vocab, args.batch, args.seq, args.steps, device])
-            out = subprocess.run([sys.executable, __file__, "--child", payload], capture_output=True, text=True)
-            if out.returncode != 0:
-                rows[mode] = {"mode": mode, "error": out.stderr.strip().splitlines()[-1:]}
-                continue
-            rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        rows: dict[str, dict] = {}
+        for _ in range(args.rounds):  # modes interleaved, best of the rounds: the machine is shared and noisy
+            for mode in MODES:
+                payload = json.dumps([mode, d, depth, args.vocab, args.batch, args.seq, args.steps, device])
+                out = subprocess.run([sys.executable, __file__, "--child", payload], capture_output=True, text=True)
+                if out.returncode != 0:
+                    rows.setdefault(mode, {"mode": mode, "error": out.stderr.strip().splitlines()[-1:]})
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r["rounds_tok_per_s"] = rows.get(mode, {}).get("rounds_tok_per_s", []) + [r["tok_per_s"]]
+                if r["tok_per_s"] >= rows.get(mode, {}).get("tok_per_s", 0):
+                    rows[mode] = r
+                else:
+                    rows[mode]["rounds_tok_per_s"] = r["rounds_tok_per_s"]
         base = rows["mono_naive_fp32"]
         for r in rows.values():
             if "tok_per_s" in r and "tok_per_s" in base:

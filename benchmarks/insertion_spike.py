@@ -32,7 +32,7 @@ def main() -> None:
     out = {"model": args.model, "steps": args.steps, "inits": {}}
     for init in ("fresh", "identity", "copy"):
         model = load_model(args.model)
-        data = open_data(recipe, model.substrate_spec["vocab"])
+        data = open_data(recipe.data.path, model.substrate_spec["vocab"])
         before = validate(model, data, train, torch.device("cpu"))["val_loss"]
         torch.manual_seed(0)
         begin_stage(model, Stage(name=f"add-{init}", add=1, init=init, train_newest=1, steps=args.steps))

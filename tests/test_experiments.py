@@ -62,3 +62,10 @@ finetune_steps = 3
     assert ft["step0_val_loss"] == pytest.approx(router["val_loss"], abs=1e-3)  # fine-tuning starts there
     report = (tmp_path / "demo" / "report" / "report.md").read_text()
     assert ".png" in report and summary["total_seconds"] > 0
+
+    from growlm.cli import main as cli_main
+
+    composed = tmp_path / "demo" / "compose" / "composed-adapter"
+    assert cli_main(["finetune", str(composed), "--data", str(tiny_data), "--steps", "2", "--batch-size", "2",
+                     "--seq-len", "16", "--val-tokens", "64", "--out", str(tmp_path / "ft")]) == 0
+    assert (tmp_path / "ft" / "model" / "model.json").exists()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,20 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
         meta["languages"][lang] = info
     (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     return meta
+
+
+def default_tokens(vocab: str = "compact") -> Path:
+    """The embedded corpus tokenised with ``vocab``, prepared once into the cache directory."""
+    from growlm.substrate.substrate import cache_dir
+
+    v = Tokenizer.load(vocab).vocab
+    root = cache_dir().parent / "data" / f"default-{v.name}-{v.sha256[:10]}"
+    if not (root / "meta.json").exists():
+        tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
+        prepare(None, tmp, vocab)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+    return root
 
 
 @dataclass

@@ -71,7 +71,7 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
             log(f"== expert {name}: mixture {mixture}")
             grow(r, run, resume=(run / "checkpoints").exists(), progress=progress, log=log)
         model = load_model(run)
-        data = data or open_data(r, model.substrate_spec["vocab"])
+        data = data or open_data(r.data.path, model.substrate_spec["vocab"])
         experts.append((name, model))
         rows.append({"name": name, "kind": "expert", **_bpc(model, data, r)})
         log(f"expert {name}: bits/char {rows[-1]['bpc']}")

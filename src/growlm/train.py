@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,11 +31,11 @@ from growlm.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from growlm.data import TokenData, bits_per_char, prepare
+from growlm.data import TokenData, bits_per_char, default_tokens
 from growlm.growth import Recipe, Stage, TrainSpec
 from growlm.metrics import MetricsLog
 from growlm.model import Config, GrowLM
-from growlm.substrate import Substrate, SubstrateSpec
+from growlm.substrate import Substrate, SubstrateSpec, Vocabulary
 
 # --------------------------------------------------------------------------- distribution
 
@@ -156,24 +155,10 @@ class RunState:
     tokens: int = 0
 
 
-def open_data(recipe: Recipe, vocab_name: str) -> TokenData:
-    """The recipe's token files; ``default`` prepares the embedded corpus once into the cache."""
-    if recipe.data.path == "default":
-        from growlm.substrate import Vocabulary
-        from growlm.substrate.substrate import cache_dir
-
-        v = Vocabulary.load(vocab_name)
-        root = cache_dir().parent / "data" / f"default-{v.name}-{v.sha256[:10]}"
-        if not (root / "meta.json").exists():
-            tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-            prepare(None, tmp, vocab_name)
-            shutil.rmtree(root, ignore_errors=True)
-            os.replace(tmp, root)
-        data = TokenData.open(root)
-    else:
-        data = TokenData.open(recipe.data.path)
-    from growlm.substrate import Vocabulary
-
+def open_data(path: str | Path, vocab_name: str) -> TokenData:
+    """Token files at ``path`` (``"default"``: the embedded corpus, tokenised once into the cache)."""
+    root = default_tokens(vocab_name) if str(path) == "default" else path
+    data = TokenData.open(root)
     data.check_vocab(vocab_name, Vocabulary.load(vocab_name).sha256)
     return data
 
@@ -205,7 +190,10 @@ class Run:
         sub_opts = {k: v for k, v in recipe.substrate.items() if k not in ("kind", "vocab")}
         kind, vocab = recipe.substrate.get("kind", "glyph"), recipe.substrate.get("vocab", "compact")
         self.substrate = Substrate.build(kind, vocab, cfg.d_model, **sub_opts)
-        self.data = open_data(recipe, self.substrate.spec.vocab)
+        if self.dist.main:  # the first use of the default corpus tokenises it: once, on rank 0
+            open_data(recipe.data.path, self.substrate.spec.vocab)
+        self.dist.barrier()
+        self.data = open_data(recipe.data.path, self.substrate.spec.vocab)
         self.generator = torch.Generator().manual_seed(self.train.seed)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.main)
         self.state = RunState()

@@ -53,15 +53,13 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from growlm.checkpoint import load_model
-    from growlm.growth import DataSpec, Recipe, TrainSpec
+    from growlm.checkpoint import load_model, read_json, resolve_model_dir
+    from growlm.growth import TrainSpec
     from growlm.train import finetune, open_data
 
     model = load_model(args.model)
-    fake = Recipe(name="finetune", model={}, substrate={}, data=DataSpec(path=args.data), train=TrainSpec(),
-                  stages=[])
-    data = open_data(fake, model.save_meta()["substrate"]["vocab"] if hasattr(model, "save_meta")
-                     else model.substrate_spec["vocab"])
+    vocab = read_json(resolve_model_dir(args.model) / "model.json")["substrate"]["vocab"]
+    data = open_data(args.data, vocab)
     train = TrainSpec(batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, val_tokens=args.val_tokens)
     res = finetune(model, data, args.out, args.steps, train, log=lambda *a: print(*a, file=sys.stderr))
     print(json.dumps(res, indent=1))
