@@ -74,3 +74,14 @@ def test_errors_are_clear(monkeypatch, tmp_path):
     finally:
         monkeypatch.delenv("GROWLM_UNIFONT")
         glyph.load_unifont.cache_clear()
+
+
+def test_blank_glyphs_are_drawn_as_their_code_so_space_runs_differ():
+    from growlm.substrate import Tokenizer
+
+    s = Substrate.build("glyph", "compact", 64)
+    tok = Tokenizer.load("compact")
+    ids = [tok.encode(run)[0] for run in (" ", "  ", "   ", "\u3000")]
+    assert len(set(ids)) == 4  # each run is one token...
+    rows = s.matrix[ids]
+    assert torch.cdist(rows, rows).fill_diagonal_(1).min() > 1e-3  # ...with its own vector

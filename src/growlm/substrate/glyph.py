@@ -3,7 +3,8 @@
 Every token becomes a 16x16 grey image:
 * a character is its Unifont glyph (8 or 16 pixels wide), resized to the cell;
 * an n-gram is its characters' glyphs side by side, resized to one cell;
-* a character Unifont has no glyph for is drawn as its hex code (``"D7A5"``);
+* a character Unifont has no glyph for, or a blank one (spaces), is drawn as its hex code
+  (``"D7A5"``, ``"0020"``), so runs of spaces of different lengths stay distinct;
 * specials and byte tokens are their names drawn inverted (ink on a full
   background), which no text token can produce, so all vectors stay distinct.
 Images go through PCA (eigendecomposition of the 256x256 covariance in
@@ -67,8 +68,10 @@ def load_unifont() -> dict[int, np.ndarray]:
 
 def _char_bitmap(glyphs: dict[int, np.ndarray], ch: str) -> np.ndarray:
     g = glyphs.get(ord(ch))
-    if g is not None:
+    if g is not None and g.any():
         return g
+    # No glyph, or a blank one (space, no-break space, ideographic space...): draw the hex code,
+    # so that " ", "  " and "   " (all blank) stay distinct tokens for the model.
     return np.concatenate([glyphs[ord(c)] for c in f"{ord(ch):04X}"], axis=1)
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from growlm.substrate import binary, glyph
 from growlm.substrate.vocab import Vocabulary
 
-ALGORITHM_VERSION = {"glyph": "glyph-pca-1", "binary": "binary-dct-1"}
+ALGORITHM_VERSION = {"glyph": "glyph-pca-2", "binary": "binary-dct-1"}  # bump on any change to the matrix
 KINDS = tuple(ALGORITHM_VERSION)
 
 
