@@ -263,3 +263,14 @@ def test_compact_vocab_file() -> None:
     for c in "абвгдежзийклмнопрстуфхцчшщъыьэюяё—的一是不了人我在有他中大上国國年日月山風春花雲":
         assert c in charset, c
     assert (VOCAB_DIR / "compact.json").stat().st_size < 300_000
+
+
+def test_embedded_corpus_split_is_not_biased_by_its_selection():
+    """The default corpus picks documents by sha256; the split must not correlate with that."""
+    from growlm.data import VAL_FRACTION, is_validation
+
+    for lang in ("en", "ru", "zh"):
+        docs = [t for _, t in load_documents(default_corpus_dir(), lang)]
+        held = sum(len(t) for t in docs if is_validation(t, VAL_FRACTION))
+        share = held / sum(len(t) for t in docs)
+        assert 0.02 < share < 0.25, (lang, share)

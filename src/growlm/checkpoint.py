@@ -41,6 +41,11 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, foreign or does not fit."""
 
 
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies, as safetensors wants them."""
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
 def _atomic_file(path: Path, write) -> None:
     """Call ``write(tmp_path)``, fsync the result, and rename it over ``path``; no trace on failure."""
     path = Path(path)
@@ -64,7 +69,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """``safetensors`` save through a temporary file and a rename."""
-    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    cpu = _cpu(tensors)
     _atomic_file(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
@@ -132,9 +137,8 @@ def save_model(model: torch.nn.Module, path: str | Path, extra: dict | None = No
     path = Path(path)
     meta = model.save_meta() if hasattr(model, "save_meta") else model_meta(model)
     meta.update(extra or {})
-    state = {k: v for k, v in model.state_dict().items()}
     with atomic_dir(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
         (tmp / "model.json").write_text(json.dumps(meta, indent=1))
     return path
 
@@ -201,10 +205,9 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
                 opt_tensors[f"state.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
         groups = sd["param_groups"]
     with atomic_dir(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        save_file({k: v.contiguous().cpu() for k, v in opt_tensors.items()}, str(tmp / "optimizer.safetensors"))
-        save_file({k: v.contiguous().cpu() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+        save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
+        save_file(_cpu(opt_tensors), str(tmp / "optimizer.safetensors"))
+        save_file(_cpu(rng), str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"format": TRAIN_FORMAT, **state, "param_groups": groups},
                                                    indent=1))
     return path

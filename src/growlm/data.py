@@ -30,11 +30,16 @@ from growlm.corpus import default_corpus_dir, load_documents
 from growlm.substrate import Tokenizer
 
 DATA_FORMAT = "growlm-tokens-1"
+VAL_FRACTION = 0.1  # share of documents held out (the embedded corpus has only ~200-280 per language)
 
 
 def is_validation(text: str, fraction: float) -> bool:
-    """Deterministic document-level split: True for about ``fraction`` of documents."""
-    h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    """Deterministic document-level split: True for about ``fraction`` of documents.
+
+    The hash is salted so that the split is independent of any selection made by a plain
+    sha256 of the text (the embedded corpus picks its documents that way).
+    """
+    h = int.from_bytes(hashlib.sha256(b"growlm/split/1\0" + text.encode("utf-8")).digest()[:8], "big")
     return h / 2**64 < fraction
 
 
@@ -45,35 +50,53 @@ def _hash_corpus_files(root: Path) -> dict[str, str]:
 
 
 def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compact",
-            val_fraction: float = 0.05) -> dict:
-    """Tokenise ``corpus`` (default: the embedded corpus) into token files under ``out_dir``; returns the metadata."""
+            val_fraction: float = VAL_FRACTION, batch_docs: int = 512) -> dict:
+    """Tokenise ``corpus`` (default: the embedded corpus) into token files under ``out_dir``; returns the metadata.
+
+    Streams: documents are read, encoded ``batch_docs`` at a time and appended to their
+    language's and split's file, so a corpus larger than memory can be prepared.
+    """
     root = Path(corpus) if corpus else default_corpus_dir()
     tok = Tokenizer.load(vocab)
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
-    docs: dict[str, dict[str, list[str]]] = {}
-    for lang, text in load_documents(root):
-        split = "val" if is_validation(text, val_fraction) else "train"
-        docs.setdefault(lang or "unk", {"train": [], "val": []})[split].append(text)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    files: dict[tuple[str, str], object] = {}
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    batch: list[tuple[str, str, str]] = []
+
+    def flush() -> None:
+        for (lang, split, text), ids in zip(batch, tok.encode_batch([t for _, _, t in batch])):
+            if (lang, split) not in files:
+                (out / lang).mkdir(exist_ok=True)
+                files[lang, split] = open(out / lang / f".{split}.bin.tmp", "wb")
+            np.asarray(ids + [tok.eos_id], dtype=dtype).tofile(files[lang, split])
+            c = counts.setdefault(lang, {}).setdefault(split, {"documents": 0, "tokens": 0, "characters": 0})
+            c["documents"] += 1
+            c["tokens"] += len(ids) + 1
+            c["characters"] += len(text)
+        batch.clear()
+
+    try:
+        for lang, text in load_documents(root):
+            batch.append((lang or "unk", "val" if is_validation(text, val_fraction) else "train", text))
+            if len(batch) >= batch_docs:
+                flush()
+        flush()
+    finally:
+        for f in files.values():
+            f.close()
+    for lang, splits in counts.items():
+        for split in ("train", "val"):
+            tmp = out / lang / f".{split}.bin.tmp"
+            if not tmp.exists():  # a language with no validation (or training) document
+                tmp.touch()
+                splits[split] = {"documents": 0, "tokens": 0, "characters": 0}
+            tmp.replace(out / lang / f"{split}.bin")
     meta = {"format": DATA_FORMAT, "vocab": tok.name, "vocab_version": tok.vocab.version,
             "vocab_sha256": tok.vocab.sha256, "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
             "eos_id": tok.eos_id, "val_fraction": val_fraction, "corpus": str(root),
-            "sources": _hash_corpus_files(root), "languages": {}}
-    for lang, splits in sorted(docs.items()):
-        (out / lang).mkdir(exist_ok=True)
-        info = {}
-        for split, texts in splits.items():
-            ids: list[int] = []
-            for enc in tok.encode_batch(texts):
-                ids.extend(enc)
-                ids.append(tok.eos_id)
-            arr = np.asarray(ids, dtype=dtype)
-            tmp = out / lang / f".{split}.bin.tmp"
-            arr.tofile(tmp)
-            tmp.replace(out / lang / f"{split}.bin")
-            info[split] = {"documents": len(texts), "tokens": int(arr.size), "characters": sum(map(len, texts))}
-        meta["languages"][lang] = info
+            "sources": _hash_corpus_files(root), "languages": {k: counts[k] for k in sorted(counts)}}
     (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     return meta
 
@@ -83,7 +106,7 @@ def default_tokens(vocab: str = "compact") -> Path:
     from growlm.substrate.substrate import cache_dir
 
     v = Tokenizer.load(vocab).vocab
-    root = cache_dir().parent / "data" / f"default-{v.name}-{v.sha256[:10]}"
+    root = cache_dir().parent / "data" / f"default-{v.name}-{v.sha256[:10]}-split1-{VAL_FRACTION}"
     if not (root / "meta.json").exists():
         tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
         prepare(None, tmp, vocab)
@@ -177,7 +200,8 @@ def bits_per_char(total_nats: float, n_tokens: int, n_chars: int, tokens_availab
     return total_nats / math.log(2) / max(1.0, chars)
 
 
-def heldout_texts(corpus: str | Path | None = None, lang: str | None = None, val_fraction: float = 0.05) -> list[str]:
+def heldout_texts(corpus: str | Path | None = None, lang: str | None = None,
+                  val_fraction: float = VAL_FRACTION) -> list[str]:
     """Validation documents of a corpus (default: the embedded one), by the same split ``prepare`` uses."""
     root = Path(corpus) if corpus else default_corpus_dir()
     return [t for doc_lang, t in load_documents(root, lang) if is_validation(t, val_fraction)]

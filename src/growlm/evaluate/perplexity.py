@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
+from growlm.corpus import load_documents
 from growlm.evaluate.scorer import Scorer
 from growlm.evaluate.stats import bootstrap_ci
 
 
 def read_texts(path: str | Path) -> list[str]:
-    """Documents of a .txt file (one document), a .jsonl file (a 'text' field per line) or a folder of them."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
-        if not files:
-            raise FileNotFoundError(f"no .txt or .jsonl file under {path}")
-        return [t for f in files for t in read_texts(f)]
-    if not path.exists():
-        raise FileNotFoundError(f"perplexity data {path} does not exist; pass a .txt/.jsonl file or a folder")
-    if path.suffix == ".jsonl":
-        docs = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                row = json.loads(line)
-                if "text" not in row:
-                    raise ValueError(f"{path}:{n} has no 'text' field; keys are {sorted(row)}")
-                docs.append(row["text"])
-        return docs
-    return [path.read_text(encoding="utf-8")]
+    """Documents of a .txt/.jsonl file (optionally .gz) or a folder of them (``growlm.corpus.load_documents``)."""
+    return [text for _, text in load_documents(path)]
 
 
 def score_perplexity(scorer: Scorer, docs: list[str], seed: int = 0) -> dict:
