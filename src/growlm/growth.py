@@ -179,24 +179,22 @@ class Recipe:
         cfg.vocab_size = len(Vocabulary.load(self.substrate.get("vocab", "compact")))
         return cfg
 
+    def settings(self) -> dict:
+        """Everything that determines the run, as plain data (not comments or formatting)."""
+        return {"model": self.model, "substrate": self.substrate, "data": asdict(self.data),
+                "train": asdict(self.train), "stages": [asdict(s) for s in self.stages]}
+
     def fingerprint(self) -> str:
-        """Hash of everything that determines the run (not of comments or formatting)."""
-        payload = {"model": self.model, "substrate": self.substrate, "data": asdict(self.data),
-                   "train": asdict(self.train), "stages": [asdict(s) for s in self.stages]}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        """Hash of ``settings()``."""
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True, default=str).encode()).hexdigest()
 
     def diff(self, other: Recipe) -> list[str]:
-        """Top-level keys in which two recipes differ (for refusal messages)."""
-        a = {"model": self.model, "substrate": self.substrate, "data": asdict(self.data), "train": asdict(self.train)}
-        b = {"model": other.model, "substrate": other.substrate, "data": asdict(other.data),
-             "train": asdict(other.train)}
-        out = [f"{k}.{kk}" for k in a for kk in set(a[k]) | set(b[k]) if a[k].get(kk) != b[k].get(kk)]
-        for i in range(max(len(self.stages), len(other.stages))):
-            sa = asdict(self.stages[i]) if i < len(self.stages) else None
-            sb = asdict(other.stages[i]) if i < len(other.stages) else None
-            if sa != sb:
-                out.append(f"stages[{i}]")
-        return out
+        """Keys (``train.lr``, ``stages[2]``) in which two recipes differ, for refusal messages."""
+        a, b = self.settings(), other.settings()
+        sa, sb = a.pop("stages"), b.pop("stages")
+        out = [f"{k}.{kk}" for k in a for kk in sorted(set(a[k]) | set(b[k])) if a[k].get(kk) != b[k].get(kk)]
+        n = max(len(sa), len(sb))
+        return out + [f"stages[{i}]" for i in range(n) if sa[i:i + 1] != sb[i:i + 1]]
 
     def stage_steps(self, stage: Stage) -> int:
         """Optimiser steps of a stage (tokens are converted with the global batch)."""
