@@ -20,7 +20,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,7 @@ class TokenData:
 
     root: Path
     meta: dict
+    _maps: dict = field(default_factory=dict, repr=False)  # (lang, split) -> memmap, opened once
 
     @classmethod
     def open(cls, root: str | Path) -> TokenData:
@@ -142,7 +143,12 @@ class TokenData:
         """The token file of ``lang`` and ``split`` as a read-only memmap."""
         if lang not in self.meta["languages"]:
             raise KeyError(f"no language {lang!r} in {self.root}; it has {self.languages}")
-        return np.memmap(self.root / lang / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
+        if (lang, split) not in self._maps:  # sample_batch asks once per row of every batch
+            path = self.root / lang / f"{split}.bin"
+            empty = path.stat().st_size == 0  # a split with no document; numpy cannot map empty files
+            self._maps[lang, split] = (np.empty(0, self.meta["dtype"]) if empty
+                                       else np.memmap(path, dtype=self.meta["dtype"], mode="r"))
+        return self._maps[lang, split]
 
     def characters(self, lang: str, split: str = "val") -> int:
         return int(self.meta["languages"][lang][split]["characters"])
