@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from growlm.growth import RECIPE_DIR, Recipe
 from growlm.metrics import read_metrics
@@ -28,12 +29,79 @@ def shrink(raw: dict, data: str) -> dict:
     return raw
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in RECIPE_DIR.glob("paper-*.toml")))
+PAPER = sorted(p.stem for p in RECIPE_DIR.glob("paper-*.toml") if "expert_recipe" not in p.read_text())
+
+
+@pytest.mark.parametrize("name", PAPER)
 def test_paper_recipes_run_a_few_steps(name, tiny_data, tmp_path):
-    recipe = Recipe.from_dict(shrink(Recipe.load(name).raw, str(tiny_data)))
+    recipe = Recipe.from_dict(shrink(Recipe.load_raw(name), str(tiny_data)))
     grow(recipe, tmp_path / "run", **QUIET)
     ends = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "stage_end"]
     assert len(ends) == len(recipe.stages)
+
+
+def test_paper_recipes_use_the_papers_shape_and_interfaces():
+    for name in PAPER:
+        raw = Recipe.load_raw(name)
+        m, sub = raw["model"], raw["substrate"]
+        assert sub["vocab"] in ("bvv241-2-3", "bvv241-abs") and sub["kind"] in ("glyph", "binary"), name
+        assert m["n_head"] == 32 and m["block_size"] == 1024, name
+        assert m["d_model"] == (4096 if name.startswith("paper-v1-grow6") else 1024), name
+        depth = sum(st.get("add", 0) for st in raw["stages"])
+        expected = {"paper-v1-grow6": 6, "paper-v1-grow6-head": 6, "paper-v3-binary16": 16, "paper-v1-compose-expert": 16}
+        assert depth == expected.get(name, 9), name
+
+
+def _stage_weights(run, i: int) -> dict:
+    from growlm.checkpoint import load_model
+
+    return {k: v.clone() for k, v in load_model(run / "stages" / f"stage-{i:02d}").state_dict().items()}
+
+
+def test_unfrozen_variant_trains_a_random_embedding_in_stage_one_only(tiny_data, tmp_path):
+    from growlm.substrate import Substrate
+
+    grow(Recipe.from_dict(shrink(Recipe.load_raw("paper-v3-9layer-unfrozen"), str(tiny_data))), tmp_path / "r", **QUIET)
+    w = [_stage_weights(tmp_path / "r", i) for i in range(3)]
+    sub = Substrate.build("glyph", "compact", 32)
+    assert not torch.allclose(w[0]["embedding"], sub.matrix, atol=1e-3)  # random start, not the substrate
+    assert torch.equal(w[0]["embedding"], w[1]["embedding"]) and torch.equal(w[1]["embedding"], w[2]["embedding"])
+    assert not torch.equal(w[0]["head.weight"], w[1]["head.weight"])  # the head keeps training
+
+
+def test_v1_recipe_freezes_the_head_after_stage_one(tiny_data, tmp_path):
+    for name, head_trains in [("paper-v1-grow6", False), ("paper-v1-grow6-head", True)]:
+        raw = shrink(Recipe.load_raw(name), str(tiny_data))
+        raw["stages"] = raw["stages"][:3]  # layers 1-3: the head stage, a plain stage, the first LoRA stage
+        grow(Recipe.from_dict(raw), tmp_path / name, **QUIET)
+        w = [_stage_weights(tmp_path / name, i) for i in range(3)]
+        same = [torch.equal(w[0][k], w[i][k]) for i in (1, 2) for k in ("head.weight", "norm.weight")]
+        assert all(same) != head_trains, name
+        assert not torch.equal(w[1]["blocks.0.attn.qkv.weight"], w[2]["blocks.0.attn.qkv.weight"])  # LoRA merged
+
+
+def test_paper_composition_study_runs_in_one_command(tiny_data, tmp_path):
+    from growlm.cli import main as cli_main
+    from growlm.experiments import load_compose_recipe
+
+    spec = load_compose_recipe("paper-v1-compose")
+    expert = shrink(Recipe.load_raw(spec["expert_recipe"]), str(tiny_data))
+    (tmp_path / "expert.json").write_text(json.dumps(expert))
+    study = (RECIPE_DIR / "paper-v1-compose.toml").read_text()
+    study = study.replace('expert_recipe = "paper-v1-compose-expert"', f'expert_recipe = "{tmp_path / "expert.json"}"')
+    study = study.replace("finetune_steps = 2000", "finetune_steps = 3")
+    (tmp_path / "study.toml").write_text(study)
+    assert cli_main(["compose-study", str(tmp_path / "study.toml"), "--out", str(tmp_path / "out"),
+                     "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "out" / "composition.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["expert", "expert", "composed", "finetuned"]
+    assert rows[3]["step0_val_loss"] == pytest.approx(rows[2]["val_loss"], abs=1e-3)  # starts at the average
+    from growlm.checkpoint import load_model
+
+    tuned = load_model(tmp_path / "out" / "finetuned-average" / "model")
+    expert0 = load_model(tmp_path / "out" / "expert-en_ru")
+    assert not torch.equal(tuned.experts[0].head.weight, expert0.head.weight)  # the output layer trained
+    assert torch.equal(tuned.experts[0].blocks[0].attn.qkv.weight, expert0.blocks[0].attn.qkv.weight)
 
 
 def test_compose_study_and_demo(tiny_recipe, tiny_data, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -142,3 +143,62 @@ def test_params_cli(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["grown_active"] == 104_965_120 and out["frozen_interface"] == 180_542_464
     assert out["fully_trainable"] == 247_651_328
+
+
+@pytest.mark.parametrize("init", ["substrate", "random"])
+def test_trainable_embedding_baseline_updates_the_embedding(sub, init):
+    from growlm.growth import TrainSpec
+    from growlm.train import build_optimizer
+
+    torch.manual_seed(0)
+    cfg = Config.from_preset("tiny", vocab_size=16384, d_model=64, n_layer=1, n_head=4, block_size=32,
+                             trainable_embedding=True, embedding_init=init)
+    m = GrowLM(cfg, sub)
+    assert isinstance(m.embedding, torch.nn.Parameter) and m.cfg.embedding_init == init
+    start = m.embedding.detach().clone()
+    if init == "substrate":
+        assert torch.equal(start, sub.matrix)
+    else:  # the classical baseline: a GPT-2-style random table, nothing of the substrate
+        assert not torch.allclose(start, sub.matrix, atol=1e-3)
+        assert abs(float(start.std()) - cfg.init_std) < 0.1 * cfg.init_std
+    opt = build_optimizer(m, TrainSpec(lr=1e-2), torch.device("cpu"))
+    assert id(m.embedding) in {id(p) for g in opt.param_groups for p in g["params"]}
+    idx = torch.randint(0, 200, (2, 16))
+    m(idx[:, :-1], idx[:, 1:]).backward()
+    assert m.embedding.grad is not None and float(m.embedding.grad.abs().sum()) > 0
+    opt.step()
+    changed = (m.embedding.detach() != start).any(dim=1)
+    assert changed[idx[:, :-1].unique()].all()  # every row the batch read was updated
+    assert "embedding" in m.state_dict()  # a trained embedding is saved with the weights
+
+
+def test_random_embedding_init_needs_a_trainable_embedding():
+    with pytest.raises(ValueError, match="needs trainable_embedding = true"):
+        Config.from_preset("tiny", embedding_init="random")
+    with pytest.raises(ValueError, match="embedding_init must be 'substrate' or 'random'"):
+        Config.from_preset("tiny", trainable_embedding=True, embedding_init="zeros")
+
+
+def test_depth_is_the_number_of_blocks(sub):
+    cfg = Config.from_preset("tiny", vocab_size=16384, d_model=64, n_layer=1, n_head=4)
+    m = GrowLM(cfg, sub)
+    m.grow(2)
+    assert m.cfg.n_layer == len(m.blocks) == 3 and cfg.n_layer == 1  # the caller's config is not touched
+    m.cfg.n_layer = 7  # a copy: the model's depth cannot drift from its blocks
+    assert m.cfg.n_layer == 3
+    with pytest.raises(AttributeError):
+        m.cfg = cfg
+
+
+def test_residual_write_init_scales_with_init_depth(sub):
+    def proj_std(init_depth: int, depth_before: int) -> float:
+        torch.manual_seed(0)
+        cfg = Config.from_preset("tiny", vocab_size=16384, d_model=64, n_layer=depth_before, n_head=4,
+                                 mlp_hidden=4096, init_depth=init_depth)
+        m = GrowLM(cfg, sub)
+        return float(m.new_block().mlp.proj.weight.detach().std())
+
+    # default: the depth after insertion (here 2); init_depth: the depth the plan will reach (here 8)
+    assert proj_std(0, 1) == pytest.approx(0.02 / 2, rel=0.05)
+    assert proj_std(8, 1) == pytest.approx(0.02 / 4, rel=0.05)
+    assert proj_std(2, 5) == pytest.approx(0.02 / math.sqrt(12), rel=0.05)  # grown past init_depth: actual depth

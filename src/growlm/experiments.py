@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import tomllib
+import torch
 
 from growlm.checkpoint import load_model, save_model
 from growlm.compose import compose
@@ -22,7 +23,7 @@ from growlm.growth import RECIPE_DIR, Recipe
 from growlm.train import finetune, grow, open_data, validate
 
 COMPOSE_KEYS = {"name", "description", "expert_recipe", "experts", "compose"}
-COMPOSE_OPTIONS = {"methods", "finetune", "finetune_steps", "finetune_lr", "rank"}
+COMPOSE_OPTIONS = {"methods", "finetune", "finetune_steps", "finetune_lr", "rank", "train_heads"}
 
 
 def load_compose_recipe(name_or_path: str | Path) -> dict:
@@ -62,6 +63,7 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
     base = Recipe.load(spec["expert_recipe"])
     opts = spec.get("compose", {})
     t0 = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where grow() trained the experts
     experts, rows = [], []
     data = None
     for name, mixture in spec["experts"].items():
@@ -70,14 +72,16 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
         if not (run / "model" / "model.json").exists():
             log(f"== expert {name}: mixture {mixture}")
             grow(r, run, resume=(run / "checkpoints").exists(), progress=progress, log=log)
-        model = load_model(run)
+        model = load_model(run).to(device)
         data = data or open_data(r.data.path, model.substrate_spec["vocab"])
         experts.append((name, model))
         rows.append({"name": name, "kind": "expert", **_bpc(model, data, r)})
         log(f"expert {name}: bits/char {rows[-1]['bpc']}")
     train = base.train
     for method in opts.get("methods", ["average"]):
-        composed = compose([m for _, m in experts], method=method, rank=opts.get("rank", 8),
+        heads = bool(opts.get("train_heads", False)) and method in opts.get("finetune", [])
+        members = [copy.deepcopy(m) if heads else m for _, m in experts]  # fine-tuned heads stay out of the rest
+        composed = compose(members, method=method, rank=opts.get("rank", 8), train_heads=heads,
                            names=[n for n, _ in experts])
         label = f"{method}({'+'.join(n for n, _ in experts)})"
         save_model(composed, out / f"composed-{method}")

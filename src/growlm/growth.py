@@ -4,33 +4,34 @@ A growth *plan* is data: a TOML recipe mapping onto ``Recipe`` (model,
 substrate, data, train) and an ordered list of ``Stage``s. A stage adds
 ``add`` fresh blocks (initialised ``fresh``, ``identity`` or ``copy``), or
 starts a LoRA phase; it trains the newest ``train_newest`` blocks (and the head
-unless ``train_head = false``) for ``steps`` optimiser steps or ``tokens``
-tokens, on a named data mixture, at its own learning rate. A LoRA phase puts
-adapters on the frozen blocks and merges them back when the phase ends.
+unless ``train_head = false``; a baseline's trainable embedding unless
+``train_embedding = false``) for ``steps`` optimiser steps or ``tokens`` tokens,
+on a named data mixture, at its own learning rate. A LoRA phase puts adapters
+on the frozen blocks and merges them back when the phase ends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tomllib
 import torch
 
 from growlm import lora
+from growlm.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
 from growlm.model import Config, GrowLM
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
 def _from_dict(cls, d: dict, where: str):
-    valid = {f.name for f in fields(cls)}
-    unknown = set(d) - valid
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in [{where}]; valid keys are {sorted(valid)}")
-    return cls(**d)
+    """Build a recipe part, refusing unknown keys, wrong types and out-of-range values by name."""
+    if not isinstance(d, dict):
+        raise ValueError(f"[{where}] must be a table, got {d!r}")
+    return cls(**check_fields(cls, d, where, RANGES.get(cls.__name__)))
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Stage:
     init: str = "fresh"  # how new blocks start: fresh | identity | copy
     train_newest: int = 1  # the newest k blocks train fully
     train_head: bool = True  # the LM head (and final norm) train
+    train_embedding: bool = True  # a trainable embedding (baselines only) trains; false freezes it from here on
     lora: lora.LoRASpec | None = None  # a LoRA phase: adapters on the frozen blocks, merged at the end
     steps: int = 0  # optimiser steps (or give tokens)
     tokens: int = 0  # tokens to train on; converted to steps with the global batch
@@ -85,11 +87,13 @@ class TrainSpec:
     val_tokens: int = 32768  # validation tokens per language
     ckpt_every: int = 100  # 0 = only at stage ends
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: str = "auto"  # auto (on CUDA) | true | false
+    compile: str | bool = "auto"  # auto (on CUDA) | true | false
     loss_chunk: int = 0  # rows per chunk of the head's loss; 0 = automatic
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"[train] betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if str(self.compile).lower() not in ("auto", "true", "false"):
@@ -102,6 +106,29 @@ class DataSpec:
 
     path: str = "default"  # a `growlm prepare` directory, or "default" (the embedded corpus, prepared on demand)
     mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# the allowed range of every numeric recipe field, by recipe part
+RANGES = {
+    "Stage": {"add": AT_LEAST_0, "train_newest": AT_LEAST_0, "steps": AT_LEAST_0, "tokens": AT_LEAST_0,
+              "lr": POSITIVE, "warmup_steps": AT_LEAST_0},
+    "TrainSpec": {"batch_size": AT_LEAST_1, "seq_len": AT_LEAST_1, "grad_accum": AT_LEAST_1, "lr": POSITIVE,
+                  "min_lr_ratio": (0, 1, True), "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0,
+                  "grad_clip": AT_LEAST_0, "seed": AT_LEAST_0, "log_every": AT_LEAST_1, "val_every": AT_LEAST_0,
+                  "val_tokens": AT_LEAST_1, "ckpt_every": AT_LEAST_0, "loss_chunk": AT_LEAST_0},
+    "LoRASpec": {"rank": AT_LEAST_1, "alpha": POSITIVE},
+}
+
+
+def _check_mixtures(mixtures: dict) -> None:
+    for name, mix in mixtures.items():
+        if not isinstance(mix, dict) or not mix:
+            raise ValueError(f"[data.mixtures] {name} must be a table of language = weight, got {mix!r}")
+        for lang, w in mix.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ValueError(f"[data.mixtures] {name}.{lang} must be a number >= 0, got {w!r}")
+        if sum(mix.values()) <= 0:
+            raise ValueError(f"[data.mixtures] {name}: the weights sum to 0; give at least one language a weight > 0")
 
 
 @dataclass
@@ -124,8 +151,18 @@ class Recipe:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown recipe section(s) {sorted(unknown)}; valid sections are {sorted(known)}")
+        for key in ("name", "description"):
+            if key in d and not isinstance(d[key], str):
+                raise ValueError(f"recipe {key} must be a string, got {d[key]!r}")
+        for key in ("model", "substrate", "data", "train"):
+            if not isinstance(d.get(key, {}), dict):
+                raise ValueError(f"[{key}] must be a table, got {d[key]!r}")
+        if not isinstance(d.get("stages", []), list):
+            raise ValueError(f"stages must be an array of tables ([[stages]]), got {d['stages']!r}")
         stages = []
         for i, s in enumerate(d.get("stages", [])):
+            if not isinstance(s, dict):
+                raise ValueError(f"[stages.{i}] must be a table, got {s!r}")
             s = dict(s)
             if "lora" in s:
                 s["lora"] = _from_dict(lora.LoRASpec, s["lora"], f"stages.{i}.lora")
@@ -140,10 +177,16 @@ class Recipe:
                      data=_from_dict(DataSpec, d.get("data", {}), "data"),
                      train=_from_dict(TrainSpec, d.get("train", {}), "train"), stages=stages, source=source,
                      raw=d)
-        recipe.config()  # validates the model section
+        _check_mixtures(recipe.data.mixtures)
+        if not isinstance(recipe.model.get("preset", "demo"), str):
+            raise ValueError(f"[model] preset must be a string, got {recipe.model['preset']!r}")
         bad = set(recipe.substrate) - {"kind", "vocab", "bits"}
         if bad:
             raise ValueError(f"unknown key(s) {sorted(bad)} in [substrate]; valid keys are ['bits', 'kind', 'vocab']")
+        for key in ("kind", "vocab"):
+            if key in recipe.substrate and not isinstance(recipe.substrate[key], str):
+                raise ValueError(f"[substrate] {key} must be a string, got {recipe.substrate[key]!r}")
+        recipe.config()  # validates the model section
         for st in stages:
             if st.mixture != "all" and st.mixture not in recipe.data.mixtures:
                 raise ValueError(f"stage {st.name} names mixture {st.mixture!r}; [data.mixtures] defines "
@@ -153,6 +196,16 @@ class Recipe:
     @classmethod
     def load(cls, name_or_path: str | Path) -> Recipe:
         """Read a recipe (TOML, or the plan.json a run saved), or a shipped recipe by name (``demo``, ...)."""
+        data, text, path = cls._read(name_or_path)
+        return cls.from_dict(data, name=data.get("name", path.stem), source=text if path.suffix == ".toml" else "")
+
+    @classmethod
+    def load_raw(cls, name_or_path: str | Path) -> dict:
+        """The parsed recipe file, not yet validated (to derive variants of a shipped recipe)."""
+        return cls._read(name_or_path)[0]
+
+    @staticmethod
+    def _read(name_or_path: str | Path) -> tuple[dict, str, Path]:
         path = Path(name_or_path)
         if not path.exists():
             path = RECIPE_DIR / f"{name_or_path}.toml"
@@ -164,7 +217,7 @@ class Recipe:
             data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"recipe {path} is not valid {path.suffix[1:].upper()}: {e}") from None
-        return cls.from_dict(data, name=data.get("name", path.stem), source=text if path.suffix == ".toml" else "")
+        return data, text, path
 
     def config(self) -> Config:
         """The model config before the first stage (n_layer = starting depth, usually 0)."""
@@ -204,6 +257,41 @@ class Recipe:
         return max(1, -(-stage.tokens // per_step))
 
 
+def preflight(recipe: Recipe, data, world: int = 1) -> None:
+    """Refuse, before any run directory exists, what would otherwise fail only after a stage has trained.
+
+    ``data`` is the run's ``TokenData``: every stage's mixture must name its languages and find
+    seq_len + 1 training tokens in each, and every language needs a validation split longer than
+    seq_len within ``val_tokens`` (validation runs on all of them at every stage end).
+    """
+    t = recipe.train
+    if t.batch_size % (t.grad_accum * world):
+        raise ValueError(f"[train] batch_size {t.batch_size} is not divisible by grad_accum {t.grad_accum} x "
+                         f"processes {world}; make it a multiple of {t.grad_accum * world}")
+    where = getattr(data, "root", "the token directory")
+    for st in recipe.stages:
+        weights = recipe.data.mixtures.get(st.mixture) if st.mixture != "all" else None
+        try:
+            mix = data.mixture(weights)
+        except KeyError as e:  # KeyError quotes its message; unwrap it
+            raise ValueError(f"stage {st.name}: mixture {st.mixture!r} {e.args[0]}") from None
+        for lang, w in mix.items():
+            n = data.tokens(lang, "train").size
+            if w > 0 and n <= t.seq_len + 1:
+                raise ValueError(f"stage {st.name} trains on {lang!r}, whose train split in {where} has {n} tokens; "
+                                 f"[train] seq_len = {t.seq_len} needs more than {t.seq_len + 1}")
+    for lang in data.languages:
+        n = data.tokens(lang, "val").size
+        if n == 0:
+            raise ValueError(f"{lang!r} has an empty validation split in {where}: `growlm prepare` held out no "
+                             "document of it; give it more documents or a larger --val-fraction")
+        used = min(n, t.val_tokens)
+        if used - 1 < t.seq_len:
+            raise ValueError(f"{lang!r}: validation uses {used} tokens (the split has {n}, [train] val_tokens = "
+                             f"{t.val_tokens}), fewer than seq_len + 1 = {t.seq_len + 1}; lower seq_len or raise "
+                             "val_tokens, or hold out more text")
+
+
 def begin_stage(model: GrowLM, stage: Stage) -> dict:
     """Apply a stage to the model: grow, attach LoRA, set what trains. Returns the stage's budget."""
     model.grow(stage.add, stage.init)
@@ -228,7 +316,7 @@ def configure_trainable(model: GrowLM, stage: Stage) -> None:
     """Freeze everything except the stage's newest blocks and (optionally) the head."""
     model.set_trainable(trained_blocks(model, stage), head=stage.train_head)
     if isinstance(model.embedding, torch.nn.Parameter):
-        model.embedding.requires_grad_(True)
+        model.embedding.requires_grad_(stage.train_embedding)
 
 
 def attach_lora(model: GrowLM, stage: Stage) -> int:

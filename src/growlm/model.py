@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from growlm.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
 from growlm.losses import chunked_cross_entropy
 
 # --------------------------------------------------------------------------- config
@@ -41,7 +42,9 @@ class Config:
     rope_base: float = 10000.0
     dropout: float = 0.0
     init_std: float = 0.02
-    trainable_embedding: bool = False  # baseline only: the substrate becomes a trainable initialisation
+    trainable_embedding: bool = False  # baselines only: the embedding becomes a trainable parameter
+    embedding_init: str = "substrate"  # where a trainable embedding starts: "substrate" rows or "random" N(0, init_std)
+    init_depth: int = 0  # depth the residual writes' init is scaled for, 1/sqrt(2*depth); 0 = depth after insertion
 
     def __post_init__(self) -> None:
         if self.block not in BLOCK_STYLES:
@@ -53,6 +56,13 @@ class Config:
             raise ValueError(f"head dim {self.d_model // self.n_head} must be even for RoPE")
         if self.n_layer < 0:
             raise ValueError(f"n_layer must be >= 0, got {self.n_layer}")
+        if self.init_depth < 0:
+            raise ValueError(f"init_depth must be >= 0 (0 = the depth after insertion), got {self.init_depth}")
+        if self.embedding_init not in ("substrate", "random"):
+            raise ValueError(f"embedding_init must be 'substrate' or 'random', got {self.embedding_init!r}")
+        if self.embedding_init == "random" and not self.trainable_embedding:
+            raise ValueError("embedding_init = 'random' needs trainable_embedding = true; for a frozen random "
+                             "embedding use the substrate kind 'random'")
 
     @property
     def head_dim(self) -> int:
@@ -75,17 +85,21 @@ class Config:
         return cls.from_dict({**PRESETS[name], **overrides})
 
     @classmethod
-    def from_dict(cls, d: dict) -> Config:
-        """Build from a dict, naming the valid keys if one is unknown."""
+    def from_dict(cls, d: dict, where: str = "model") -> Config:
+        """Build from a dict (a recipe's [model], a saved config), checking keys, types and ranges."""
         valid = {f.name for f in fields(cls)}
         unknown = set(d) - valid
         if unknown:
             raise ValueError(f"unknown config key(s) {sorted(unknown)}; valid keys are {sorted(valid)}")
-        return cls(**d)
+        return cls(**check_fields(cls, d, where, CONFIG_RANGES))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+
+CONFIG_RANGES = {"vocab_size": AT_LEAST_1, "d_model": AT_LEAST_1, "n_layer": AT_LEAST_0, "n_head": AT_LEAST_1,
+                 "block_size": AT_LEAST_1, "mlp_hidden": AT_LEAST_0, "norm_eps": POSITIVE, "rope_base": POSITIVE,
+                 "dropout": (0, 1, True), "init_std": POSITIVE, "init_depth": AT_LEAST_0}
 
 PRESETS: dict[str, dict] = {
     # The paper's block (arXiv 2507.07129): LayerNorm, GELU MLP 4x, biases, untied head with bias.
@@ -237,7 +251,8 @@ class GrowLM(nn.Module):
             self.substrate_spec = substrate.spec.to_dict()
         else:  # shape-only model (parameter counting, or weights loaded later)
             emb, self.substrate_fingerprint, self.substrate_spec = torch.zeros(cfg.vocab_size, cfg.d_model), "", {}
-        self.cfg = replace(cfg)
+        # The architecture without its depth: depth is len(self.blocks), never stored twice.
+        self._arch = replace(cfg, n_layer=0)
         # The embedding is a buffer, not a parameter: no optimiser can ever see it. It is
         # not in the state dict either: checkpoints store the substrate spec and fingerprint.
         self.register_buffer("embedding", emb.detach().clone(), persistent=False)  # [V, C]
@@ -247,33 +262,46 @@ class GrowLM(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        n, self.cfg.n_layer = cfg.n_layer, 0
-        self.grow(n)
+        self.grow(cfg.n_layer)
         self._init_linear(self.head)
         if cfg.trainable_embedding:
-            self.make_embedding_trainable()
+            self.make_embedding_trainable(cfg.embedding_init)
 
-    def make_embedding_trainable(self) -> None:
-        """Turn the frozen embedding into a parameter (the fully-trainable baseline of the paper)."""
-        emb = self._buffers.pop("embedding")
-        self.embedding = nn.Parameter(emb.clone())
-        self.cfg.trainable_embedding = True
+    @property
+    def cfg(self) -> Config:
+        """The config as the model stands: ``n_layer`` is the number of blocks (a fresh copy; read-only)."""
+        return replace(self._arch, n_layer=len(self.blocks),
+                       trainable_embedding=isinstance(self.embedding, nn.Parameter))
+
+    def make_embedding_trainable(self, init: str = "substrate") -> None:
+        """Turn the frozen embedding into a parameter (the paper's baselines), starting from the substrate's rows
+        or, for the classical fully trainable baseline, from N(0, init_std) like a GPT-2 token embedding."""
+        emb = self._buffers.pop("embedding").clone()
+        if init == "random":
+            nn.init.normal_(emb, mean=0.0, std=self._arch.init_std)
+        elif init != "substrate":
+            raise ValueError(f"embedding init must be 'substrate' or 'random', got {init!r}")
+        self.embedding = nn.Parameter(emb)
+        self._arch = replace(self._arch, trainable_embedding=True, embedding_init=init)
 
     # -- construction ---------------------------------------------------------------
 
     def _init_linear(self, m: nn.Linear, std: float | None = None) -> None:
-        nn.init.normal_(m.weight, mean=0.0, std=std or self.cfg.init_std)
+        nn.init.normal_(m.weight, mean=0.0, std=std or self._arch.init_std)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
 
     def new_block(self, init: str = "fresh") -> Block:
         """A block initialised as ``fresh`` (random), ``identity`` (adds nothing) or ``copy`` (of the top block)."""
-        block = Block(self.cfg).to(device=self.head.weight.device, dtype=self.head.weight.dtype)
+        block = Block(self._arch).to(device=self.head.weight.device, dtype=self.head.weight.dtype)
         for m in block.modules():
             if isinstance(m, nn.Linear):
                 self._init_linear(m)
-        for m in block.output_projections():  # GPT-2 scaled init of residual writes
-            self._init_linear(m, self.cfg.init_std / math.sqrt(2 * max(1, len(self.blocks) + 1)))
+        # GPT-2 scales the residual writes by 1/sqrt(2 * depth). A growing model does not know its final
+        # depth unless told (init_depth); by default the depth after this insertion is used.
+        depth = max(self._arch.init_depth, len(self.blocks) + 1)
+        for m in block.output_projections():
+            self._init_linear(m, self._arch.init_std / math.sqrt(2 * depth))
         if init == "identity":
             for m in block.output_projections():
                 nn.init.zeros_(m.weight)
@@ -293,7 +321,6 @@ class GrowLM(nn.Module):
         for _ in range(n):
             self.blocks.append(self.new_block(init))
             added.append(len(self.blocks) - 1)
-        self.cfg.n_layer = len(self.blocks)
         return added
 
     def set_trainable(self, blocks: list[int] | None = None, head: bool = True, norm: bool | None = None) -> None:
@@ -308,7 +335,7 @@ class GrowLM(nn.Module):
 
     def _rope(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         if start + length > self.rope_cos.shape[0]:
-            cos, sin = rope_tables(self.cfg.head_dim, 2 * (start + length), self.cfg.rope_base,
+            cos, sin = rope_tables(self._arch.head_dim, 2 * (start + length), self._arch.rope_base,
                                    self.rope_cos.device)
             self.rope_cos, self.rope_sin = cos, sin
         return self.rope_cos[start:start + length], self.rope_sin[start:start + length]
@@ -351,7 +378,7 @@ class GrowLM(nn.Module):
     def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
         """Empty KV caches, one per block."""
         p = self.head.weight
-        return [KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, p.device, p.dtype)
+        return [KVCache(batch, self._arch.n_head, max_len, self._arch.head_dim, p.device, p.dtype)
                 for _ in self.blocks]
 
     @torch.no_grad()

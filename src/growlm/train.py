@@ -194,6 +194,7 @@ class Run:
             open_data(recipe.data.path, self.substrate.spec.vocab)
         self.dist.barrier()
         self.data = open_data(recipe.data.path, self.substrate.spec.vocab)
+        growth.preflight(recipe, self.data, self.dist.world)  # before the run directory is created
         self.generator = torch.Generator().manual_seed(self.train.seed)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.main)
         self.state = RunState()
