@@ -48,7 +48,8 @@ def test_paper_recipes_use_the_papers_shape_and_interfaces():
         assert m["n_head"] == 32 and m["block_size"] == 1024, name
         assert m["d_model"] == (4096 if name.startswith("paper-v1-grow6") else 1024), name
         depth = sum(st.get("add", 0) for st in raw["stages"])
-        expected = {"paper-v1-grow6": 6, "paper-v1-grow6-head": 6, "paper-v3-binary16": 16, "paper-v1-compose-expert": 16}
+        expected = {"paper-v1-grow6": 6, "paper-v1-grow6-head": 6, "paper-v3-binary16": 16,
+                    "paper-v1-compose-expert": 16}
         assert depth == expected.get(name, 9), name
 
 
@@ -130,6 +131,11 @@ finetune_steps = 3
     assert ft["step0_val_loss"] == pytest.approx(router["val_loss"], abs=1e-3)  # fine-tuning starts there
     report = (tmp_path / "demo" / "report" / "report.md").read_text()
     assert ".png" in report and summary["total_seconds"] > 0
+    samples = json.loads((tmp_path / "demo" / "grow" / "samples.json").read_text(encoding="utf-8"))
+    assert [r["depth"] for r in samples] == [1, 1, 2] and all(r["sample"] for r in samples)
+    assert "What the model writes at each depth" in report
+    escaped = samples[2]["sample"].replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ⏎ ")
+    assert f"| 2 | 2 | {escaped} |" in report
 
     from growlm.cli import main as cli_main
 

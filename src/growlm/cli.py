@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "growlm.commands.compose",
     "growlm.commands.demo",
     "growlm.commands.eval",
+    "growlm.commands.generate",
     "growlm.commands.export",
     "growlm.commands.report",
 ]

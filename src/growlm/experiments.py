@@ -117,6 +117,9 @@ def run_demo(out: str | Path = "runs/demo", grow_recipe: str = "demo", compose_r
         log(f"== growing {grow_recipe} into {run}")
         grow(Recipe.load(grow_recipe), run, resume=(run / "checkpoints").exists(), progress=progress, log=log)
     grow_s = time.perf_counter() - t0
+    from growlm.commands.generate import depth_samples
+
+    depth_samples(run)  # a short sample per depth, shown in the report next to the bpc table
     log("== composing experts")
     table = compose_experiment(compose_recipe, out / "compose", progress=progress, log=log)
     report = write_report([run], out / "report", composition=out / "compose" / "composition.json")

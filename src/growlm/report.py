@@ -382,6 +382,26 @@ def bpc_table(runs: list[RunData]) -> str | None:
     return "\n".join(lines)
 
 
+def samples_table(run: RunData) -> str | None:
+    """Markdown table of ``RUN/samples.json`` (a seeded sample per stage, written by the demo), if present."""
+    path = run.path / "samples.json"
+    if not path.exists():
+        return None
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"samples file {path} is unreadable: {e}") from None
+    if not rows:
+        return None
+    r0 = rows[0]
+    lines = [f"Prompt `{r0['prompt']}`, {r0['max_tokens']} tokens, temperature {r0['temperature']}, "
+             f"top-k {r0['top_k']}, seed {r0['seed']}.", "", "| stage | depth | continuation |", "|---|---|---|"]
+    for r in rows:
+        text = r["sample"].replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ⏎ ")
+        lines.append(f"| {r['stage']} | {r['depth']} | {text} |")
+    return "\n".join(lines)
+
+
 def _unique_names(runs: list[RunData]) -> None:
     names = [r.name for r in runs]
     for r in runs:
@@ -409,6 +429,10 @@ def write_report(runs: list[Path], out: Path, composition: Path | dict | None = 
            "no `stage_end` records with `val_bpc` in metrics.jsonl")
     table = bpc_table(data)
     md.extend(["### Final validation bpc per depth", "", table or "_No `stage_end` records._", ""])
+    for run in data:
+        samples = samples_table(run)
+        if samples:
+            md.extend([f"### What the model writes at each depth: {run.name}", "", samples, ""])
     figure("Benchmarks against depth", plot_benchmarks(data, out / "benchmarks.png"),
            "no `stages/stage-NN/eval.json` files (run `growlm eval --all-stages`)")
     for run in data:

@@ -35,6 +35,12 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print("\nValidation bits per character by depth (growth run):")
     print("\n".join(_bpc_by_depth(Path(s["run"]))))
+    samples = Path(s["run"]) / "samples.json"
+    if samples.exists():
+        rows = json.loads(samples.read_text(encoding="utf-8"))
+        print(f"\nSamples by depth (prompt {rows[0]['prompt']!r}, seed {rows[0]['seed']}):" if rows else "")
+        for r in rows:
+            print(f"  stage {r['stage']} (depth {r['depth']}): {r['sample']!r}")
     print("\nExperts and their compositions:")
     print("\n".join(_composition_lines(json.loads((out / "compose" / "composition.json").read_text()))))
     print(f"\ngrowth run:   {s['run']}  ({s['grow_seconds']:.0f} s)")
