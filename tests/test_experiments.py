@@ -143,3 +143,21 @@ finetune_steps = 3
     assert cli_main(["finetune", str(composed), "--data", str(tiny_data), "--steps", "2", "--batch-size", "2",
                      "--seq-len", "16", "--val-tokens", "64", "--out", str(tmp_path / "ft")]) == 0
     assert (tmp_path / "ft" / "model" / "model.json").exists()
+
+
+@pytest.mark.parametrize("compose, message", [
+    ('finetune_steps = "abc"', r"\[compose\] finetune_steps must be an integer, got 'abc'"),
+    ("finetune_steps = 0", r"\[compose\] finetune_steps must be >= 1, got 0"),
+    ("rank = 2.5", r"\[compose\] rank must be an integer"),
+    ("train_heads = 1", r"\[compose\] train_heads must be true or false"),
+    ('methods = ["avg"]', r"\[compose\] methods names unknown method\(s\) \['avg'\]"),
+    ('finetune = ["router"]', r"\[compose\] finetune names \['router'\], which methods does not list"),
+])
+def test_composition_recipe_values_are_checked(compose, message, tmp_path):
+    from growlm.experiments import load_compose_recipe
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'expert_recipe = "compose-expert"\n[experts]\na = {{ en = 1 }}\nb = {{ ru = 1 }}\n'
+                    f'[compose]\n{compose}\n')
+    with pytest.raises(ValueError, match=message):
+        load_compose_recipe(path)

@@ -117,3 +117,29 @@ def test_cli_composed_model(run, tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["generate", str(tmp_path / "c"), "Hi", "--max-tokens", "4", "--seed", "0"]) == 0
     assert "composed (average) of 2 experts" in capsys.readouterr().err
+
+
+class Scripted(torch.nn.Module):
+    """A 'model' whose greedy continuation is a fixed id sequence (to test decoding, not sampling)."""
+
+    def __init__(self, ids: list[int], vocab: int):
+        super().__init__()
+        self.ids, self.vocab, self.w = ids, vocab, torch.nn.Parameter(torch.zeros(1))
+        self.i = 0
+
+    def new_caches(self, batch, max_len):
+        return None
+
+    def forward(self, idx, caches=None, pos=0):
+        logits = torch.zeros(1, idx.shape[1], self.vocab)
+        logits[0, -1, self.ids[min(self.i, len(self.ids) - 1)]] = 1.0
+        self.i += 1
+        return logits
+
+
+def test_byte_fallback_characters_stream_whole(tok):
+    ids = tok.encode("a😀b")  # the emoji is four byte tokens in the compact vocabulary
+    assert len(ids) > 3
+    pieces = list(stream(Scripted(ids + [tok.eos_id], tok.vocab_size), tok, "x", max_tokens=20, temperature=0))
+    assert "".join(pieces) == "a😀b" and not any("\ufffd" in p for p in pieces)
+    assert pieces[:2] == ["a", "😀"]

@@ -164,10 +164,21 @@ def test_preflight_empty_validation_split(tiny_corpus, tmp_path):
     from growlm.data import prepare
 
     data = tmp_path / "tokens"
-    prepare(tiny_corpus, data, vocab="compact", val_fraction=0.0)  # no document held out
+    with pytest.warns(UserWarning, match="no validation document"):
+        prepare(tiny_corpus, data, vocab="compact", val_fraction=0.0)  # no document held out
     _refused_before_the_run_exists(_tiny(data), tmp_path, r"empty validation split")
 
 
 def test_preflight_batch_not_divisible(tiny_data, tmp_path):
     _refused_before_the_run_exists(_tiny(tiny_data, batch_size=3, grad_accum=2), tmp_path,
                                    r"batch_size 3 is not divisible by grad_accum 2")
+
+
+def test_prepare_warns_when_no_validation_document_is_held_out(tmp_path):
+    from growlm.data import prepare
+
+    corpus = tmp_path / "one"
+    corpus.mkdir()
+    (corpus / "en.jsonl").write_text('{"text": "A single short document."}\n', encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"no validation document was held out for \['en'\]"):
+        prepare(corpus, tmp_path / "tokens", vocab="compact")

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,11 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
                 tmp.touch()
                 splits[split] = {"documents": 0, "tokens": 0, "characters": 0}
             tmp.replace(out / lang / f"{split}.bin")
+    unheld = sorted(lang for lang, splits in counts.items() if splits["val"]["documents"] == 0)
+    if unheld:  # grow refuses such token files (no validation), so say it now
+        warnings.warn(f"no validation document was held out for {unheld} ({root}, val_fraction {val_fraction}); "
+                      "training on these token files will be refused: give more documents or a larger "
+                      "--val-fraction", stacklevel=2)
     meta = {"format": DATA_FORMAT, "vocab": tok.name, "vocab_version": tok.vocab.version,
             "vocab_sha256": tok.vocab.sha256, "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
             "eos_id": tok.eos_id, "val_fraction": val_fraction, "corpus": str(root),

@@ -12,18 +12,34 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import tomllib
 import torch
 
 from growlm.checkpoint import load_model, save_model
-from growlm.compose import compose
+from growlm.compose import METHODS, compose
+from growlm.fields import AT_LEAST_1, POSITIVE, check_fields
 from growlm.growth import RECIPE_DIR, Recipe
 from growlm.train import finetune, grow, open_data, validate
 
 COMPOSE_KEYS = {"name", "description", "expert_recipe", "experts", "compose"}
-COMPOSE_OPTIONS = {"methods", "finetune", "finetune_steps", "finetune_lr", "rank", "train_heads"}
+
+
+@dataclass
+class ComposeOptions:
+    """The [compose] table of a composition recipe (checked for keys, types and ranges when read)."""
+
+    methods: list[str] = field(default_factory=lambda: ["average"])
+    finetune: list[str] = field(default_factory=list)  # methods whose composed model is then fine-tuned
+    finetune_steps: int = 50
+    finetune_lr: float | dict | None = None  # one rate, or one per method
+    rank: int = 8
+    train_heads: bool = False  # fine-tune the experts' LM heads too (the paper's "output layer")
+
+
+COMPOSE_OPTIONS = {f.name for f in fields(ComposeOptions)}
 
 
 def load_compose_recipe(name_or_path: str | Path) -> dict:
@@ -37,11 +53,25 @@ def load_compose_recipe(name_or_path: str | Path) -> dict:
     unknown = set(data) - COMPOSE_KEYS
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in {path}; valid keys are {sorted(COMPOSE_KEYS)}")
-    bad = set(data.get("compose", {})) - COMPOSE_OPTIONS
-    if bad:
-        raise ValueError(f"unknown key(s) {sorted(bad)} in [compose]; valid keys are {sorted(COMPOSE_OPTIONS)}")
-    if len(data.get("experts", {})) < 2:
+    opts = check_fields(ComposeOptions, data.get("compose", {}), "compose",
+                        {"finetune_steps": AT_LEAST_1, "finetune_lr": POSITIVE, "rank": AT_LEAST_1})
+    for key in ("methods", "finetune"):
+        unknown = set(opts.get(key, [])) - set(METHODS)
+        if unknown:
+            raise ValueError(f"[compose] {key} names unknown method(s) {sorted(unknown)}; valid are {list(METHODS)}")
+    missing = set(opts.get("finetune", [])) - set(opts.get("methods", ["average"]))
+    if missing:
+        raise ValueError(f"[compose] finetune names {sorted(missing)}, which methods does not list")
+    if not isinstance(data.get("expert_recipe", ""), str):
+        raise ValueError(f"{path}: expert_recipe must be a recipe name or path, got {data['expert_recipe']!r}")
+    experts = data.get("experts", {})
+    if not isinstance(experts, dict) or len(experts) < 2:
         raise ValueError(f"{path}: [experts] must name at least two data mixtures")
+    for name, mix in experts.items():
+        bad = [k for k, w in mix.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0] \
+            if isinstance(mix, dict) else [name]
+        if bad or not mix:
+            raise ValueError(f"[experts] {name} must be a table of language = weight (numbers >= 0), got {mix!r}")
     return data
 
 

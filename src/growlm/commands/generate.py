@@ -64,8 +64,8 @@ def stream(model: torch.nn.Module, tokenizer, prompt: str, max_tokens: int = 200
             yield text[sent:min(hits)]
             return
         safe = len(text) - _held_back(text, stops)
-        if text.endswith("\ufffd"):  # an incomplete byte sequence: wait for the rest of the character
-            safe = min(safe, len(text) - 1)
+        # an incomplete byte sequence decodes to U+FFFD: wait for the rest of the character
+        safe = min(safe, len(text.rstrip("\ufffd")))
         if safe > sent:
             yield text[sent:safe]
             sent = safe
