@@ -26,7 +26,6 @@ import torch
 from growlm.checkpoint import CheckpointError, atomic_save_tensors, atomic_write_text, read_json, resolve_model_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>", "unk_token": "<|unk|>"}
 
 
 class ExportError(ValueError):
@@ -138,10 +137,13 @@ def write_tokenizer(vocab: str, out: Path, max_length: int) -> dict[str, int]:
 
     tok = Tokenizer.load(vocab)
     tok.save(out)
+    # the vocabulary's own special names; split_special_tokens: names in text stay text, as in growlm
+    config = tok.transformers_config()
+    specials = {k: v for k, v in config.items() if k.endswith("_token")}
     atomic_write_text(out / "tokenizer_config.json", json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", **SPECIAL_TOKENS, "model_max_length": max_length,
+        "tokenizer_class": "PreTrainedTokenizerFast", **config, "model_max_length": max_length,
         "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}, indent=1))
-    atomic_write_text(out / "special_tokens_map.json", json.dumps(SPECIAL_TOKENS, indent=1))
+    atomic_write_text(out / "special_tokens_map.json", json.dumps(specials, indent=1))
     return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
 
 
