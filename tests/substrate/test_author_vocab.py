@@ -165,3 +165,16 @@ def test_abs_is_the_notebooks():
     ref.encode_special_tokens = True
     texts = PROBES + [t.text[1:] + t.text + " " + t.text[:-1] for t in v.tokens[0xD800:0x20000:97] if t.kind == "ngram"]
     assert tok.encode_batch(texts) == [expand_unk(ref, t) for t in texts]
+
+
+def test_export_writes_the_authors_special_names(tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from growlm.export import write_tokenizer
+
+    ids = write_tokenizer("bvv241-2-3", tmp_path, 1024)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert (hf.bos_token, hf.eos_token, hf.pad_token, hf.unk_token) == ("<s>", "</s>", "<pad>", "<unk>")
+    assert ids == {"bos_token_id": 0xE001, "eos_token_id": 0xE002, "pad_token_id": 0xE000}
+    assert len(hf) == 65536  # no special was appended as a new token
+    for text in PROBES[:4] + ["a</s>b [INST] 😀"]:
+        assert hf(text)["input_ids"] == tok.encode(text)

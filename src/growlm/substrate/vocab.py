@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -109,15 +109,20 @@ class Vocabulary:
     @property
     def specials(self) -> tuple[str, ...]:
         """Names of every special token, reserved ones included, in id order."""
-        return tuple(t.text for t in self.tokens if t.kind == "special")
+        return tuple(self._special_ids)
+
+    @cached_property
+    def _special_ids(self) -> dict[str, int]:
+        return {t.text: i for i, t in enumerate(self.tokens) if t.kind == "special"}
 
     def special_id(self, name: str) -> int:
         """Id of special token ``name`` (e.g. ``"<|eos|>"``)."""
-        for i, t in enumerate(self.tokens):
-            if t.kind == "special" and t.text == name:
-                return i
-        raise KeyError(f"no special token {name!r} in vocabulary {self.name!r}; "
-                       f"specials are {[t.text for t in self.tokens if t.kind == 'special']}")
+        i = self._special_ids.get(name)
+        if i is None:
+            names = list(self._special_ids)
+            raise KeyError(f"no special token {name!r} in vocabulary {self.name!r}; specials are "
+                           f"{names[:24]}{f' and {len(names) - 24} reserved' if len(names) > 24 else ''}")
+        return i
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocabulary:
