@@ -168,7 +168,7 @@ def test_non_utf8_document_names_file_and_line(tmp_path: Path) -> None:
     src.mkdir()
     good = [json.dumps({"text": t}).encode() for t in EN[:4]]
     (src / "en.jsonl").write_bytes(b"\n".join(good[:2] + [b'{"text": "caf\xe9"}'] + good[2:]) + b"\n")
-    with pytest.raises(BadDocument, match=r"en\.jsonl:3: not UTF-8"):
+    with pytest.raises(BadDocument, match=r"en\.jsonl:3: not UTF-8.*--skip-bad"):
         prepare(src, tmp_path / "out")
     (tmp_path / "c2").mkdir()
     (tmp_path / "c2" / "doc.txt").write_bytes(b"line one\nline two \xff\n")
@@ -176,7 +176,7 @@ def test_non_utf8_document_names_file_and_line(tmp_path: Path) -> None:
         prepare(tmp_path / "c2", tmp_path / "out2")
     # with skip_bad the rest is prepared and the bad one counted, by file and line
     meta = prepare(src, tmp_path / "out3", skip_bad=True)
-    assert meta["skipped"]["count"] == 1 and meta["skipped"]["documents"][0].startswith("en.jsonl:3")
+    assert meta["skipped"]["count"] == 1 and "en.jsonl:3: not UTF-8" in meta["skipped"]["documents"][0]
     d = TokenData.open(tmp_path / "out3")
     tok = Tokenizer.load("compact")
     assert _all_tokens(d, "en", "train") + _all_tokens(d, "en", "val") == \
@@ -191,7 +191,7 @@ def test_lone_surrogate_and_bad_json_are_bad_documents(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         meta = prepare(tmp_path / "c", tmp_path / "out2", skip_bad=True)
-    assert meta["skipped"]["count"] == 2 and meta["skipped"]["documents"][1].startswith("en.jsonl:3")
+    assert meta["skipped"]["count"] == 2 and "en.jsonl:3: expected a JSON object" in meta["skipped"]["documents"][1]
 
 
 def test_one_document_corpus_warns_of_empty_split(tmp_path: Path) -> None:
@@ -313,3 +313,19 @@ def test_reads_format_1_and_refuses_broken_directories(tmp_path: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(ValueError, match=r"train-00000\.bin has .* bytes, expected .*re-run `growlm prepare`"):
         TokenData.open(tmp_path / "new")
+
+
+def test_cli_names_the_bad_line_and_skips_with_the_flag(tmp_path: Path, capsys) -> None:
+    from growlm.cli import main
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "en.jsonl").write_bytes(b'{"text": "fine text here"}\n{"text": "bad \xff"}\n' * 3)
+    assert main(["prepare", str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 2
+    assert "en.jsonl:2: not UTF-8" in capsys.readouterr().err
+    # the same --out resumes with --skip-bad (segments written so far had no bad document)
+    with pytest.warns(DataWarning):
+        assert main(["prepare", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--skip-bad"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["skipped"] == 3 and "skipped 3 bad document(s)" in out.err
+    assert main(["prepare", str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 2
+    assert "already holds prepared tokens" in capsys.readouterr().err

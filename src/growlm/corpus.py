@@ -305,7 +305,7 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_col
         if fi < start[0]:
             continue
         skip_to = start[1] if fi == start[0] else 0
-        rel = str(path.relative_to(base))
+        rel = str(path)
         file_lang = _lang_of(path, base)
         hasher = hashlib.sha256() if hashes is not None else None
         if path.name.endswith(PARQUET_SUFFIXES):

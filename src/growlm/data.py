@@ -51,6 +51,10 @@ CHUNK_CHARS = 1 << 16  # longer documents are cut into chunks of about this size
 PROGRESS = ".prepare-progress"  # JSON lines; no corpus suffix, so a corpus folder may hold its output
 
 
+class OutputExists(FileExistsError, ValueError):
+    """``--out`` holds something ``prepare`` must not overwrite (a ValueError too, so the CLI reports it briefly)."""
+
+
 class DataWarning(UserWarning):
     """A prepared corpus that will not train or validate as expected (e.g. a language with no validation)."""
 
@@ -249,7 +253,7 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.uint32)
     out = Path(out_dir)
     settings = {"format": DATA_FORMAT, "vocab": tok.name, "vocab_sha256": tok.vocab.sha256,
-                "val_fraction": val_fraction, "text_column": text_column, "skip_bad": skip_bad,
+                "val_fraction": val_fraction, "text_column": text_column,  # not skip_bad: may be added on resuming
                 "shard_tokens": shard_tokens, "batch_chars": batch_chars, "chunk_chars": chunk_chars,
                 "corpus": str(root.resolve()),
                 "inputs": [[str(p.relative_to(base)), p.stat().st_size] for p in files]}
@@ -267,8 +271,12 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
     rels = [str(p.relative_to(base)) for p in files]
     segment = len(records)
     while True:
-        record = _write_segment(docs, tok, dtype, out, segment, rels, val_fraction, shard_tokens, batch_chars,
-                                chunk_chars)
+        try:
+            record = _write_segment(docs, tok, dtype, out, segment, rels, val_fraction, shard_tokens, batch_chars,
+                                    chunk_chars)
+        except BadDocument as e:
+            raise BadDocument(e.where, f"{e.reason}; fix it, or leave such documents out with --skip-bad "
+                              "(skip_bad=True); run again to resume") from None
         if record is None:
             break
         record["hashes"] = {str(k): v for k, v in hashes.items() if str(k) not in
@@ -285,7 +293,7 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
 def _start_or_resume(out: Path, progress: Path, settings: dict) -> list[dict]:
     """Check ``out`` (new, empty, or an interrupted preparation with these settings); records done so far."""
     if (out / "meta.json").exists():
-        raise FileExistsError(f"{out} already holds prepared tokens (meta.json); choose a new --out")
+        raise OutputExists(f"{out} already holds prepared tokens (meta.json); choose a new --out")
     if progress.exists():
         lines = _read_progress(progress)
         if not lines or lines[0] != {"settings": settings}:
@@ -295,7 +303,7 @@ def _start_or_resume(out: Path, progress: Path, settings: dict) -> list[dict]:
                              "differ: changed input files?); re-run with its settings or choose a new --out")
         return lines[1:]
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and is not a growlm preparation; choose a new or empty --out")
+        raise OutputExists(f"{out} is not empty and is not a growlm preparation; choose a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
     _append_line(progress, {"settings": settings})
     return []
@@ -406,8 +414,7 @@ def _finish(out: Path, progress: Path, settings: dict, records: list[dict], hash
             "sources": {rels[i]: h for i, h in sorted(hashes.items())},
             "skipped": {"count": len(skipped), "documents": skipped[:100]},
             "languages": {k: langs[k] for k in sorted(langs)}, "shards": shards,
-            "settings": {k: settings[k] for k in ("text_column", "skip_bad", "shard_tokens", "batch_chars",
-                                                  "chunk_chars")}}
+            "settings": {k: settings[k] for k in ("text_column", "shard_tokens", "batch_chars", "chunk_chars")}}
     tmp = out / ".meta.json.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(meta, indent=1, ensure_ascii=False))
