@@ -66,7 +66,8 @@ def test_prepare_reads_every_format(tmp_path: Path) -> None:
     with gzip.open(src / "en" / "c.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write(json.dumps({"text": EN[2]}) + "\n")
     line = (json.dumps({"text": EN[3]}) + "\n").encode()
-    (src / "en" / "d.jsonl.zst").write_bytes(zstd.ZstdCompressor().compress(line))
+    z = zstd.ZstdCompressor()  # two frames, the line cut between them, as parallel compressors write
+    (src / "en" / "d.jsonl.zst").write_bytes(z.compress(line[:10]) + z.compress(line[10:]))
     pq.write_table(pa.table({"body": [EN[4], None], "lang": ["en", None]}), src / "en" / "e.parquet")
     meta = prepare(src, tmp_path / "out", text_column="body")
     tok = Tokenizer.load("compact")

@@ -189,21 +189,24 @@ def _lang_of(path: Path, root: Path) -> str | None:
     return None
 
 
-def _open_binary(path: Path, hasher=None) -> BinaryIO:
-    """A decompressing binary stream over ``path`` (.gz, .zst or plain); ``hasher`` sees the raw bytes."""
+def _open_binary(path: Path, hasher=None) -> tuple[BinaryIO, _HashingReader | None]:
+    """A decompressing binary stream over ``path`` (.gz, .zst or plain), and the reader that hashes its raw bytes."""
     raw: BinaryIO = open(path, "rb")
+    hashing = None
     if hasher is not None:
-        raw = io.BufferedReader(_HashingReader(raw, hasher), 1 << 20)  # type: ignore[assignment]
+        hashing = _HashingReader(raw, hasher)
+        raw = io.BufferedReader(hashing, 1 << 20)  # type: ignore[assignment]
     if path.name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw), hashing  # type: ignore[return-value]
     if path.name.endswith(".zst"):
         try:
             import zstandard
         except ImportError:
             raw.close()
             raise ImportError(f"{path}: reading .zst files needs zstandard: pip install 'growlm[data]'") from None
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
-    return raw
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True)
+        return io.BufferedReader(reader, 1 << 20), hashing  # type: ignore[return-value]
+    return raw, hashing
 
 
 class _HashingReader(io.RawIOBase):
@@ -311,11 +314,15 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_col
         if path.name.endswith(PARQUET_SUFFIXES):
             items: Iterator[tuple[int, object]] = _parquet_docs(path, rel, file_lang, text_column, skip_to)
         elif path.name.endswith(JSONL_SUFFIXES):
-            f = _open_binary(path, hasher)
+            f, hashing = _open_binary(path, hasher)
             items = _jsonl_docs(f, rel, file_lang, skip_to)
         else:
-            with _open_binary(path, hasher) as f:
+            f, hashing = _open_binary(path, hasher)
+            with f:
                 data = f.read()
+                if hashing is not None:
+                    while hashing.read(1 << 20):  # bytes after the compressed stream: hash the whole file
+                        pass
             try:
                 item: object = (file_lang, _decode_utf8(data, rel, line_base=1))
             except BadDocument as e:
@@ -332,6 +339,9 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_col
                 doc_lang, text = item  # type: ignore[misc]
                 if text and (lang is None or doc_lang == lang):
                     yield Document(doc_lang, text, fi, line)
+            if path.name.endswith(JSONL_SUFFIXES) and hashing is not None:
+                while hashing.read(1 << 20):
+                    pass
         finally:
             if path.name.endswith(JSONL_SUFFIXES):
                 f.close()
