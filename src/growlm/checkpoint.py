@@ -1,44 +1,74 @@
-"""Model directories and checkpoints: safetensors for tensors, JSON for the rest, atomic writes.
+"""Model directories and checkpoints: safetensors for tensors, JSON for the rest, verified on every load.
 
-A *model directory* holds ``model.safetensors`` (weights; the frozen embedding
-is not stored, it is rebuilt from the substrate spec and checked against the
-fingerprint) and ``model.json`` (format, kind, config, substrate spec and
-fingerprint). A *run directory* (written by ``growlm grow``) holds
-``model/`` (the final model), ``stages/stage-NN/`` (the model at the end of
-each stage) and ``checkpoints/`` (resumable training state).
+A *model directory* holds ``model.safetensors`` (weights; a frozen embedding is
+not stored, it is rebuilt from the substrate spec and checked against the
+fingerprint) and ``model.json`` (format, kind, the kind's description, the
+substrate fingerprint and the SHA-256 of the weights file). The weights file
+carries the substrate fingerprint in its own metadata, so a description copied
+from another model cannot relabel them. A *run directory* (written by
+``growlm grow``) holds ``model/`` (the final model), ``stages/stage-NN/`` (the
+model at the end of each stage) and ``checkpoints/`` (resumable training state,
+every tensor file hashed in ``state.json``).
+
+Model kinds register themselves (``register_kind``): a class with a ``kind``
+name, ``save_meta()`` and ``from_saved(dir, meta, state, substrate)``. This
+module knows no kind by name.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from growlm.model import Config, GrowLM
-from growlm.substrate import Substrate
+from growlm.fileio import OutputDirError, atomic_dir, default_mode, foreign_entries, sha256_file
 
 FORMAT = "growlm-model-1"
+SUBSTRATE_KEY = "substrate_fingerprint"  # in the safetensors metadata of every weights file
+MODEL_OWNED = {"model.json", "model.safetensors", "eval.json"}  # what growlm writes in a model directory
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish(path: str | Path, directory: bool = False) -> None:
-    """Give a temporary file or directory the permissions a plain create would have (mkstemp uses 0600)."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+__all__ = ["FORMAT", "CheckpointError", "IntegrityWarning", "OutputDirError", "KINDS", "register_kind", "save_model",
+           "load_model", "resolve_model_dir", "read_json", "read_tensors", "save_checkpoint", "load_checkpoint",
+           "find_checkpoint", "sha256_file"]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, foreign or does not fit."""
+    """A checkpoint is missing, truncated, corrupted, foreign or does not fit."""
+
+
+class IntegrityWarning(UserWarning):
+    """A file was loaded without a recorded hash to check it against (written by an older growlm)."""
+
+
+# --------------------------------------------------------------------------- model kinds
+
+KINDS: dict[str, type] = {}
+
+
+def register_kind(cls: type) -> type:
+    """Register a model class for ``save_model``/``load_model`` (usable as a decorator).
+
+    The class names its ``kind``; instances describe themselves with ``save_meta()`` (a JSON dict
+    with at least ``substrate_fingerprint``); ``cls.from_saved(dir, meta, state, substrate)`` rebuilds
+    one from that description and its weights.
+    """
+    KINDS[cls.kind] = cls
+    return cls
+
+
+def _kind_of(model: torch.nn.Module) -> type:
+    for c in type(model).__mro__:
+        if KINDS.get(getattr(c, "kind", None)) is c:
+            return c
+    raise CheckpointError(f"cannot save a {type(model).__name__}: no model kind is registered for it "
+                          f"(registered: {sorted(KINDS)}); register it with growlm.checkpoint.register_kind")
+
+
+# --------------------------------------------------------------------------- reading and writing
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -46,106 +76,125 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
-def _atomic_file(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync the result, and rename it over ``path``; no trace on failure."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        _publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    _atomic_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """``safetensors`` save through a temporary file and a rename."""
-    cpu = _cpu(tensors)
-    _atomic_file(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
-
-
-def atomic_dir(final: Path):
-    """Context manager: yields a temporary directory that replaces ``final`` on success."""
-    return _AtomicDir(Path(final))
-
-
-class _AtomicDir:
-    def __init__(self, final: Path):
-        self.final = final
-
-    def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}."))
-        _publish(self.tmp, directory=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+def write_tensors(tensors: dict[str, torch.Tensor], path: Path, fingerprint: str) -> dict:
+    """Write a safetensors file bound to a substrate fingerprint; returns its record (sha256, bytes)."""
+    save_file(_cpu(tensors), str(path), metadata={"format": "pt", SUBSTRATE_KEY: fingerprint or ""})
+    default_mode(path)  # safetensors writes 0600 whatever the umask
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def read_json(path: Path, what: str = "file") -> dict:
     """Read a JSON object, turning every failure into a ``CheckpointError`` that names the file."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise CheckpointError(f"{what} {path} exists but cannot be read ({e.strerror}); check its permissions") \
+            from None
+    try:
+        data = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{what} {path} is unreadable or truncated: {e}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{what} {path} is not a JSON object")
     return data
 
 
-def read_tensors(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
-    """Load a safetensors file, turning failures into a ``CheckpointError`` that names the file."""
+def read_tensors(path: Path, what: str = "weights", record: dict | None = None, fingerprint: str | None = None,
+                 described_by: Path | str = "its description") -> dict[str, torch.Tensor]:
+    """Load a safetensors file and check it against ``record`` (its SHA-256) and the substrate ``fingerprint``.
+
+    Every failure is a ``CheckpointError`` naming the file. Without a record (files written by an
+    older growlm) the file loads with an ``IntegrityWarning``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} file {path} does not exist")
     try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{what} file {path} does not exist") from None
+        digest = sha256_file(path)  # also tells an unreadable file from a missing one (safetensors cannot)
+    except OSError as e:
+        raise CheckpointError(f"{what} file {path} exists but cannot be read ({e.strerror}); check its "
+                              "permissions") from None
+
+    def relabelled(saved: str | None) -> None:
+        if fingerprint is not None and saved is not None and saved != fingerprint:
+            raise CheckpointError(f"{what} file {path} was written for substrate {saved[:12] or '<none>'} but "
+                                  f"{described_by} names substrate {fingerprint[:12] or '<none>'}: the description "
+                                  "does not belong to these weights (copied from another model?)")
+
+    if record is not None and digest != record.get("sha256"):
+        relabelled(_saved_fingerprint(path))  # the more telling reason, when the header still says it
+        size, written = path.stat().st_size, record.get("bytes")
+        why = (f"is corrupt or truncated: it has {size} bytes, {written} were written" if written not in (None, size)
+               else f"is corrupt: it does not match the SHA-256 recorded in {described_by}")
+        raise CheckpointError(f"{what} file {path} {why}; it changed after it was written: restore it, or resume "
+                              "from an earlier checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{what} file {path} is corrupt or truncated ({e}); "
                               "restore it or resume from an earlier checkpoint") from None
+    relabelled(meta.get(SUBSTRATE_KEY))
+    if record is None:
+        warnings.warn(f"{what} file {path} has no recorded SHA-256 in {described_by} (written by an older growlm), "
+                      "so its integrity cannot be checked; save it again to record one", IntegrityWarning,
+                      stacklevel=3)
+    return tensors
 
 
-def model_meta(model: GrowLM) -> dict:
-    """The JSON description saved next to a GrowLM's weights."""
-    return {"format": FORMAT, "kind": "growlm", "config": model.cfg.to_dict(),
-            "substrate": model.substrate_spec, "substrate_fingerprint": model.substrate_fingerprint}
+def _saved_fingerprint(path: Path) -> str | None:
+    """The substrate fingerprint in a safetensors file's metadata, or None if its header is unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(SUBSTRATE_KEY)
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+
+
+# --------------------------------------------------------------------------- model directories
+
+
+def check_model_output(path: str | Path) -> None:
+    """``path`` may receive a model: missing, empty, or a growlm model directory holding only growlm's files."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{path} exists and is not a directory; choose a directory for the model")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    extra = foreign_entries(path, MODEL_OWNED)
+    ours = (path / "model.json").is_file() and read_json(path / "model.json").get("format") == FORMAT
+    if extra or not ours:
+        names = extra or sorted(p.name for p in path.iterdir())
+        raise OutputDirError(f"{path} is not empty and holds files growlm did not write ({', '.join(names[:5])}); "
+                             "choose a new or empty directory")
 
 
 def save_model(model: torch.nn.Module, path: str | Path, extra: dict | None = None) -> Path:
-    """Write a model directory atomically (weights + JSON); works for GrowLM and composed models."""
+    """Write a model directory atomically (weights + JSON) for any registered model kind.
+
+    An existing directory is replaced only if it is a growlm model directory holding nothing else.
+    """
     path = Path(path)
-    meta = model.save_meta() if hasattr(model, "save_meta") else model_meta(model)
-    meta.update(extra or {})
-    with atomic_dir(path) as tmp:
-        save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
-        (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+    check_model_output(path)
+    kind = _kind_of(model)
+    meta = {"format": FORMAT, **model.save_meta(), **(extra or {})}
+    meta["kind"] = kind.kind
+    with atomic_dir(path, owned=MODEL_OWNED) as tmp:
+        record = write_tensors(model.state_dict(), tmp / "model.safetensors", meta.get(SUBSTRATE_KEY, ""))
+        meta["files"] = {"model.safetensors": record}
+        (tmp / "model.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return path
 
 
 def resolve_model_dir(path: str | Path) -> Path:
     """A model directory, or the final model of a run directory."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
     if (path / "model.json").exists():
         return path
     if (path / "model" / "model.json").exists():
@@ -156,46 +205,32 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise CheckpointError(f"{path} is not a growlm model or run directory (no model.json, model/ or stages/)")
 
 
-def load_model(path: str | Path, substrate: Substrate | None = None, map_location: str = "cpu") -> torch.nn.Module:
-    """Load a model directory (or a run's final model); checks the substrate fingerprint."""
+def load_model(path: str | Path, substrate=None, map_location: str = "cpu") -> torch.nn.Module:
+    """Load a model directory (or a run's final model), verifying its weights and substrate."""
     d = resolve_model_dir(path)
     meta = read_json(d / "model.json", "model description")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{d} is not a growlm model (format {meta.get('format')!r}, expected {FORMAT!r})")
-    kind = meta.get("kind")
-    if kind == "composed":
-        from growlm.compose import load_composed
-
-        return load_composed(d, meta, map_location=map_location)
-    if kind != "growlm":
-        raise CheckpointError(f"{d}: unknown model kind {kind!r}")
-    state = read_tensors(d / "model.safetensors")
-    return build_growlm(meta, state, substrate, where=str(d)).to(map_location)
-
-
-def build_growlm(meta: dict, state: dict[str, torch.Tensor], substrate: Substrate | None = None,
-                 where: str = "checkpoint") -> GrowLM:
-    """A GrowLM from its saved description and weights, on the substrate the description names."""
-    cfg = Config.from_dict(meta["config"])
-    if substrate is None:
-        substrate = Substrate.from_spec(meta["substrate"])
-    substrate.check_same(meta["substrate_fingerprint"], f"model at {where}")
-    model = GrowLM(cfg, substrate)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in {where} do not fit the saved config: {e}") from None
-    return model
+    cls = KINDS.get(meta.get("kind"))
+    if cls is None:
+        raise CheckpointError(f"{d}: unknown model kind {meta.get('kind')!r}; known kinds: {sorted(KINDS)}")
+    state = read_tensors(d / "model.safetensors", "weights", (meta.get("files") or {}).get("model.safetensors"),
+                         meta.get(SUBSTRATE_KEY), d / "model.json")
+    return cls.from_saved(d, meta, state, substrate).to(map_location)
 
 
 # --------------------------------------------------------------------------- training state
 
 TRAIN_FORMAT = "growlm-train-1"
+CHECKPOINT_OWNED = {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     state: dict, rng: dict[str, torch.Tensor]) -> Path:
-    """Atomically write a resumable checkpoint: weights, optimiser state, RNG states and ``state`` JSON."""
+    """Atomically write a resumable checkpoint: weights, optimiser state, RNG states and ``state`` JSON.
+
+    Every tensor file is hashed into ``state.json`` and bound to ``state["substrate_fingerprint"]``.
+    """
     path = Path(path)
     opt_tensors, groups = {}, []
     if optimizer is not None:
@@ -204,12 +239,13 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
             for k, v in st.items():
                 opt_tensors[f"state.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
         groups = sd["param_groups"]
-    with atomic_dir(path) as tmp:
-        save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
-        save_file(_cpu(opt_tensors), str(tmp / "optimizer.safetensors"))
-        save_file(_cpu(rng), str(tmp / "rng.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"format": TRAIN_FORMAT, **state, "param_groups": groups},
-                                                   indent=1))
+    fp = state.get(SUBSTRATE_KEY, "")
+    with atomic_dir(path, owned=CHECKPOINT_OWNED) as tmp:
+        files = {name: write_tensors(t, tmp / name, fp) for name, t in
+                 [("model.safetensors", model.state_dict()), ("optimizer.safetensors", opt_tensors),
+                  ("rng.safetensors", rng)]}
+        (tmp / "state.json").write_text(json.dumps({"format": TRAIN_FORMAT, **state, "param_groups": groups,
+                                                    "files": files}, indent=1), encoding="utf-8")
     return path
 
 
@@ -223,14 +259,16 @@ def find_checkpoint(run: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict | None, dict[str, torch.Tensor]]:
-    """Read a checkpoint: (state JSON, model weights, optimiser state dict or None, RNG states)."""
+    """Read and verify a checkpoint: (state JSON, model weights, optimiser state dict or None, RNG states)."""
     path = Path(path)
     state = read_json(path / "state.json", "checkpoint state")
     if state.get("format") != TRAIN_FORMAT:
         raise CheckpointError(f"{path} is not a growlm training checkpoint (format {state.get('format')!r})")
-    weights = read_tensors(path / "model.safetensors", "checkpoint weights")
-    flat = read_tensors(path / "optimizer.safetensors", "optimiser state")
-    rng = read_tensors(path / "rng.safetensors", "RNG state")
+    files, fp, desc = state.get("files") or {}, state.get(SUBSTRATE_KEY), path / "state.json"
+    weights = read_tensors(path / "model.safetensors", "checkpoint weights", files.get("model.safetensors"), fp, desc)
+    flat = read_tensors(path / "optimizer.safetensors", "optimiser state", files.get("optimizer.safetensors"), fp,
+                        desc)
+    rng = read_tensors(path / "rng.safetensors", "RNG state", files.get("rng.safetensors"), fp, desc)
     opt = None
     if state.get("param_groups"):
         per: dict[int, dict] = {}

@@ -42,6 +42,7 @@ def _params(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="growlm", description=__import__("growlm").__doc__)
     parser.add_argument("--version", action="version", version=f"growlm {__import__('growlm').__version__}")
+    parser.add_argument("--debug", action="store_true", help="on error, show the full traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("params", help="parameter counts (fully trainable, frozen interface, grown active) as JSON")
     p.add_argument("--preset", default="paper", help="config preset (paper, llama, demo, tiny)")
@@ -53,7 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_params)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
+    for p in sub.choices.values():  # `growlm grow ... --debug` works too
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _message(e: BaseException) -> str:
+    """A one-line description of an error; OSError names the file it concerns."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, KeyError) and e.args:  # KeyError quotes its message: unwrap it
+        return str(e.args[0])
+    return str(e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if getattr(args, "debug", False):
+    except KeyboardInterrupt:
+        if args.debug:
             raise
-        print(f"growlm {args.command}: error: {e}", file=sys.stderr)
+        print(f"growlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, ImportError) as e:  # bad input, files, missing extras: the user's to fix
+        if args.debug:
+            raise
+        print(f"growlm {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug: short, with the way to the traceback
+        if args.debug:
+            raise
+        print(f"growlm {args.command}: error: {type(e).__name__}: {_message(e)} (run `growlm --debug ...` for the "
+              "full traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from growlm.checkpoint import CheckpointError, load_model, register_kind
 from growlm.losses import IGNORE_INDEX, chunked_cross_entropy
 from growlm.model import GrowLM, KVCache, generate
-from growlm.substrate import SubstrateMismatchError
+from growlm.substrate import Substrate, SubstrateMismatchError
 
 METHODS = ("average", "prob", "adapter", "router")
 MIN_LOG_WEIGHT = -30.0  # trainable gates start at log w; a zero weight becomes exp(-30), not -inf
@@ -123,6 +124,8 @@ class LogitAdapter(nn.Module):
 
 class ComposedLM(nn.Module):
     """N experts on one substrate, combined into one language model (same forward/generate as GrowLM)."""
+
+    kind = "composed"  # how ``growlm.checkpoint`` names this model class in model.json
 
     def __init__(self, experts: list[GrowLM], method: str = "average", weights: list[float] | None = None, *,
                  rank: int = 8, train_heads: bool = False, names: list[str] | None = None):
@@ -253,12 +256,41 @@ class ComposedLM(nn.Module):
 
     def save_meta(self) -> dict:
         """The JSON description written by ``growlm.checkpoint.save_model``."""
-        from growlm.checkpoint import FORMAT, model_meta
-
-        return {"format": FORMAT, "kind": "composed", "method": self.method, "weights": self.weights,
+        return {"kind": self.kind, "method": self.method, "weights": self.weights,
                 "options": {"rank": self.rank, "train_heads": self.train_heads},
-                "experts": [model_meta(e) for e in self.experts], "vocab_size": self.vocab_size,
+                "experts": [e.save_meta() for e in self.experts], "vocab_size": self.vocab_size,
                 "substrate": self.substrate_spec, "substrate_fingerprint": self.substrate_fingerprint}
+
+    @classmethod
+    def from_saved(cls, d, meta: dict, state: dict[str, torch.Tensor], substrate=None) -> ComposedLM:
+        """Rebuild a composed model from its description and weights: one substrate, shared by all experts."""
+        if meta.get("method") not in METHODS or not meta.get("experts"):
+            raise CheckpointError(f"{d}: composed model description needs a method in {list(METHODS)} and a "
+                                  f"non-empty expert list, got method {meta.get('method')!r}")
+        if substrate is None:
+            substrate = Substrate.from_spec(meta["substrate"])
+        substrate.check_same(meta["substrate_fingerprint"], f"composed model at {d}")
+        experts = []
+        for i, em in enumerate(meta["experts"]):
+            prefix = f"experts.{i}."
+            sub_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            experts.append(GrowLM.from_saved(f"{d} (expert {i})", em, sub_state, substrate))
+        opts = meta.get("options", {})
+        model = cls(experts, meta["method"], meta.get("weights"), rank=opts.get("rank", 8),
+                    train_heads=opts.get("train_heads", False))
+        rest = {k: v for k, v in state.items() if not k.startswith("experts.")}
+        try:
+            missing, unexpected = model.load_state_dict(rest, strict=False)
+        except RuntimeError as e:
+            raise CheckpointError(f"adapter/router weights in {d} do not fit the saved description: {e}") from None
+        missing = [k for k in missing if not k.startswith("experts.")]
+        if missing or unexpected:
+            raise CheckpointError(f"weights in {d} do not fit the composed model: missing {missing}, "
+                                  f"unexpected {unexpected}")
+        return model
+
+
+register_kind(ComposedLM)
 
 
 def compose(experts: list[GrowLM], method: str = "average", weights: list[float] | None = None,
@@ -270,40 +302,6 @@ def compose(experts: list[GrowLM], method: str = "average", weights: list[float]
 def compose_from_runs(paths: list[str | Path], method: str = "average", weights: list[float] | None = None,
                       map_location: str = "cpu", **opts) -> ComposedLM:
     """Load each model or run directory with ``growlm.checkpoint.load_model`` and compose them."""
-    from growlm.checkpoint import load_model
-
     experts = [load_model(p, map_location=map_location) for p in paths]
     opts.setdefault("names", [str(p) for p in paths])
     return compose(experts, method, weights, **opts)
-
-
-def load_composed(d: str | Path, meta: dict, map_location: str = "cpu") -> ComposedLM:
-    """Rebuild a composed model from its directory: one substrate build, shared by all experts."""
-    from growlm.checkpoint import CheckpointError, build_growlm, read_tensors
-    from growlm.substrate import Substrate
-
-    d = Path(d)
-    if meta.get("method") not in METHODS or not meta.get("experts"):
-        raise CheckpointError(f"{d}: composed model description needs a method in {list(METHODS)} and a "
-                              f"non-empty expert list, got method {meta.get('method')!r}")
-    state = read_tensors(d / "model.safetensors")
-    substrate = Substrate.from_spec(meta["substrate"])
-    substrate.check_same(meta["substrate_fingerprint"], f"composed model at {d}")
-    experts = []
-    for i, em in enumerate(meta["experts"]):
-        prefix = f"experts.{i}."
-        sub_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        experts.append(build_growlm(em, sub_state, substrate, where=f"{d} (expert {i})"))
-    opts = meta.get("options", {})
-    model = ComposedLM(experts, meta["method"], meta.get("weights"), rank=opts.get("rank", 8),
-                       train_heads=opts.get("train_heads", False))
-    rest = {k: v for k, v in state.items() if not k.startswith("experts.")}
-    try:
-        missing, unexpected = model.load_state_dict(rest, strict=False)
-    except RuntimeError as e:
-        raise CheckpointError(f"adapter/router weights in {d} do not fit the saved description: {e}") from None
-    missing = [k for k in missing if not k.startswith("experts.")]
-    if missing or unexpected:
-        raise CheckpointError(f"weights in {d} do not fit the composed model: missing {missing}, "
-                              f"unexpected {unexpected}")
-    return model.to(map_location)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from growlm.corpus import BadDocument, Document, corpus_files, default_corpus_dir, iter_documents, load_documents
+from growlm.fileio import atomic_write_text, fsync_dir
 from growlm.substrate import Tokenizer
 
 DATA_FORMAT = "growlm-tokens-2"
@@ -204,14 +205,6 @@ class _Shard:
                 "sha256": self.sha.hexdigest(), "sources": sorted(self.sources)}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _append_line(path: Path, obj: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(obj, ensure_ascii=False) + "\n")
@@ -333,7 +326,7 @@ def _write_segment(docs: Iterator[Document], tok: Tokenizer, dtype: np.dtype, ou
         return None
     written = [s.close(out) for _, s in sorted(shards.items())]
     for d in {s.path.parent for s in shards.values()}:
-        _fsync_dir(d)
+        fsync_dir(d)
     return {"segment": segment, "end": list(end), "shards": written}
 
 
@@ -415,14 +408,9 @@ def _finish(out: Path, progress: Path, settings: dict, records: list[dict], hash
             "skipped": {"count": len(skipped), "documents": skipped[:100]},
             "languages": {k: langs[k] for k in sorted(langs)}, "shards": shards,
             "settings": {k: settings[k] for k in ("text_column", "shard_tokens", "batch_chars", "chunk_chars")}}
-    tmp = out / ".meta.json.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(meta, indent=1, ensure_ascii=False))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / "meta.json")
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False))
     progress.unlink()
-    _fsync_dir(out)
+    fsync_dir(out)
     return meta
 
 
@@ -438,6 +426,7 @@ def default_tokens(vocab: str = "compact") -> Path:
         prepare(None, tmp, vocab)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(tmp, root)
+        fsync_dir(root.parent)
     return root
 
 
@@ -599,7 +588,12 @@ class TokenData:
         size = min(stream.size, max_tokens) if max_tokens else stream.size
         n = max(0, (size - 1) // seq_len)
         if n == 0:
-            raise ValueError(f"{lang} validation split has {size} tokens; need more than seq_len={seq_len}")
+            if size == stream.size:
+                raise ValueError(f"{lang!r} validation split has {size} tokens, fewer than seq_len + 1 = "
+                                 f"{seq_len + 1}; lower seq_len or hold out more text")
+            raise ValueError(f"{lang!r}: validation uses {size} of the split's {stream.size} tokens (val_tokens = "
+                             f"{max_tokens}), fewer than seq_len + 1 = {seq_len + 1}; lower seq_len or raise "
+                             "val_tokens (--val-tokens)")
         idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
         return torch.from_numpy(np.asarray(stream[: n * seq_len + 1]).astype(np.int64))[idx]
 

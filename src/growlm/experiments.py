@@ -12,10 +12,10 @@ from __future__ import annotations
 import copy
 import json
 import time
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import tomllib
 import torch
 
 from growlm.checkpoint import load_model, save_model

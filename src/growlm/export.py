@@ -22,10 +22,14 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from growlm.checkpoint import CheckpointError, atomic_save_tensors, atomic_write_text, read_json, resolve_model_dir
+from growlm.checkpoint import CheckpointError, load_model, read_json, resolve_model_dir
+from growlm.fileio import OutputDirError, check_not_input, foreign_entries, staged_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "growlm_vocab.json", "growlm_export.json"}  # everything export writes
 
 
 class ExportError(ValueError):
@@ -140,46 +144,59 @@ def write_tokenizer(vocab: str, out: Path, max_length: int) -> dict[str, int]:
     # the vocabulary's own special names; split_special_tokens: names in text stay text, as in growlm
     config = tok.transformers_config()
     specials = {k: v for k, v in config.items() if k.endswith("_token")}
-    atomic_write_text(out / "tokenizer_config.json", json.dumps({
+    (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", **config, "model_max_length": max_length,
         "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}, indent=1))
-    atomic_write_text(out / "special_tokens_map.json", json.dumps(specials, indent=1))
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=1))
     return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
 
 
-def export_hf(path: str | Path, out: str | Path, dtype: str = "float32") -> Path:
-    """Write model (config.json + model.safetensors) and tokenizer of a growlm model or run dir to ``out``."""
+def check_export_dir(out: Path, force: bool = False) -> None:
+    """``out`` must be missing, empty or an earlier export; with ``force``, a directory holding other files too."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output {out} exists and is not a directory")
+    if not out.is_dir():
+        return
+    ours = (out / "growlm_export.json").is_file()
+    foreign = foreign_entries(out, EXPORT_FILES if ours else ())
+    if foreign and not force:
+        raise OutputDirError(f"{out} already holds files growlm export did not write ({', '.join(foreign[:5])}); "
+                             "choose a new or empty directory, or pass --force to write the export's files "
+                             f"({', '.join(sorted(EXPORT_FILES))}) into it and leave everything else alone")
+
+
+def export_hf(path: str | Path, out: str | Path, dtype: str = "float32", force: bool = False) -> Path:
+    """Write model (config.json + model.safetensors) and tokenizer of a growlm model or run dir to ``out``.
+
+    ``out`` must be missing, empty or an earlier export (``force``: any directory; only the export's own
+    files are written, nothing else is touched), and never the model's own directory.
+    """
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; valid: {sorted(DTYPES)}")
     src = resolve_model_dir(path)
+    out = Path(out)
+    check_not_input(out, [src], "export directory")
+    check_export_dir(out, force)
     meta = read_json(src / "model.json", "model description")
     if meta.get("kind") == "composed":
         raise ExportError(f"{src} is a composed model (several experts fused at the logits); Hugging Face has no "
                           "such architecture. Export each expert's run instead")
-    from growlm.checkpoint import load_model
-
     model = load_model(src).eval()
     config, tensors = hf_checkpoint(model)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"output {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     vocab = (meta.get("substrate") or {}).get("vocab")
     if not vocab:
         raise CheckpointError(f"{src}/model.json names no substrate vocabulary; cannot write the tokenizer")
-    ids = write_tokenizer(vocab, out, model.cfg.block_size)
-    config.update(ids, torch_dtype=dtype, dtype=dtype)
-    atomic_write_text(out / "config.json", json.dumps(config, indent=1))
-    atomic_write_text(out / "generation_config.json", json.dumps(ids, indent=1))
-    atomic_save_tensors({k: v.detach().to(DTYPES[dtype]).clone() for k, v in tensors.items()},
-                        out / "model.safetensors", metadata={"format": "pt"})
-    atomic_write_text(out / "growlm_export.json", json.dumps({
-        "source": str(src), "block": model.cfg.block, "architecture": config["architectures"][0],
-        "substrate": meta.get("substrate"), "substrate_fingerprint": meta.get("substrate_fingerprint"),
-        "stage": meta.get("stage"), "depth": len(model.blocks)}, indent=1))
-    for f in out.iterdir():  # temporary files are created 0600; an exported model is meant to be shared
-        if f.is_file():
-            f.chmod(0o644)
+    with staged_files(out) as tmp:
+        ids = write_tokenizer(vocab, tmp, model.cfg.block_size)
+        config.update(ids, torch_dtype=dtype, dtype=dtype)
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        (tmp / "generation_config.json").write_text(json.dumps(ids, indent=1))
+        save_file({k: v.detach().to(DTYPES[dtype]).contiguous().clone() for k, v in tensors.items()},
+                  str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "growlm_export.json").write_text(json.dumps({
+            "source": str(src), "block": model.cfg.block, "architecture": config["architectures"][0],
+            "substrate": meta.get("substrate"), "substrate_fingerprint": meta.get("substrate_fingerprint"),
+            "stage": meta.get("stage"), "depth": len(model.blocks)}, indent=1))
     return out
 
 
@@ -189,8 +206,6 @@ def verify_export(src: str | Path, out: str | Path, seq_len: int = 32, seed: int
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise ImportError("verifying an export needs transformers: pip install 'growlm[hf]'") from None
-    from growlm.checkpoint import load_model
-
     model = load_model(src).eval().float()
     hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(seed)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import tomllib
 import torch
 
 from growlm import lora
@@ -212,7 +212,10 @@ class Recipe:
         if not path.exists():
             shipped = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
             raise FileNotFoundError(f"recipe {name_or_path!r} not found; shipped recipes: {shipped}")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"recipe {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         try:
             data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from growlm.checkpoint import CheckpointError
+
 
 class MetricsLog:
     """Append-only JSONL metrics file that can be cut back to a checkpointed offset on resume."""
@@ -19,10 +21,22 @@ class MetricsLog:
         return self.path.stat().st_size if self.path.exists() else 0
 
     def truncate(self, offset: int) -> None:
-        """Drop everything written after ``offset`` (records of steps a resumed run will redo)."""
-        if self.enabled and self.path.exists():
-            with open(self.path, "r+b") as f:
-                f.truncate(offset)
+        """Drop everything written after ``offset`` (records of steps a resumed run will redo).
+
+        An offset past the end of the file, or inside a line, means the file was cut or replaced
+        since the checkpoint: refused (truncating there would pad with NUL bytes or split a record).
+        """
+        if not (self.enabled and self.path.exists()):
+            return
+        with open(self.path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if offset > 0:
+                f.seek(min(offset, size) - 1)
+            if offset > size or (offset > 0 and f.read(1) != b"\n"):
+                raise CheckpointError(
+                    f"{self.path} has {size} bytes but the checkpoint recorded {offset} bytes of whole records: it "
+                    "was cut or replaced since; restore it, or move it away to resume with a fresh metrics log")
+            f.truncate(offset)
 
     def write(self, record: dict) -> None:
         """Append one record."""

@@ -19,8 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from growlm.checkpoint import CheckpointError, register_kind
 from growlm.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
 from growlm.losses import chunked_cross_entropy
+from growlm.substrate import Substrate
 
 # --------------------------------------------------------------------------- config
 
@@ -241,6 +243,8 @@ BLOCK_STYLES = {"paper", "llama"}
 class GrowLM(nn.Module):
     """Frozen substrate embedding -> blocks -> final norm -> untied LM head."""
 
+    kind = "growlm"  # how ``growlm.checkpoint`` names this model class in model.json
+
     def __init__(self, cfg: Config, substrate=None):
         super().__init__()
         if substrate is not None:
@@ -395,6 +399,30 @@ class GrowLM(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return {"total": total, "trainable": trainable, "embedding": self.embedding.numel()}
+
+    # -- save / load (through growlm.checkpoint) -------------------------------------
+
+    def save_meta(self) -> dict:
+        """The JSON description saved next to the weights: config and substrate."""
+        return {"kind": self.kind, "config": self.cfg.to_dict(), "substrate": self.substrate_spec,
+                "substrate_fingerprint": self.substrate_fingerprint}
+
+    @classmethod
+    def from_saved(cls, where, meta: dict, state: dict[str, torch.Tensor], substrate=None) -> GrowLM:
+        """A GrowLM from its saved description and weights, on the substrate the description names."""
+        cfg = Config.from_dict(meta["config"])
+        if substrate is None:
+            substrate = Substrate.from_spec(meta["substrate"])
+        substrate.check_same(meta["substrate_fingerprint"], f"model at {where}")
+        model = cls(cfg, substrate)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {where} do not fit the saved config: {e}") from None
+        return model
+
+
+register_kind(GrowLM)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,

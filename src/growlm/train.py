@@ -22,19 +22,13 @@ import torch.distributed as torch_dist
 from tqdm import tqdm
 
 from growlm import growth
-from growlm.checkpoint import (
-    CheckpointError,
-    atomic_write_text,
-    build_growlm,
-    find_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    save_model,
-)
+from growlm.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint, save_model
 from growlm.data import TokenData, bits_per_char, default_tokens
+from growlm.fileio import atomic_write_text
 from growlm.growth import Recipe, Stage, TrainSpec
 from growlm.metrics import MetricsLog
 from growlm.model import Config, GrowLM
+from growlm.rundir import RunDir
 from growlm.substrate import Substrate, SubstrateSpec, Vocabulary
 
 # --------------------------------------------------------------------------- distribution
@@ -195,40 +189,53 @@ class Run:
         self.dist.barrier()
         self.data = open_data(recipe.data.path, self.substrate.spec.vocab)
         growth.preflight(recipe, self.data, self.dist.world)  # before the run directory is created
-        self.generator = torch.Generator().manual_seed(self.train.seed)
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.main)
-        self.state = RunState()
-        self.opt_state = None
-        if resume:
-            self._resume()
-        else:
-            self._start(cfg)
+        self.rundir = RunDir(self.out, "grow", resume=resume, enabled=self.dist.main)  # claimed and locked
+        try:
+            self.generator = torch.Generator().manual_seed(self.train.seed)
+            self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.main)
+            self.state = RunState()
+            self.opt_state = None
+            if resume:
+                self._resume(cfg)
+            else:
+                self._start(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock."""
+        self.rundir.close()
 
     # -- set-up -------------------------------------------------------------------------
 
     def _start(self, cfg) -> None:
-        if find_checkpoint(self.out) or (self.out / "metrics.jsonl").exists():
+        if self.rundir.started():
             raise ValueError(f"{self.out} already holds a run; continue it with --resume, or choose a new --out")
         torch.manual_seed(self.train.seed)
         self.model = GrowLM(cfg, self.substrate).to(self.dist.device)
         if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics.truncate(0)  # a run that died before its first checkpoint starts over
             atomic_write_text(self.out / "plan.json", json.dumps(self.recipe.raw, indent=1, ensure_ascii=False))
             if self.recipe.source:
                 atomic_write_text(self.out / "plan.toml", self.recipe.source)
         self.dist.barrier()
 
-    def _resume(self) -> None:
-        ckpt = find_checkpoint(self.out)
-        if ckpt is None:
-            raise CheckpointError(f"{self.out} has no checkpoint to resume from "
-                                  f"(expected {self.out}/checkpoints/latest)")
-        state, weights, opt, rng = load_checkpoint(ckpt)
-        if state.get("recipe_fingerprint") != self.recipe.fingerprint():
+    def _check_plan(self, fingerprint: str | None) -> None:
+        if fingerprint != self.recipe.fingerprint():
             saved = self.out / "plan.json"
             diff = self.recipe.diff(Recipe.load(saved)) if saved.exists() else ["(saved plan missing)"]
             raise ValueError(f"cannot resume {self.out} with a different plan: it differs in {diff}; "
                              f"resume with the run's own plan ({saved}) or start a new run")
+
+    def _resume(self, cfg) -> None:
+        ckpt = find_checkpoint(self.out)
+        if ckpt is None:  # it stopped before its first checkpoint: nothing to keep, start it over
+            self._check_plan(Recipe.load(self.out / "plan.json").fingerprint())
+            self.log(f"{self.out} stopped before its first checkpoint: starting it from the beginning")
+            return self._start(cfg)
+        state, weights, opt, rng = load_checkpoint(ckpt)
+        self._check_plan(state.get("recipe_fingerprint"))
         self.substrate.check_same(state.get("substrate_fingerprint", ""), f"checkpoint {ckpt}")
         if SubstrateSpec.from_dict(state["substrate"]) != self.substrate.spec:
             raise ValueError(f"checkpoint {ckpt} was made on substrate {state['substrate']}, "
@@ -246,7 +253,7 @@ class Run:
             except RuntimeError as e:
                 raise CheckpointError(f"checkpoint {ckpt} does not fit its plan: {e}") from None
         else:
-            model = build_growlm(meta, weights, self.substrate, where=str(ckpt))
+            model = GrowLM.from_saved(ckpt, meta, weights, self.substrate)
         self.model = model.to(self.dist.device)
         self.opt_state = opt if self.state.stage_started else None
         _restore_rng(rng, self.generator, self.dist.device)
@@ -298,6 +305,7 @@ class Run:
             self.checkpoint(None)
         if self.dist.main:
             save_model(self.model, self.out / "model", extra={"depth": len(self.model.blocks)})
+        self.close()
         self.log(f"run finished in {time.perf_counter() - t0:.0f}s: {self.out / 'model'}")
         return self.out / "model"
 
@@ -373,7 +381,11 @@ def grow(recipe: Recipe | str | Path, out: str | Path, resume: bool = False, dev
     """Run (or resume) a growth plan into the run directory ``out``; returns the final model directory."""
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
-    return Run(recipe, out, resume=resume, device=device, progress=progress, log=log).run()
+    run = Run(recipe, out, resume=resume, device=device, progress=progress, log=log)
+    try:
+        return run.run()
+    finally:
+        run.close()
 
 
 # --------------------------------------------------------------------------- fine-tuning any model
@@ -389,9 +401,10 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
     metrics go to ``out/metrics.jsonl`` and the result to ``out/model``.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    rundir = RunDir(out, "finetune")  # claimed (empty or an earlier fine-tune's) and locked
     device = next(model.parameters()).device
     metrics = MetricsLog(out / "metrics.jsonl")
+    metrics.truncate(0)  # a fine-tune starts over
     generator = torch.Generator().manual_seed(train.seed)
     mix = data.mixture(mixture)
     optimizer = build_optimizer(model, train, device)
@@ -421,4 +434,5 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
     after = validate(model, data, train, device)
     metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})
     save_model(model, out / "model")
+    rundir.close()
     return {"before": before, "after": after, "model": str(out / "model")}

@@ -17,9 +17,13 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from growlm.checkpoint import save_model
+    from growlm.checkpoint import check_model_output, resolve_model_dir, save_model
     from growlm.compose import compose_from_runs
+    from growlm.fileio import check_not_input
 
+    inputs = [p for e in args.experts for p in (e, resolve_model_dir(e))]
+    check_not_input(args.out, inputs, "--out")
+    check_model_output(args.out)  # before any model is loaded
     model = compose_from_runs(args.experts, args.method, parse_weights(args.weights), rank=args.rank,
                               train_heads=args.train_heads)
     out = save_model(model, args.out)
@@ -40,5 +44,6 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", help="comma-separated expert weights, normalised to sum 1 (default: equal)")
     p.add_argument("--rank", type=int, default=8, help="adapter: rank of the shared logit projection")
     p.add_argument("--train-heads", action="store_true", help="leave the experts' LM heads trainable")
-    p.add_argument("--out", required=True, help="directory for the composed model")
+    p.add_argument("--out", required=True, help="directory for the composed model: new, empty or an earlier "
+                   "composed model (never one of the experts)")
     p.set_defaults(func=run)

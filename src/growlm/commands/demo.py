@@ -60,9 +60,11 @@ def _study(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from growlm.checkpoint import load_model, read_json, resolve_model_dir
+    from growlm.fileio import check_not_input
     from growlm.growth import TrainSpec
     from growlm.train import finetune, open_data
 
+    check_not_input(args.out, [args.model, resolve_model_dir(args.model)], "--out")
     model = load_model(args.model)
     vocab = read_json(resolve_model_dir(args.model) / "model.json")["substrate"]["vocab"]
     data = open_data(args.data, vocab)
@@ -89,7 +91,7 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("finetune", help="fine-tune the trainable parts of a model (e.g. a composed model's adapter)")
     p.add_argument("model", help="model directory (e.g. written by growlm compose)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="new or empty directory (or an earlier fine-tune's, started over)")
     p.add_argument("--data", default="default", help="a `growlm prepare` directory (default: the embedded corpus)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)

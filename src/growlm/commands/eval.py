@@ -61,8 +61,8 @@ def summary_line(res: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from growlm.checkpoint import atomic_write_text
     from growlm.evaluate.runner import parse_tasks
+    from growlm.fileio import atomic_write_text
 
     parse_tasks(args.tasks)  # fail before loading anything
     dirs = [d for r in args.runs_or_models for d in model_dirs(r, args.all_stages)]

@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format != "hf":
         raise ValueError(f"unknown export format {args.format!r}; valid: hf")
-    out = export_hf(args.run, args.out, dtype=args.dtype)
+    out = export_hf(args.run, args.out, dtype=args.dtype, force=args.force)
     info = json.loads((out / "growlm_export.json").read_text())
     report = {"out": str(out), "architecture": info["architecture"], "depth": info["depth"], "dtype": args.dtype}
     if args.verify:
@@ -24,7 +24,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a model as a Hugging Face checkpoint (llama block -> LlamaForCausalLM, "
                                       "paper block with zero head bias -> GPTNeoXForCausalLM)")
     p.add_argument("run", metavar="RUN", help="run directory (its final model) or model directory")
-    p.add_argument("out", metavar="OUT", help="output directory (config.json, model.safetensors, tokenizer files)")
+    p.add_argument("out", metavar="OUT", help="output directory (config.json, model.safetensors, tokenizer "
+                   "files): new, empty or an earlier export")
+    p.add_argument("--force", action="store_true",
+                   help="write into an existing directory holding other files: the export's own files are "
+                        "written (replacing namesakes), nothing else is touched")
     p.add_argument("--format", default="hf", choices=["hf"], help="export format (only hf for now)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the written weights")

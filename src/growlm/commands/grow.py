@@ -9,6 +9,7 @@ import sys
 
 def _grow(args: argparse.Namespace) -> int:
     from growlm.growth import Recipe
+    from growlm.rundir import check_run_exists
     from growlm.train import grow
 
     run = args.resume or args.out
@@ -16,6 +17,8 @@ def _grow(args: argparse.Namespace) -> int:
         raise ValueError("give --out RUN for a new run or --resume RUN to continue one")
     if args.resume and args.out:
         raise ValueError("give either --out (new run) or --resume (continue a run), not both")
+    if args.resume:
+        check_run_exists(args.resume)
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe.load(f"{args.resume}/plan.json")
     path = grow(recipe, run, resume=bool(args.resume), device=args.device, progress=not args.no_progress)
     print(f"final model: {path}")
@@ -54,7 +57,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("grow", help="run a growth plan (a TOML recipe) into a run directory, or resume one")
     p.add_argument("recipe", nargs="?", help="recipe file or shipped name (demo, paper-v1-grow6, ...); "
                    "with --resume, defaults to the run's own plan.json")
-    p.add_argument("--out", help="new run directory")
+    p.add_argument("--out", help="new run directory (missing or empty; or a run that stopped before its first "
+                   "checkpoint, started over)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -77,8 +77,11 @@ def _need(path: Path) -> Path:
 
 def read_arrow(folder: Path) -> list[dict]:
     """Rows of every ``*.arrow`` file (Arrow IPC stream, as ``datasets`` saves them) in ``folder``."""
-    import pyarrow as pa
-    import pyarrow.ipc as ipc
+    try:
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+    except ImportError:
+        raise ImportError("reading the benchmark .arrow files needs pyarrow: pip install 'growlm[eval]'") from None
 
     files = sorted(_need(folder).glob("*.arrow"))
     if not files:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from growlm.fileio import atomic_file
 from growlm.substrate import binary, glyph
 from growlm.substrate.vocab import Vocabulary
 
@@ -134,9 +135,8 @@ class Substrate:
     def _write_cache(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"matrix": self.matrix}, str(tmp), metadata={"spec": json.dumps(self.spec.to_dict())})
-            os.replace(tmp, path)
+            atomic_file(path, lambda tmp: save_file({"matrix": self.matrix}, tmp,
+                                                    metadata={"spec": json.dumps(self.spec.to_dict())}))
         except OSError:
             pass  # the cache is an optimisation; a read-only home must not stop a run
 

@@ -1,0 +1,235 @@
+"""Files growlm writes: atomic files and directories, content hashes, output-directory rules, the run lock.
+
+Every file is written to a temporary name in its final directory, flushed and
+fsynced, given the permissions a plain ``open`` would under the user's umask,
+renamed into place, and the directory is fsynced so the rename survives a
+power cut. A directory is built the same way, under a temporary name, and
+swapped in whole. growlm writes only into directories that are empty or its
+own, never into its inputs, and replaces only files it wrote itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs go unlocked
+    fcntl = None
+
+
+class OutputDirError(ValueError):
+    """An output path would overwrite or delete something growlm did not write, or one of its inputs."""
+
+
+class RunLockedError(OutputDirError):
+    """Another process is writing the same run directory."""
+
+
+def umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a file or directory the permissions a plain create would have (mkstemp and safetensors use 0600)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make the entries (creations, renames) of a directory durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_file(path: str | Path, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp_path)``, fsync the result and rename it over ``path``; no trace on failure."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        default_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` through a temporary file and a rename."""
+    atomic_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_file(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def foreign_entries(path: Path, owned: Iterable[str]) -> list[str]:
+    """Names in directory ``path`` that are not in ``owned``, sorted."""
+    owned = set(owned)
+    return sorted(p.name for p in path.iterdir() if p.name not in owned)
+
+
+@contextmanager
+def atomic_dir(final: str | Path, owned: Iterable[str] | None = None):
+    """Yield a temporary directory that replaces ``final`` whole on success (and vanishes on failure).
+
+    ``owned``: the names growlm writes in such a directory; an existing ``final`` holding anything
+    else is refused before any work, so nothing growlm did not write is ever deleted.
+    """
+    final = Path(final)
+    if final.exists():
+        if not final.is_dir():
+            raise OutputDirError(f"{final} exists and is not a directory")
+        if owned is not None and (extra := foreign_entries(final, owned)):
+            raise OutputDirError(f"{final} holds files growlm did not write ({', '.join(extra[:5])}); "
+                                 "refusing to replace it: move them away or choose another directory")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        default_mode(tmp, directory=True)
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fsync_file(f)
+        fsync_dir(tmp)
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def staged_files(out: str | Path):
+    """Yield a hidden temporary directory inside ``out``; on success move each file written there into ``out``.
+
+    Each file replaces its namesake atomically; nothing else in ``out`` is touched. On failure
+    the temporary directory vanishes and ``out`` is as it was.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".growlm-staging."))
+    try:
+        yield tmp
+        files = sorted(f for f in tmp.iterdir() if f.is_file())
+        for f in files:
+            fsync_file(f)
+            default_mode(f)
+        for f in files:
+            os.replace(f, out / f.name)
+        fsync_dir(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, read in 4 MB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- output directories
+
+MARKER = ".growlm-output"  # names the tool that created a directory (a run, a fine-tune, ...)
+LOCK_NAME = ".growlm.lock"
+
+
+def check_not_input(out: str | Path, inputs: Iterable[str | Path], what: str = "output") -> None:
+    """Refuse an output that is, contains or lies inside one of the inputs."""
+    o = Path(out).resolve()
+    for src in inputs:
+        s = Path(src).resolve()
+        if o == s or s in o.parents or o in s.parents:
+            raise OutputDirError(f"{what} {out} is (or holds, or lies inside) the input {src}; growlm never writes "
+                                 "into its inputs: choose another directory")
+
+
+def claim_output_dir(out: str | Path, tool: str, legacy: Callable[[Path], bool] | None = None) -> Path:
+    """Make ``out`` the output directory of ``tool``: it must be missing, empty or ``tool``'s own.
+
+    A directory is ``tool``'s own when growlm created it for ``tool`` (a marker file records that),
+    or when ``legacy(out)`` recognises one written before markers existed.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"{out} exists and is not a directory; choose a directory for the output")
+    marker = out / MARKER
+    if out.is_dir() and foreign_entries(out, {LOCK_NAME}):  # a lock file alone is a killed run's leftover
+        owner = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+        if owner == tool or (owner is None and legacy is not None and legacy(out)):
+            return out
+        if owner is not None:
+            raise OutputDirError(f"{out} is the output of `growlm {owner}`, not of `growlm {tool}`; choose a new "
+                                 "or empty directory")
+        extra = foreign_entries(out, ())
+        raise OutputDirError(f"{out} is not empty and holds files growlm did not write ({', '.join(extra[:5])}"
+                             f"{', ...' if len(extra) > 5 else ''}); choose a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, tool + "\n")
+    return out
+
+
+class DirLock:
+    """An exclusive lock on a directory (``DIR/.growlm.lock``), held until ``release()`` or process exit.
+
+    ``flock`` belongs to the open file, so the kernel drops it when the holder dies: a lock file
+    left behind by a killed run never blocks the next one.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / LOCK_NAME
+        self.f = open(self.path, "a+", encoding="utf-8")
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "unknown"
+            self.f.close()
+            raise RunLockedError(f"another growlm process is writing {self.path.parent} ({holder}); wait for it "
+                                 "to finish or stop it, or choose another directory") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"pid {os.getpid()}\n")
+        self.f.flush()
+
+    def release(self) -> None:
+        if not self.f.closed:
+            self.f.close()  # closing drops the flock
+
+    def __enter__(self) -> DirLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,201 @@
+"""The ``growlm`` command as a careful user and an adversary try it: output directories, inputs, messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from growlm.checkpoint import load_model, save_model
+from growlm.cli import main
+from growlm.model import Config, GrowLM
+from growlm.substrate import Substrate
+
+
+@pytest.fixture(scope="module")
+def glyph() -> Substrate:
+    return Substrate.build("glyph", "compact", 32)
+
+
+def tiny_model(sub: Substrate, seed: int, n_layer: int = 1, **over) -> GrowLM:
+    torch.manual_seed(seed)
+    cfg = Config.from_preset("tiny", vocab_size=sub.vocab_size, d_model=sub.d_model, n_layer=n_layer, n_head=2,
+                             **over)
+    return GrowLM(cfg, sub).eval()
+
+
+@pytest.fixture()
+def runs(glyph, tmp_path) -> list[Path]:
+    """Two expert run directories (final model under model/) plus a user file in the first."""
+    out = []
+    for i in range(2):
+        run = tmp_path / f"run{i}"
+        save_model(tiny_model(glyph, i, head_bias=False), run / "model")
+        (run / "plan.json").write_text("{}")
+        out.append(run)
+    return out
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def error_of(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err
+
+
+# --------------------------------------------------------------------------- data loss
+
+
+def test_compose_refuses_a_directory_with_user_files(runs, tmp_path, capsys):
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "thesis.tex").write_text("x")
+    before = tree(d)
+    assert main(["compose", str(runs[0]), str(runs[1]), "--out", str(d)]) == 2
+    assert "thesis.tex" in error_of(capsys)
+    assert tree(d) == before and (d / "sub").is_dir()
+
+
+def test_compose_never_writes_into_an_input(runs, capsys):
+    before = tree(runs[0])
+    assert main(["compose", str(runs[0]), str(runs[1]), "--out", str(runs[0])]) == 2
+    assert "input" in error_of(capsys)
+    assert main(["compose", str(runs[0]), str(runs[1]), "--out", str(runs[0] / "model")]) == 2
+    assert "input" in error_of(capsys)
+    assert tree(runs[0]) == before
+    assert load_model(runs[0]) is not None
+
+
+def test_compose_may_replace_its_own_output(runs, tmp_path, capsys):
+    out = tmp_path / "composed"
+    assert main(["compose", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
+    assert main(["compose", str(runs[0]), str(runs[1]), "--method", "prob", "--out", str(out)]) == 0
+    assert load_model(out).method == "prob"
+
+
+def test_grow_refuses_a_directory_with_user_files(tiny_recipe, tmp_path, capsys):
+    u = tmp_path / "u"
+    (u / "model").mkdir(parents=True)
+    (u / "model" / "my_weights.bin").write_text("p")
+    (u / "plan.json").write_text("mine")
+    (u / "plan.toml").write_text("mine too")
+    before = tree(u)
+    assert main(["grow", str(tiny_recipe(steps=1)), "--out", str(u), "--no-progress"]) == 2
+    assert "growlm did not write" in error_of(capsys)
+    assert tree(u) == before
+
+
+def test_finetune_refuses_a_directory_with_user_files(runs, tmp_path, capsys):
+    u = tmp_path / "u"
+    (u / "model").mkdir(parents=True)
+    (u / "model" / "my_weights.bin").write_text("p")
+    (u / "metrics.jsonl").write_text("my notes\n")
+    before = tree(u)
+    composed = tmp_path / "c"
+    assert main(["compose", str(runs[0]), str(runs[1]), "--method", "router", "--out", str(composed)]) == 0
+    assert main(["finetune", str(composed), "--out", str(u), "--steps", "1"]) == 2
+    assert "growlm did not write" in error_of(capsys)
+    assert tree(u) == before
+    assert main(["finetune", str(composed), "--out", str(composed), "--steps", "1"]) == 2
+    assert "input" in error_of(capsys)
+
+
+def test_export_refuses_foreign_files_and_force_touches_only_its_own(runs, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from growlm.export import EXPORT_FILES
+
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "config.json").write_text("my config")
+    (out / "notes.txt").write_text("mine")
+    os.chmod(out / "notes.txt", 0o600)
+    assert main(["export", str(runs[0]), str(out)]) == 2
+    assert "--force" in error_of(capsys)
+    assert (out / "config.json").read_text() == "my config"
+    assert main(["export", str(runs[0]), str(out), "--force"]) == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt_neox"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert {p.name for p in out.iterdir()} == EXPORT_FILES | {"notes.txt"}  # what --force may overwrite
+    assert stat.S_IMODE((out / "notes.txt").stat().st_mode) == 0o600
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    # its own export may be rewritten without --force
+    assert main(["export", str(runs[1]), str(tmp_path / "hf2")]) == 0
+    assert main(["export", str(runs[1]), str(tmp_path / "hf2")]) == 0
+
+
+def test_export_never_writes_into_its_input(runs, capsys):
+    before = tree(runs[0])
+    for target in (runs[0] / "model", runs[0], runs[0] / "model" / "hf"):
+        assert main(["export", str(runs[0]), str(target), "--force"]) == 2
+        assert "input" in error_of(capsys)
+    assert tree(runs[0]) == before
+    assert load_model(runs[0]) is not None
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_resume_of_a_missing_run_says_so(tmp_path, capsys):
+    assert main(["grow", "--resume", str(tmp_path / "NOPE")]) == 2
+    err = error_of(capsys)
+    assert "NOPE" in err and "does not exist" in err and "plan.json" not in err
+
+
+def test_recipe_that_is_not_utf8_names_the_file(tmp_path, capsys):
+    p = tmp_path / "latin1.toml"
+    p.write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))
+    assert main(["plan", str(p)]) == 2
+    err = error_of(capsys)
+    assert str(p) in err and "UTF-8" in err
+
+
+def test_permission_error_names_the_file_without_traceback(tmp_path, capsys, monkeypatch):
+    from growlm import growth
+
+    p = tmp_path / "secret.toml"
+    p.write_text('name = "x"\n')
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(growth.Path, "read_text", denied)
+    assert main(["plan", str(p)]) == 2
+    err = error_of(capsys)
+    assert str(p) in err and "Permission denied" in err
+
+
+def test_debug_flag_shows_the_traceback(tmp_path, capsys):
+    assert main(["plan", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml" in error_of(capsys)
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "plan", str(tmp_path / "missing.toml")])
+    with pytest.raises(FileNotFoundError):
+        main(["plan", str(tmp_path / "missing.toml"), "--debug"])
+
+
+def test_unexpected_errors_are_short_too(monkeypatch, capsys):
+    from growlm.commands import grow
+
+    def boom(args):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(grow, "_plan", boom)
+    assert main(["plan", "demo"]) == 1
+    err = error_of(capsys)
+    assert "something broke" in err and "--debug" in err
+
+
+def test_validation_size_error_quotes_the_counts_it_used(runs, tmp_path, capsys):
+    composed = tmp_path / "c"
+    assert main(["compose", str(runs[0]), str(runs[1]), "--method", "router", "--out", str(composed)]) == 0
+    assert main(["finetune", str(composed), "--out", str(tmp_path / "ft"), "--steps", "1", "--seq-len", "32",
+                 "--val-tokens", "20"]) == 2
+    err = error_of(capsys)
+    assert "uses 20 of" in err and "seq_len + 1 = 33" in err and "--val-tokens" in err
