@@ -73,11 +73,17 @@ def test_compose_never_writes_into_an_input(runs, capsys):
     assert load_model(runs[0]) is not None
 
 
-def test_compose_may_replace_its_own_output(runs, tmp_path, capsys):
+def test_compose_may_replace_its_own_output_only(runs, glyph, tmp_path, capsys):
     out = tmp_path / "composed"
     assert main(["compose", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
     assert main(["compose", str(runs[0]), str(runs[1]), "--method", "prob", "--out", str(out)]) == 0
     assert load_model(out).method == "prob"
+    grown = tmp_path / "run2" / "model"  # another run's final model, not an input
+    save_model(tiny_model(glyph, 3), grown)
+    before = tree(grown)
+    assert main(["compose", str(runs[0]), str(runs[1]), "--out", str(grown)]) == 2
+    assert "kind 'growlm'" in error_of(capsys)
+    assert tree(grown) == before
 
 
 def test_grow_refuses_a_directory_with_user_files(tiny_recipe, tmp_path, capsys):
@@ -199,3 +205,20 @@ def test_validation_size_error_quotes_the_counts_it_used(runs, tmp_path, capsys)
                  "--val-tokens", "20"]) == 2
     err = error_of(capsys)
     assert "uses 20 of" in err and "seq_len + 1 = 33" in err and "--val-tokens" in err
+
+
+def test_finetune_never_takes_over_a_growth_run(runs, tiny_recipe, tmp_path, capsys):
+    from growlm.fileio import MARKER
+    from growlm.train import grow
+
+    run = tmp_path / "grown"
+    grow(tiny_recipe(steps=1), run, progress=False, log=lambda *a: None)
+    composed = tmp_path / "c"
+    assert main(["compose", str(runs[0]), str(runs[1]), "--method", "router", "--out", str(composed)]) == 0
+    for marked in (True, False):  # a run of today, and one written before growlm marked its outputs
+        if not marked:
+            (run / MARKER).unlink()
+        before = tree(run)
+        assert main(["finetune", str(composed), "--out", str(run), "--steps", "1"]) == 2
+        assert str(run) in error_of(capsys)
+        assert tree(run) == before

@@ -158,19 +158,23 @@ def _saved_fingerprint(path: Path) -> str | None:
 # --------------------------------------------------------------------------- model directories
 
 
-def check_model_output(path: str | Path) -> None:
-    """``path`` may receive a model: missing, empty, or a growlm model directory holding only growlm's files."""
+def check_model_output(path: str | Path, kind: str | None = None) -> None:
+    """``path`` may receive a model: missing, empty, or a growlm model directory holding only growlm's files
+    (and, given ``kind``, a model of that kind: a composition never replaces a grown model)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"{path} exists and is not a directory; choose a directory for the model")
     if not path.is_dir() or not any(path.iterdir()):
         return
     extra = foreign_entries(path, MODEL_OWNED)
-    ours = (path / "model.json").is_file() and read_json(path / "model.json").get("format") == FORMAT
-    if extra or not ours:
+    meta = read_json(path / "model.json") if (path / "model.json").is_file() else {}
+    if extra or meta.get("format") != FORMAT:
         names = extra or sorted(p.name for p in path.iterdir())
         raise OutputDirError(f"{path} is not empty and holds files growlm did not write ({', '.join(names[:5])}); "
                              "choose a new or empty directory")
+    if kind is not None and meta.get("kind") != kind:
+        raise OutputDirError(f"{path} holds a growlm model of kind {meta.get('kind')!r}, not an earlier {kind!r} "
+                             "one; choose a new or empty directory")
 
 
 def save_model(model: torch.nn.Module, path: str | Path, extra: dict | None = None) -> Path:

@@ -13,6 +13,14 @@ def is_legacy_run(d: Path) -> bool:
     return (d / "plan.json").is_file() and ((d / "checkpoints").is_dir() or (d / "metrics.jsonl").is_file())
 
 
+def is_legacy_finetune(d: Path) -> bool:
+    """A fine-tune directory written before markers: its metrics and model, nothing else."""
+    return {p.name for p in d.iterdir()} <= {"metrics.jsonl", "model"} and (d / "model" / "model.json").is_file()
+
+
+LEGACY = {"grow": is_legacy_run, "finetune": is_legacy_finetune}  # how each tool's unmarked output looks
+
+
 def check_run_exists(run: str | Path) -> Path:
     """``run`` as a Path, or an error saying that it does not exist or is not a growlm run."""
     run = Path(run)
@@ -40,7 +48,7 @@ class RunDir:
             if (self.path / MARKER).is_file() and (self.path / MARKER).read_text().strip() != tool:
                 raise OutputDirError(f"{self.path} is not the output of `growlm {tool}`")
         else:
-            claim_output_dir(self.path, tool, legacy=is_legacy_run)
+            claim_output_dir(self.path, tool, legacy=LEGACY.get(tool))
         self.lock = DirLock(self.path)
 
     def started(self) -> bool:

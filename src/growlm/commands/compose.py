@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     inputs = [p for e in args.experts for p in (e, resolve_model_dir(e))]
     check_not_input(args.out, inputs, "--out")
-    check_model_output(args.out)  # before any model is loaded
+    check_model_output(args.out, "composed")  # before any model is loaded
     model = compose_from_runs(args.experts, args.method, parse_weights(args.weights), rank=args.rank,
                               train_heads=args.train_heads)
     out = save_model(model, args.out)
