@@ -35,7 +35,14 @@ def _params(args: argparse.Namespace) -> int:
         from growlm.substrate import Vocabulary
 
         cfg.vocab_size = len(Vocabulary.load(args.vocab))
-    print(json.dumps(parameter_budget(cfg, args.train_newest), indent=1))
+    table = None
+    if args.substrate == "binary":  # the author's V x k code table (k = 16 for V = 65536)
+        from growlm.substrate.binary import code_bits
+
+        table = cfg.vocab_size * (args.bits or code_bits(cfg.vocab_size))
+    elif args.substrate:  # a frozen V x d_model table
+        table = cfg.vocab_size * cfg.d_model
+    print(json.dumps(parameter_budget(cfg, args.train_newest, table), indent=1))
     return 0
 
 
@@ -49,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int)
     p.add_argument("--n-layer", type=int)
     p.add_argument("--n-head", type=int)
-    p.add_argument("--vocab", help="vocabulary whose size sets V (bmp65k, compact)")
+    p.add_argument("--vocab", help="vocabulary whose size sets V (bvv241-2-3, bvv241-abs, bmp65k, compact)")
+    p.add_argument("--substrate", help="substrate kind (glyph, binary, ...): adds the frozen table the paper counts "
+                   "(V x k code table for binary, V x d_model otherwise) and the paper's total, author_total")
+    p.add_argument("--bits", type=int, help="with --substrate binary: code length k (default ceil(log2 V))")
     p.add_argument("--train-newest", type=int, default=1, help="blocks trained per growth stage (with the head)")
     p.set_defaults(func=_params)
     for name in COMMAND_MODULES:

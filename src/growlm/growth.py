@@ -180,12 +180,16 @@ class Recipe:
         _check_mixtures(recipe.data.mixtures)
         if not isinstance(recipe.model.get("preset", "demo"), str):
             raise ValueError(f"[model] preset must be a string, got {recipe.model['preset']!r}")
-        bad = set(recipe.substrate) - {"kind", "vocab", "bits"}
-        if bad:
-            raise ValueError(f"unknown key(s) {sorted(bad)} in [substrate]; valid keys are ['bits', 'kind', 'vocab']")
         for key in ("kind", "vocab"):
             if key in recipe.substrate and not isinstance(recipe.substrate[key], str):
                 raise ValueError(f"[substrate] {key} must be a string, got {recipe.substrate[key]!r}")
+        from growlm.substrate.substrate import resolve_options
+
+        sub_opts = {k: v for k, v in recipe.substrate.items() if k not in ("kind", "vocab")}
+        try:
+            resolve_options(recipe.substrate.get("kind", "glyph"), sub_opts)
+        except ValueError as e:
+            raise ValueError(f"[substrate] {e}") from None
         recipe.config()  # validates the model section
         for st in stages:
             if st.mixture != "all" and st.mixture not in recipe.data.mixtures:
@@ -346,13 +350,15 @@ def active_budget(model: GrowLM) -> dict[str, int]:
             "total_params": sum(p.numel() for p in model.parameters())}
 
 
-def parameter_budget(cfg: Config, train_newest: int = 1) -> dict[str, int]:
+def parameter_budget(cfg: Config, train_newest: int = 1, substrate_table: int | None = None) -> dict[str, int]:
     """Parameter counts of the paper's three regimes for a model of ``cfg.n_layer`` blocks.
 
     ``fully_trainable``: every weight including the embedding; ``frozen_interface``:
     monolithic training on the frozen substrate (all blocks, final norm, head);
     ``grown_active``: a growth stage training the newest ``train_newest`` blocks,
-    the final norm and the head.
+    the final norm and the head. With ``substrate_table`` (the frozen table the author stores
+    per token: V x d_model for a glyph substrate, the V x k code table for a binary one),
+    ``author_total`` counts the model as the paper does: blocks, final norm, head and that table.
     """
     with torch.device("meta"):
         model = GrowLM(cfg)
@@ -360,9 +366,12 @@ def parameter_budget(cfg: Config, train_newest: int = 1) -> dict[str, int]:
     top = sum(p.numel() for p in model.head.parameters()) + sum(p.numel() for p in model.norm.parameters())
     emb = cfg.vocab_size * cfg.d_model
     k = min(train_newest, cfg.n_layer)
-    return {"fully_trainable": emb + cfg.n_layer * block + top, "frozen_interface": cfg.n_layer * block + top,
-            "grown_active": k * block + top, "embedding": emb, "per_block": block, "head_and_norm": top,
-            "n_layer": cfg.n_layer, "train_newest": k}
+    out = {"fully_trainable": emb + cfg.n_layer * block + top, "frozen_interface": cfg.n_layer * block + top,
+           "grown_active": k * block + top, "embedding": emb, "per_block": block, "head_and_norm": top,
+           "n_layer": cfg.n_layer, "train_newest": k}
+    if substrate_table is not None:
+        out.update(substrate_table=substrate_table, author_total=cfg.n_layer * block + top + substrate_table)
+    return out
 
 
 def plan_budgets(recipe: Recipe) -> list[dict]:

@@ -62,7 +62,7 @@ def test_fingerprint_depends_on_spec_only():
 def test_errors_are_clear(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="valid kinds"):
         Substrate.build("random", "compact", 64)
-    with pytest.raises(ValueError, match="needs d_model >= 14"):
+    with pytest.raises(ValueError, match="needs d_model >= 28"):
         Substrate.build("binary", "compact", 8, cache=False)
     from growlm.substrate import glyph
 

@@ -8,16 +8,23 @@ import time
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kind", default="glyph", choices=["glyph", "binary"])
-    p.add_argument("--vocab", default="compact", help="bmp65k (paper layout, V=65536) or compact (V=16384)")
+    from growlm.substrate import available_vocabularies
+    from growlm.substrate.binary import LIFTS
+    from growlm.substrate.substrate import KINDS
+
+    p.add_argument("--kind", default="glyph", choices=list(KINDS))
+    p.add_argument("--vocab", default="compact", help=f"one of {', '.join(available_vocabularies())}, "
+                   "or a path to a vocabulary .json file (default compact)")
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--bits", type=int, help="binary substrate: code length k (default ceil(log2 V))")
+    p.add_argument("--lift", choices=list(LIFTS), help="binary substrate: how the k bits reach d_model "
+                   "(default balanced; repeat = the author's plain 0/1 repetition)")
 
 
 def _build(args: argparse.Namespace) -> int:
     from growlm.substrate import Substrate
 
-    opts = {"bits": args.bits} if args.bits else {}
+    opts = {k: v for k, v in (("bits", args.bits), ("lift", args.lift)) if v is not None}
     t = time.perf_counter()
     sub = Substrate.build(args.kind, args.vocab, args.d_model, cache=not args.no_cache, **opts)
     built = time.perf_counter() - t

@@ -22,8 +22,29 @@ from growlm.fileio import atomic_file
 from growlm.substrate import binary, glyph
 from growlm.substrate.vocab import Vocabulary
 
-ALGORITHM_VERSION = {"glyph": "glyph-pca-2", "binary": "binary-dct-1"}  # bump on any change to the matrix
+# bump a kind's version on any change to its matrix: old fingerprints then refuse to load
+ALGORITHM_VERSION = {"glyph": "glyph-pca-2", "binary": "binary-lift-2"}
 KINDS = tuple(ALGORITHM_VERSION)
+# options each kind takes, with their defaults (None: derived from the vocabulary)
+OPTIONS: dict[str, dict] = {"glyph": {}, "binary": {"bits": None, "lift": binary.DEFAULT_LIFT}}
+
+
+def resolve_options(kind: str, options: dict) -> dict:
+    """``options`` checked against ``kind``'s, with defaults filled in (so the spec names every choice)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown substrate kind {kind!r}; valid kinds are {list(KINDS)}")
+    valid = OPTIONS[kind]
+    unknown = set(options) - set(valid)
+    if unknown:
+        raise ValueError(f"{kind} substrate options are {sorted(valid)}, got unknown {sorted(unknown)}")
+    out = {k: v for k, v in valid.items() if v is not None}
+    out.update({k: v for k, v in options.items() if v is not None})
+    if kind == "binary":
+        if "bits" in out and (isinstance(out["bits"], bool) or not isinstance(out["bits"], int) or out["bits"] < 1):
+            raise ValueError(f"binary substrate option bits must be a positive integer, got {out['bits']!r}")
+        if out["lift"] not in binary.LIFTS:
+            raise ValueError(f"unknown binary lift {out['lift']!r}; valid lifts are {list(binary.LIFTS)}")
+    return dict(sorted(out.items()))
 
 
 class SubstrateMismatchError(ValueError):
@@ -90,13 +111,11 @@ class Substrate:
     def build(cls, kind: str = "glyph", vocab: str = "compact", d_model: int = 256, *,
               cache: bool = True, **options) -> Substrate:
         """Build (or load from the on-disk cache) the substrate ``kind`` for ``vocab`` at ``d_model``."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown substrate kind {kind!r}; valid kinds are {list(KINDS)}")
+        opts = resolve_options(kind, options)
         if d_model <= 0:
             raise ValueError(f"d_model must be positive, got {d_model}")
         voc = Vocabulary.load(vocab)
-        spec = SubstrateSpec(kind=kind, vocab=voc.name, d_model=int(d_model), vocab_version=voc.version,
-                             options=dict(sorted(options.items())))
+        spec = SubstrateSpec(kind=kind, vocab=voc.name, d_model=int(d_model), vocab_version=voc.version, options=opts)
         return cls.from_spec(spec, cache=cache, _vocab=voc)
 
     @classmethod
@@ -105,6 +124,7 @@ class Substrate:
         """Rebuild a substrate from its spec (as stored in a checkpoint)."""
         if isinstance(spec, dict):
             spec = SubstrateSpec.from_dict(spec)
+        opts = resolve_options(spec.kind, spec.options)  # an unknown kind or option fails here, by name
         voc = _vocab or Vocabulary.load(spec.vocab)
         if spec.vocab_version and voc.version != spec.vocab_version:
             raise SubstrateMismatchError(
@@ -118,15 +138,9 @@ class Substrate:
             except Exception:  # a damaged cache entry is rebuilt, never trusted
                 path.unlink(missing_ok=True)
         if spec.kind == "glyph":
-            unknown = set(spec.options)
-            if unknown:
-                raise ValueError(f"glyph substrate takes no options, got {sorted(unknown)}")
             matrix = glyph.glyph_matrix(voc, spec.d_model)
         else:
-            unknown = set(spec.options) - {"bits"}
-            if unknown:
-                raise ValueError(f"binary substrate options are ['bits'], got {sorted(unknown)}")
-            matrix = binary.binary_matrix(len(voc), spec.d_model, spec.options.get("bits"))
+            matrix = binary.binary_matrix(len(voc), spec.d_model, opts.get("bits"), opts["lift"])
         sub = cls(spec, matrix.contiguous(), fp)
         if cache:
             sub._write_cache(path)
