@@ -259,7 +259,8 @@ class ComposedLM(nn.Module):
         return {"kind": self.kind, "method": self.method, "weights": self.weights,
                 "options": {"rank": self.rank, "train_heads": self.train_heads},
                 "experts": [e.save_meta() for e in self.experts], "vocab_size": self.vocab_size,
-                "substrate": self.substrate_spec, "substrate_fingerprint": self.substrate_fingerprint}
+                "substrate": self.substrate_spec, "substrate_fingerprint": self.substrate_fingerprint,
+                "substrate_content_sha256": getattr(self.experts[0], "substrate_content", "")}
 
     @classmethod
     def from_saved(cls, d, meta: dict, state: dict[str, torch.Tensor], substrate=None) -> ComposedLM:
@@ -269,7 +270,8 @@ class ComposedLM(nn.Module):
                                   f"non-empty expert list, got method {meta.get('method')!r}")
         if substrate is None:
             substrate = Substrate.from_spec(meta["substrate"])
-        substrate.check_same(meta["substrate_fingerprint"], f"composed model at {d}")
+        substrate.check_same(meta["substrate_fingerprint"], f"composed model at {d}",
+                             meta.get("substrate_content_sha256"))
         experts = []
         for i, em in enumerate(meta["experts"]):
             prefix = f"experts.{i}."

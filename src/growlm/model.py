@@ -256,8 +256,10 @@ class GrowLM(nn.Module):
                                  f"[vocab_size={cfg.vocab_size}, d_model={cfg.d_model}]")
             emb, self.substrate_fingerprint = substrate.matrix, substrate.fingerprint
             self.substrate_spec = substrate.spec.to_dict()
+            self.substrate_content = getattr(substrate, "content_sha256", "")  # golden hash, checked on load
         else:  # shape-only model (parameter counting, or weights loaded later)
             emb, self.substrate_fingerprint, self.substrate_spec = torch.zeros(cfg.vocab_size, cfg.d_model), "", {}
+            self.substrate_content = ""
         # The architecture without its depth: depth is len(self.blocks), never stored twice.
         self._arch = replace(cfg, n_layer=0)
         # The embedding is a buffer, not a parameter: no optimiser can ever see it. It is
@@ -407,8 +409,11 @@ class GrowLM(nn.Module):
 
     def save_meta(self) -> dict:
         """The JSON description saved next to the weights: config and substrate."""
-        return {"kind": self.kind, "config": self.cfg.to_dict(), "substrate": self.substrate_spec,
+        meta = {"kind": self.kind, "config": self.cfg.to_dict(), "substrate": self.substrate_spec,
                 "substrate_fingerprint": self.substrate_fingerprint}
+        if self.substrate_content:
+            meta["substrate_content_sha256"] = self.substrate_content
+        return meta
 
     @classmethod
     def from_saved(cls, where, meta: dict, state: dict[str, torch.Tensor], substrate=None) -> GrowLM:
@@ -416,7 +421,7 @@ class GrowLM(nn.Module):
         cfg = Config.from_dict(meta["config"])
         if substrate is None:
             substrate = Substrate.from_spec(meta["substrate"])
-        substrate.check_same(meta["substrate_fingerprint"], f"model at {where}")
+        substrate.check_same(meta["substrate_fingerprint"], f"model at {where}", meta.get("substrate_content_sha256"))
         model = cls(cfg, substrate)
         try:
             model.load_state_dict(state, strict=True)

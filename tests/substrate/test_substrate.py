@@ -1,4 +1,4 @@
-"""Glyph and binary substrates: determinism, rank, fingerprints, errors."""
+"""Substrates of every kind: determinism, rank, fingerprints, golden hashes, errors."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ def test_cache_returns_the_same_matrix():
     assert torch.equal(a.matrix, b.matrix) and a.fingerprint == b.fingerprint
 
 
-def test_glyph_rows_are_unit_norm_and_specials_distinct():
+@pytest.mark.parametrize("kind", ["glyph", "glyph16"])
+def test_glyph_rows_are_unit_norm_and_specials_distinct(kind):
     from growlm.substrate import Vocabulary
 
-    s = Substrate.build("glyph", "compact", 256)
+    s = Substrate.build(kind, "compact", 256)
     norms = s.matrix.norm(dim=1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
     vocab = Vocabulary.load("compact")
@@ -39,8 +40,8 @@ def test_glyph_rows_are_unit_norm_and_specials_distinct():
     assert 0 < s.info()["identical_rows"] < 0.05 * len(vocab)
 
 
-def test_glyph_rank_is_bounded_by_the_cell_and_extra_columns_are_zero():
-    s = Substrate.build("glyph", "compact", 320)
+def test_glyph16_rank_is_bounded_by_the_cell_and_extra_columns_are_zero():
+    s = Substrate.build("glyph16", "compact", 320)
     assert s.rank() <= 256
     assert torch.count_nonzero(s.matrix[:, 256:]) == 0
 
@@ -55,22 +56,36 @@ def test_binary_rank_is_at_most_k(vocab, d_model):
 
 
 def test_fingerprint_depends_on_spec_only():
-    fps = {Substrate.build(k, "compact", d, cache=False).fingerprint for k in ("glyph", "binary") for d in (32, 64)}
-    assert len(fps) == 4
+    from growlm.substrate import SubstrateSpec, Vocabulary
+    from growlm.substrate.substrate import compute_fingerprint, resolve_options
+
+    voc = Vocabulary.load("compact")
+
+    def fp(kind, d, **opts):
+        spec = SubstrateSpec(kind, "compact", d, voc.version, resolve_options(kind, opts, d))
+        return compute_fingerprint(spec, voc)
+
+    kinds = ("glyph", "glyph16", "binary", "random")
+    fps = {fp(k, d) for k in kinds for d in (32, 64)} | {fp("random", 32, seed=1), fp("glyph", 32, cell=64)}
+    assert len(fps) == 10
+    assert fp("random", 32) == fp("random", 32, seed=0)  # defaults are written into the spec
+    assert Substrate.build("random", "compact", 32, cache=False).fingerprint == fp("random", 32)
 
 
-def test_errors_are_clear(monkeypatch, tmp_path):
-    with pytest.raises(ValueError, match="valid kinds"):
-        Substrate.build("random", "compact", 64)
+@pytest.mark.parametrize("kind", ["glyph", "glyph16"])
+def test_errors_are_clear(monkeypatch, tmp_path, kind):
+    with pytest.raises(ValueError, match=r"unknown substrate kind 'noise'; valid kinds are \['glyph', 'glyph16'"):
+        Substrate.build("noise", "compact", 64)
     with pytest.raises(ValueError, match="needs d_model >= 28"):
         Substrate.build("binary", "compact", 8, cache=False)
-    from growlm.substrate import glyph
+    from growlm.substrate import glyph, glyph32
 
     glyph.load_unifont.cache_clear()
+    glyph32._ANALYSED.clear()
     monkeypatch.setenv("GROWLM_UNIFONT", str(tmp_path / "missing.hex"))
     try:
         with pytest.raises(FileNotFoundError, match="apt-get install unifont"):
-            Substrate.build("glyph", "compact", 40, cache=False)
+            Substrate.build(kind, "compact", 40, cache=False)
     finally:
         monkeypatch.delenv("GROWLM_UNIFONT")
         glyph.load_unifont.cache_clear()

@@ -19,12 +19,15 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, help="binary substrate: code length k (default ceil(log2 V))")
     p.add_argument("--lift", choices=list(LIFTS), help="binary substrate: how the k bits reach d_model "
                    "(default balanced; repeat = the author's plain 0/1 repetition)")
+    p.add_argument("--cell", type=int, choices=[32, 64], help="glyph substrate: cell size in pixels "
+                   "(default 32 up to d_model 1024, 64 beyond)")
+    p.add_argument("--seed", type=int, help="random substrate: seed (default 0)")
 
 
 def _build(args: argparse.Namespace) -> int:
     from growlm.substrate import Substrate
 
-    opts = {k: v for k, v in (("bits", args.bits), ("lift", args.lift)) if v is not None}
+    opts = {k: getattr(args, k) for k in ("bits", "lift", "cell", "seed") if getattr(args, k) is not None}
     t = time.perf_counter()
     sub = Substrate.build(args.kind, args.vocab, args.d_model, cache=not args.no_cache, **opts)
     built = time.perf_counter() - t
@@ -49,7 +52,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("substrate", help="build a substrate (cached on disk) or show its fingerprint and rank")
     s = p.add_subparsers(dest="command_sub", metavar="ACTION", required=True)
     for name, text in [("build", "build and cache; print spec and fingerprint"),
-                       ("info", "build (or load) and print spec, fingerprint, shape and rank")]:
+                       ("info", "build (or load) and print spec, fingerprint, golden hash, rank, explained "
+                                "variance and distinct rows after the model's first norm")]:
         q = s.add_parser(name, help=text)
         _spec_args(q)
         q.add_argument("--no-cache", action="store_true", help="build even if cached; write no cache")

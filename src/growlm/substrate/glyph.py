@@ -1,6 +1,7 @@
-"""Glyph substrate: tokens drawn with GNU Unifont, reduced by PCA, rows L2-normalised.
+"""The pinned GNU Unifont glyphs, and the 16 px glyph substrate (kind ``glyph16``).
 
-Every token becomes a 16x16 grey image:
+``load_unifont`` is shared with the reference-style algorithm (kind ``glyph``, ``glyph32.py``).
+In ``glyph16`` every token becomes a 16x16 grey image:
 * a character is its Unifont glyph (8 or 16 pixels wide), resized to the cell;
 * an n-gram is its characters' glyphs side by side, resized to one cell;
 * a character Unifont has no glyph for, or a blank one (spaces), is drawn as its hex code
@@ -84,14 +85,14 @@ def token_images(vocab: Vocabulary) -> np.ndarray:
     """[V, 256] float64 pixel matrix of every token in ``vocab``."""
     glyphs = load_unifont()
     images = np.zeros((len(vocab), CELL * CELL), dtype=np.float64)
-    cache: dict[bytes, np.ndarray] = {}
+    cache: dict[tuple[int, bytes], np.ndarray] = {}
     for i, tok in enumerate(vocab.tokens):
         if tok.kind in ("char", "ngram"):
             text, invert = tok.text, False
         else:
             text, invert = tok.text, True
         bitmap = np.concatenate([_char_bitmap(glyphs, c) for c in text], axis=1)
-        key = bitmap.tobytes() + bytes([bitmap.shape[1]])
+        key = (bitmap.shape[1], bitmap.tobytes())  # width too: equal bytes can come from different widths
         cell = cache.get(key)
         if cell is None:
             cell = cache[key] = _to_cell(bitmap)

@@ -16,20 +16,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from growlm.fileio import atomic_file
-from growlm.substrate import binary, glyph
+from growlm.substrate import binary, gaussian, glyph, glyph32
 from growlm.substrate.vocab import Vocabulary
 
 # bump a kind's version on any change to its matrix: old fingerprints then refuse to load
-ALGORITHM_VERSION = {"glyph": "glyph-pca-2", "binary": "binary-lift-2"}
+ALGORITHM_VERSION = {"glyph": glyph32.ALGORITHM, "glyph16": "glyph-pca-2", "binary": "binary-lift-2",
+                     "random": gaussian.ALGORITHM}
 KINDS = tuple(ALGORITHM_VERSION)
-# options each kind takes, with their defaults (None: derived from the vocabulary)
-OPTIONS: dict[str, dict] = {"glyph": {}, "binary": {"bits": None, "lift": binary.DEFAULT_LIFT}}
+# options each kind takes, with their defaults (None: derived from the vocabulary or d_model)
+OPTIONS: dict[str, dict] = {"glyph": {"cell": None}, "glyph16": {},
+                            "binary": {"bits": None, "lift": binary.DEFAULT_LIFT}, "random": {"seed": 0}}
+# what the matrix is made from, besides the spec and the vocabulary
+SOURCE = {"glyph": glyph.UNIFONT_SHA256, "glyph16": glyph.UNIFONT_SHA256, "binary": "id-bits",
+          "random": "numpy-RandomState-standard_normal"}
 
 
-def resolve_options(kind: str, options: dict) -> dict:
+def _positive_int(kind: str, key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1):
+        raise ValueError(f"{kind} substrate option {key} must be a {'non-negative' if key == 'seed' else 'positive'}"
+                         f" integer, got {value!r}")
+
+
+def resolve_options(kind: str, options: dict, d_model: int | None = None) -> dict:
     """``options`` checked against ``kind``'s, with defaults filled in (so the spec names every choice)."""
     if kind not in KINDS:
         raise ValueError(f"unknown substrate kind {kind!r}; valid kinds are {list(KINDS)}")
@@ -39,12 +52,35 @@ def resolve_options(kind: str, options: dict) -> dict:
         raise ValueError(f"{kind} substrate options are {sorted(valid)}, got unknown {sorted(unknown)}")
     out = {k: v for k, v in valid.items() if v is not None}
     out.update({k: v for k, v in options.items() if v is not None})
-    if kind == "binary":
-        if "bits" in out and (isinstance(out["bits"], bool) or not isinstance(out["bits"], int) or out["bits"] < 1):
-            raise ValueError(f"binary substrate option bits must be a positive integer, got {out['bits']!r}")
-        if out["lift"] not in binary.LIFTS:
-            raise ValueError(f"unknown binary lift {out['lift']!r}; valid lifts are {list(binary.LIFTS)}")
+    if kind == "glyph" and "cell" not in out and d_model is not None:
+        out["cell"] = glyph32.default_cell(d_model)
+    for key in ("bits", "seed", "cell"):
+        if key in out:
+            _positive_int(kind, key, out[key])
+    if kind == "binary" and out["lift"] not in binary.LIFTS:
+        raise ValueError(f"unknown binary lift {out['lift']!r}; valid lifts are {list(binary.LIFTS)}")
+    if kind == "glyph" and out.get("cell") not in (None, *glyph32.CELLS):
+        raise ValueError(f"glyph substrate option cell must be one of {list(glyph32.CELLS)}, got {out['cell']!r}")
     return dict(sorted(out.items()))
+
+
+def build_matrix(spec: SubstrateSpec, vocab: Vocabulary) -> tuple[torch.Tensor, str, torch.Tensor | None]:
+    """The matrix of ``spec``, the golden hash of what it is computed from (its exact pre-image) and,
+    for the PCA kinds, the variance of every principal component of that source (descending)."""
+    opts = resolve_options(spec.kind, spec.options, spec.d_model)
+    if spec.kind == "glyph":
+        m, golden, evals = glyph32.glyph_matrix(vocab, spec.d_model, opts["cell"])
+        return m, golden, torch.from_numpy(evals)
+    if spec.kind == "glyph16":
+        images = glyph.token_images(vocab)
+        m = torch.from_numpy(glyph.pca_embed(images, spec.d_model).astype("float32"))
+        x = torch.from_numpy(images - images.mean(axis=0, keepdims=True))
+        evals = torch.linalg.eigvalsh(x.T @ x / x.shape[0]).flip(0).clamp(min=0)
+        return m, hashlib.sha256(images.tobytes()).hexdigest(), evals
+    if spec.kind == "random":
+        return (*gaussian.random_matrix(len(vocab), spec.d_model, opts["seed"]), None)
+    m = binary.binary_matrix(len(vocab), spec.d_model, opts.get("bits"), opts["lift"])
+    return m, hashlib.sha256(m.numpy().tobytes()).hexdigest(), None  # exact arithmetic: the matrix is its pre-image
 
 
 class SubstrateMismatchError(ValueError):
@@ -80,19 +116,25 @@ def cache_dir() -> Path:
 
 def compute_fingerprint(spec: SubstrateSpec, vocab: Vocabulary) -> str:
     """Stable hash of the spec, the vocabulary content, the source data and the algorithm version."""
-    source = glyph.UNIFONT_SHA256 if spec.kind == "glyph" else "id-bits"
-    payload = {"spec": spec.to_dict(), "vocab_sha256": vocab.sha256, "source_sha256": source,
+    payload = {"spec": spec.to_dict(), "vocab_sha256": vocab.sha256, "source_sha256": SOURCE[spec.kind],
                "algorithm": ALGORITHM_VERSION[spec.kind]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
 class Substrate:
-    """A frozen embedding matrix with the spec and fingerprint that identify it."""
+    """A frozen embedding matrix with the spec and fingerprint that identify it.
+
+    ``content_sha256`` is the golden hash of the matrix's exact pre-image (the bitmap stack of a
+    glyph substrate, the draws of a random one, the matrix itself for binary). Checkpoints record it
+    next to the fingerprint, and loading compares both: the same fingerprint must mean the same matrix.
+    """
 
     spec: SubstrateSpec
     matrix: torch.Tensor  # [V, d_model] float32
     fingerprint: str
+    content_sha256: str = ""
+    source_spectrum: torch.Tensor | None = None  # PCA kinds: variance of each component of the source images
 
     @property
     def vocab_size(self) -> int:
@@ -111,9 +153,9 @@ class Substrate:
     def build(cls, kind: str = "glyph", vocab: str = "compact", d_model: int = 256, *,
               cache: bool = True, **options) -> Substrate:
         """Build (or load from the on-disk cache) the substrate ``kind`` for ``vocab`` at ``d_model``."""
-        opts = resolve_options(kind, options)
-        if d_model <= 0:
-            raise ValueError(f"d_model must be positive, got {d_model}")
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
+            raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
+        opts = resolve_options(kind, options, d_model)
         voc = Vocabulary.load(vocab)
         spec = SubstrateSpec(kind=kind, vocab=voc.name, d_model=int(d_model), vocab_version=voc.version, options=opts)
         return cls.from_spec(spec, cache=cache, _vocab=voc)
@@ -124,7 +166,7 @@ class Substrate:
         """Rebuild a substrate from its spec (as stored in a checkpoint)."""
         if isinstance(spec, dict):
             spec = SubstrateSpec.from_dict(spec)
-        opts = resolve_options(spec.kind, spec.options)  # an unknown kind or option fails here, by name
+        resolve_options(spec.kind, spec.options, spec.d_model)  # an unknown kind or option fails here, by name
         voc = _vocab or Vocabulary.load(spec.vocab)
         if spec.vocab_version and voc.version != spec.vocab_version:
             raise SubstrateMismatchError(
@@ -134,46 +176,96 @@ class Substrate:
         path = cache_dir() / f"{fp}.safetensors"
         if cache and path.exists():
             try:
-                return cls(spec, load_file(str(path))["matrix"], fp)
-            except Exception:  # a damaged cache entry is rebuilt, never trusted
+                with safe_open(str(path), "pt") as f:
+                    content = (f.metadata() or {})["content_sha256"]
+                    spectrum = f.get_tensor("source_spectrum") if "source_spectrum" in f.keys() else None
+                    return cls(spec, f.get_tensor("matrix"), fp, content, spectrum)
+            except Exception:  # a damaged (or pre-golden-hash) cache entry is rebuilt, never trusted
                 path.unlink(missing_ok=True)
-        if spec.kind == "glyph":
-            matrix = glyph.glyph_matrix(voc, spec.d_model)
-        else:
-            matrix = binary.binary_matrix(len(voc), spec.d_model, opts.get("bits"), opts["lift"])
-        sub = cls(spec, matrix.contiguous(), fp)
+        matrix, content, spectrum = build_matrix(spec, voc)
+        sub = cls(spec, matrix.contiguous(), fp, content, spectrum)
         if cache:
             sub._write_cache(path)
         return sub
 
     def _write_cache(self, path: Path) -> None:
+        meta = {"spec": json.dumps(self.spec.to_dict()), "content_sha256": self.content_sha256}
+        tensors = {"matrix": self.matrix}
+        if self.source_spectrum is not None:
+            tensors["source_spectrum"] = self.source_spectrum.contiguous()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_file(path, lambda tmp: save_file({"matrix": self.matrix}, tmp,
-                                                    metadata={"spec": json.dumps(self.spec.to_dict())}))
+            atomic_file(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
         except OSError:
             pass  # the cache is an optimisation; a read-only home must not stop a run
 
+    def _spectrum(self, centred: bool) -> torch.Tensor:
+        """Eigenvalues, descending, of the matrix's d x d Gram (or covariance) matrix, in float64."""
+        m = self.matrix.double()
+        if centred:
+            m = m - m.mean(dim=0, keepdim=True)
+        small = m @ m.T if m.shape[0] < m.shape[1] else m.T @ m
+        return torch.linalg.eigvalsh(small).flip(0).clamp(min=0)
+
     def rank(self) -> int:
-        """Numerical rank of the matrix, with a tolerance suited to float32 entries."""
+        """Numerical rank of the matrix, with a tolerance suited to float32 entries.
+
+        Singular values above ``max(V, d) * eps32`` times the largest count, as ``matrix_rank``
+        would with that ``rtol``, taken from the d x d Gram matrix (seconds, not minutes, at V = 65536).
+        """
         rtol = max(self.matrix.shape) * torch.finfo(torch.float32).eps
-        return int(torch.linalg.matrix_rank(self.matrix.double(), rtol=rtol).item())
+        sv = self._spectrum(centred=False).sqrt()
+        return int((sv > sv[0] * rtol).sum().item()) if sv.numel() and sv[0] > 0 else 0
+
+    def explained_variance(self, ks=(256, 512)) -> dict[str, float]:
+        """Share of the variance in the top k principal components, for each k below d_model and d_model.
+
+        For the PCA kinds (glyph, glyph16) the variance is the source images' (what the d_model kept
+        components capture of the pixels); for the others, the matrix's own (column-centred).
+        """
+        ev = self.source_spectrum if self.source_spectrum is not None else self._spectrum(centred=True)
+        ev = ev.double().clamp(min=0)
+        total = float(ev.sum()) or 1.0
+        ks = sorted({k for k in ks if k < self.d_model} | {self.d_model})
+        return {str(k): round(float(ev[:k].sum()) / total, 4) for k in ks}
+
+    def distinct_after_norm(self, norm: str = "layer_norm", decimals: float = 1e-4) -> int:
+        """Distinct rows after the model's first norm (no affine; rounded to ``decimals``).
+
+        ``layer_norm`` is what the ``paper`` block reads, ``rms_norm`` what ``llama`` reads.
+        """
+        fn = {"layer_norm": F.layer_norm, "rms_norm": F.rms_norm}[norm]
+        seen: set[bytes] = set()
+        for chunk in self.matrix.split(8192):
+            q = torch.round(fn(chunk, (chunk.shape[1],), eps=1e-5) / decimals).to(torch.int32).numpy()
+            seen.update(row.tobytes() for row in q)
+        return len(seen)
 
     def info(self) -> dict:
-        """Spec, fingerprint, shape, rank and a float checksum, as a JSON-ready dict."""
+        """Spec, fingerprint, golden hash, shape, rank, explained variance and distinct rows, JSON-ready."""
         t = time.perf_counter()
         r = self.rank()
-        shared = self.matrix.shape[0] - torch.unique(self.matrix, dim=0).shape[0]
-        return {"spec": self.spec.to_dict(), "fingerprint": self.fingerprint, "shape": list(self.matrix.shape),
-                "rank": r, "rank_seconds": round(time.perf_counter() - t, 2),
+        shared = self.matrix.shape[0] - len({row.tobytes() for row in self.matrix.numpy()})
+        return {"spec": self.spec.to_dict(), "fingerprint": self.fingerprint, "content_sha256": self.content_sha256,
+                "shape": list(self.matrix.shape), "rank": r,
+                "explained_variance": self.explained_variance(),
                 "identical_rows": shared,  # tokens drawn alike (homoglyphs such as Latin A / Cyrillic A)
+                "distinct_after_layer_norm": self.distinct_after_norm("layer_norm"),
+                "distinct_after_rms_norm": self.distinct_after_norm("rms_norm"),
+                "stats_seconds": round(time.perf_counter() - t, 2),
                 "matrix_sha256": hashlib.sha256(self.matrix.numpy().tobytes()).hexdigest()}
 
-    def check_same(self, other_fingerprint: str, what: str = "checkpoint") -> None:
-        """Raise ``SubstrateMismatchError`` naming both fingerprints if they differ."""
+    def check_same(self, other_fingerprint: str, what: str = "checkpoint", content_sha256: str | None = None) -> None:
+        """Raise ``SubstrateMismatchError`` if the fingerprints differ, or the golden hashes when both are known."""
         if other_fingerprint != self.fingerprint:
             raise SubstrateMismatchError(
                 f"substrate mismatch: this model's substrate is {self.fingerprint[:12]} "
                 f"({self.spec.kind}, {self.spec.vocab}, d_model {self.spec.d_model}) but the {what} was "
                 f"built on {other_fingerprint[:12]}; models can only be loaded, grown or composed on the "
                 "substrate they were trained on")
+        if content_sha256 and self.content_sha256 and content_sha256 != self.content_sha256:
+            raise SubstrateMismatchError(
+                f"substrate content mismatch: the {what} was trained on substrate {self.fingerprint[:12]} whose "
+                f"pre-image hashed {content_sha256[:12]}, but this build of the same spec hashes "
+                f"{self.content_sha256[:12]}; the {self.spec.kind} algorithm changed without a version bump "
+                "(or this machine computes it differently): rebuild with the growlm version that trained it")
