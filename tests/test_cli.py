@@ -186,6 +186,28 @@ def test_debug_flag_shows_the_traceback(tmp_path, capsys):
         main(["plan", str(tmp_path / "missing.toml"), "--debug"])
 
 
+def test_debug_flag_after_a_nested_subcommand(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["substrate", "info", "--vocab", str(tmp_path / "nope"), "--debug"])
+
+
+def test_killed_exports_staging_is_cleared_and_a_live_ones_kept(runs, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    import subprocess
+
+    out = tmp_path / "hf"
+    assert main(["export", str(runs[0]), str(out)]) == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = out / f".growlm-staging.{dead.pid}.abc"
+    live = out / f".growlm-staging.{os.getpid()}.xyz"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "config.json").write_text("half written")
+    assert main(["export", str(runs[0]), str(out)]) == 0
+    assert not stale.exists() and (live / "config.json").read_text() == "half written"
+
+
 def test_unexpected_errors_are_short_too(monkeypatch, capsys):
     from growlm.commands import grow
 

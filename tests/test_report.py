@@ -158,3 +158,26 @@ def test_cli_report(tmp_path, capsys):
     assert args.func(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "report.md")
     assert_png(tmp_path / "out" / "bpc_depth.png")
+
+
+def test_report_refuses_user_files_and_its_inputs(tmp_path):
+    from growlm.fileio import OutputDirError
+
+    run = tmp_path / "run"
+    write_run(run, evals=False)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("x")
+    with pytest.raises(OutputDirError, match="did not write"):
+        write_report([run], out)
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with pytest.raises(OutputDirError, match="input"):
+        write_report([run], run / "report")
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    good = tmp_path / "report"
+    write_report([run], good)
+    (good / "loss.png").write_bytes(b"stale")
+    md = write_report([run], good)  # its own report may be rewritten
+    assert md == good / "report.md" and (good / "loss.png").read_bytes().startswith(PNG_MAGIC)
+    assert not [p for p in good.iterdir() if p.name.startswith(".growlm-staging")]

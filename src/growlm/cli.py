@@ -64,9 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_params)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
-    for p in sub.choices.values():  # `growlm grow ... --debug` works too
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _accept_debug_everywhere(sub)
     return parser
+
+
+def _accept_debug_everywhere(sub: argparse._SubParsersAction) -> None:
+    """Let ``--debug`` follow any subcommand, nested ones included (``growlm substrate info ... --debug``)."""
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_debug_everywhere(action)
 
 
 def _message(e: BaseException) -> str:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from growlm.corpus import BadDocument, Document, corpus_files, default_corpus_dir, iter_documents, load_documents
-from growlm.fileio import atomic_write_text, fsync_dir
+from growlm.fileio import append_durable, atomic_write_text, fsync_dir
 from growlm.substrate import Tokenizer
 
 DATA_FORMAT = "growlm-tokens-2"
@@ -206,10 +206,7 @@ class _Shard:
 
 
 def _append_line(path: Path, obj: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_durable(path, json.dumps(obj, ensure_ascii=False))
 
 
 def _read_progress(path: Path) -> list[dict]:

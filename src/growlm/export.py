@@ -25,7 +25,14 @@ import torch
 from safetensors.torch import save_file
 
 from growlm.checkpoint import CheckpointError, load_model, read_json, resolve_model_dir
-from growlm.fileio import OutputDirError, check_not_input, foreign_entries, staged_files
+from growlm.fileio import (
+    OutputDirError,
+    check_not_input,
+    foreign_entries,
+    is_staging,
+    remove_stale_staging,
+    staged_files,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -157,8 +164,9 @@ def check_export_dir(out: Path, force: bool = False) -> None:
         raise ExportError(f"output {out} exists and is not a directory")
     if not out.is_dir():
         return
+    remove_stale_staging(out)  # a killed export's leftovers are growlm's own
     ours = (out / "growlm_export.json").is_file()
-    foreign = foreign_entries(out, EXPORT_FILES if ours else ())
+    foreign = [n for n in foreign_entries(out, EXPORT_FILES if ours else ()) if not is_staging(n)]
     if foreign and not force:
         raise OutputDirError(f"{out} already holds files growlm export did not write ({', '.join(foreign[:5])}); "
                              "choose a new or empty directory, or pass --force to write the export's files "

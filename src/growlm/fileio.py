@@ -58,6 +58,14 @@ def fsync_file(path: str | Path) -> None:
         os.fsync(f.fileno())
 
 
+def append_durable(path: str | Path, line: str) -> None:
+    """Append one line to a log file and fsync it, so a crash keeps every line appended before it."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_file(path: str | Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)``, fsync the result and rename it over ``path``; no trace on failure."""
     path = Path(path)
@@ -126,6 +134,39 @@ def atomic_dir(final: str | Path, owned: Iterable[str] | None = None):
         raise
 
 
+STAGING_PREFIX = ".growlm-staging."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[str]:
+    """Delete ``out``'s staging directories left by killed growlm processes (named by their pid); return their names.
+
+    A staging directory whose process still runs, or whose name carries no pid (written by an
+    older growlm, which may still be running), is left alone.
+    """
+    removed = []
+    for d in out.glob(STAGING_PREFIX + "*"):
+        pid = d.name[len(STAGING_PREFIX):].split(".")[0]
+        if d.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
+
+
+def is_staging(name: str) -> bool:
+    """True for the name of a staging directory of ``staged_files``."""
+    return name.startswith(STAGING_PREFIX)
+
+
 @contextmanager
 def staged_files(out: str | Path):
     """Yield a hidden temporary directory inside ``out``; on success move each file written there into ``out``.
@@ -135,7 +176,8 @@ def staged_files(out: str | Path):
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".growlm-staging."))
+    remove_stale_staging(out)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f"{STAGING_PREFIX}{os.getpid()}."))
     try:
         yield tmp
         files = sorted(f for f in tmp.iterdir() if f.is_file())

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from growlm.checkpoint import CheckpointError
+from growlm.fileio import append_durable
 
 
 class MetricsLog:
@@ -42,10 +43,7 @@ class MetricsLog:
         """Append one record."""
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_durable(self.path, json.dumps(record, ensure_ascii=False))
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patches, ticker  # noqa: E402
 
+from growlm.fileio import check_not_input, claim_output_dir, staged_files  # noqa: E402
 from growlm.metrics import read_metrics  # noqa: E402
 
 LANG_ORDER = ["en", "ru", "zh"]
@@ -416,7 +417,14 @@ def write_report(runs: list[Path], out: Path, composition: Path | dict | None = 
     data = [load_run(r) for r in runs]
     _unique_names(data)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_not_input(out, runs, "report directory")
+    claim_output_dir(out, "report", legacy=lambda d: (d / "report.md").is_file())
+    with staged_files(out) as tmp:
+        path = _write_report_files(data, tmp, composition)
+    return out / path.name
+
+
+def _write_report_files(data: list[RunData], out: Path, composition: Path | dict | None) -> Path:
     md = ["# growlm report", "", "Runs: " + ", ".join(f"`{r.path}`" for r in data), ""]
 
     def figure(title: str, png: Path | None, missing: str) -> None:
@@ -449,5 +457,5 @@ def write_report(runs: list[Path], out: Path, composition: Path | dict | None = 
         figure("Experts against their compositions", plot_composition(composition, out / "composition.png"),
                "the composition table has no rows with `bpc`")
     path = out / "report.md"
-    path.write_text("\n".join(md), encoding="utf-8")
+    path.write_text("\n".join(md), encoding="utf-8")  # staged: moved into place atomically by the caller
     return path

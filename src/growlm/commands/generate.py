@@ -117,7 +117,9 @@ def depth_samples(run: str | Path, prompt: str = SAMPLE_PROMPT, max_tokens: int 
         text = "".join(stream(model, tok, prompt, max_tokens, temperature=0.7, top_k=40, seed=seed))
         rows.append({"stage": int(d.name.split("-")[1]), "depth": len(model.blocks), "prompt": prompt,
                      "sample": text, "max_tokens": max_tokens, "temperature": 0.7, "top_k": 40, "seed": seed})
-    (run / "samples.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+    from growlm.fileio import atomic_write_text
+
+    atomic_write_text(run / "samples.json", json.dumps(rows, indent=1, ensure_ascii=False))
     return rows
 
 

@@ -41,6 +41,7 @@ from typing import Literal
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from growlm.fileio import atomic_write_text
 from growlm.substrate.vocab import PIECE_PATTERN, Vocabulary
 
 
@@ -204,9 +205,9 @@ class Tokenizer:
         if path.is_dir() or not path.suffix:
             path.mkdir(parents=True, exist_ok=True)
             path = path / "tokenizer.json"
-        self.hf.save(str(path))
+        atomic_write_text(path, self.hf.to_str(pretty=True))
         meta = {"growlm_vocab": self.vocab.name, "version": self.vocab.version, "sha256": self.vocab.sha256}
-        path.with_name("growlm_vocab.json").write_text(json.dumps(meta, indent=1))
+        atomic_write_text(path.with_name("growlm_vocab.json"), json.dumps(meta, indent=1))
         return path
 
 
