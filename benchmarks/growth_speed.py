@@ -1,20 +1,23 @@
-"""Growth-stage speed and memory against monolithic training, measured in one run. Prints JSON.
+"""Growth-stage speed, MFU and memory against monolithic training, measured in rounds. Prints JSON.
 
-For each (d_model, depth) it times a training step of the same model in several modes,
-each in its own subprocess so that peak memory is that mode's alone:
+For each shape it times optimiser steps of the same model in several modes, each mode in its
+own subprocess (so its memory is its own):
 
-* ``mono_naive_fp32``: every block and the head train, full [B*T, V] logits, fp32 (the floor);
-* ``mono_fp32``: the same with growlm's chunked head loss;
-* ``grow_naive_fp32``: a growth stage (newest block + head train, blocks below under no_grad),
-  full logits;
-* ``grow_fp32``: growth stage + chunked loss;
-* ``grow_bf16`` / ``mono_bf16``: the same with bf16 autocast.
+* ``mono_naive``: every block and the head train, full [B*T, V] logits (the floor);
+* ``mono``: the same with growlm's chunked head loss;
+* ``grow``: a growth stage: the newest block, final norm and head train, the blocks below
+  run under no_grad (growlm's frozen prefix), chunked loss;
+* ``lora``: a LoRA phase: rank-8 adapters on every block but the newest, which trains fully;
+* ``mono_compile`` / ``grow_compile`` (with ``--compile``): the same under ``torch.compile``.
 
-Ratios are tokens/s against ``mono_naive_fp32`` of the same run, next to the FLOP ratio
-(a growth step runs the forward of every block but the backward of the newest one only).
+Every round runs every mode once, in turn; ratios are computed *within* a round (mode against
+``mono`` of the same round, next to the FLOP-bound ratio from ``growlm.flops``) and reported as
+median, min and max over the rounds. Each run times ``--steps`` (>= 8) steps after warm-up and
+reports the median step time and its spread; peak memory (VmHWM reset before the timed part,
+or CUDA's peak) and minor page faults / kernel-time share cover the timed steps only.
 
-    python benchmarks/growth_speed.py                 # d_model 256/4 layers and 512/8, V 65536
-    python benchmarks/growth_speed.py --quick         # smaller, for a smoke test
+    python benchmarks/growth_speed.py                        # demo shape and 512 x 8, V 16384, 3 rounds
+    python benchmarks/growth_speed.py --quick                # smaller, for a smoke test
 """
 
 from __future__ import annotations
@@ -23,21 +26,36 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-MODES = ["mono_naive_fp32", "mono_fp32", "grow_naive_fp32", "grow_fp32", "grow_bf16", "mono_bf16"]
+MODES = ["mono_naive", "mono", "grow", "lora"]
 
 
-def one(mode: str, d_model: int, depth: int, vocab: int, batch: int, seq: int, steps: int, device: str) -> dict:
+def _vm(field: str) -> float:
+    """A /proc/self/status field in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one(mode: str, d_model: int, depth: int, vocab: int, batch: int, seq: int, steps: int, device: str,
+        precision: str) -> dict:
     """Time ``steps`` optimiser steps of one mode; runs inside its own process."""
     import contextlib
 
     import torch
     import torch.nn.functional as F
 
-    from growlm import Config, GrowLM
+    import growlm.flops as flops
+    from growlm import Config, GrowLM, growth, lora
+    from growlm.alloc import tune_allocator
+
+    tuned = tune_allocator()  # as the trainer does (GROWLM_MALLOC=system: glibc's defaults)
     from growlm.substrate.binary import binary_matrix
 
     class Sub:  # a binary substrate without building a vocabulary: speed does not depend on its values
@@ -46,103 +64,134 @@ def one(mode: str, d_model: int, depth: int, vocab: int, batch: int, seq: int, s
             self.fingerprint, self.spec = "bench", type("S", (), {"to_dict": lambda s: {}})()
 
     torch.manual_seed(0)
-    cfg = Config.from_preset("paper", vocab_size=vocab, d_model=d_model, n_layer=depth, n_head=d_model // 64,
+    cfg = Config.from_preset("paper", vocab_size=vocab, d_model=d_model, n_layer=depth, n_head=max(1, d_model // 64),
                              block_size=seq)
     model = GrowLM(cfg, Sub()).to(device)
     if mode.startswith("grow"):
         model.set_trainable([depth - 1])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                            fused=device == "cuda")
+    elif mode == "lora":
+        growth.apply_stage(model, growth.Stage(name="lora", train_newest=1, lora=lora.LoRASpec(rank=8), steps=1))
+    fl = flops.step_flops(model, seq)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device == "cuda")
+    fwd = torch.compile(model) if mode.endswith("compile") else model
     x = torch.randint(0, vocab, (batch, seq), device=device)
     y = torch.randint(0, vocab, (batch, seq), device=device)
-    bf16 = mode.endswith("bf16")
+    bf16 = precision == "bf16"
     ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     losses = []
 
     def step():
         with ctx():
             if "naive" in mode:
-                loss = F.cross_entropy(model(x).view(-1, vocab).float(), y.view(-1))
+                loss = F.cross_entropy(fwd(x).view(-1, vocab).float(), y.view(-1))
             else:
-                loss = model(x, y)
+                loss = fwd(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
 
-    for _ in range(2):
+    for _ in range(3):  # warm-up: allocator, thread pool, compilation
         step()
+    sync()
     if device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: peak RSS of the timed part only
+    base_rss = _vm("VmRSS")
+    r0, times = resource.getrusage(resource.RUSAGE_SELF), []
     for _ in range(steps):
+        t = time.perf_counter()
         step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"mode": mode, "tok_per_s": round(batch * seq / dt, 1), "step_s": round(dt, 4),
-            "peak_mib": round(peak, 1), "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
+        sync()
+        times.append(time.perf_counter() - t)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _vm("VmHWM")
+    med = statistics.median(times)
+    user, kern = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+    peak_hw = flops.peak_flops(device, precision)
+    return {"mode": mode, "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
+            "step_s_max": round(max(times), 4), "tok_per_s": round(batch * seq / med, 1),
+            "flops_per_token": fl.total, "mfu": round(fl.total * batch * seq / med / peak_hw, 4),
+            "peak_mib": round(peak, 1), "rss_before_timed_mib": round(base_rss, 1),
+            "minor_faults_per_step": round((r1.ru_minflt - r0.ru_minflt) / steps, 1),
+            "kernel_time_share": round(kern / max(1e-9, user + kern), 4),
+            "allocator_tuned": tuned, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
 
 
-def flop_ratio(d_model: int, depth: int, vocab: int, seq: int) -> float:
-    """Monolithic step FLOPs / growth step FLOPs (forward = 1x, backward = 2x of what trains)."""
-    block = 24 * d_model**2 + 4 * seq * d_model  # per token: 12 d^2 weights x2, attention scores
-    head = 2 * vocab * d_model
-    mono = 3 * (depth * block + head)
-    grow = depth * block + head + 2 * (block + head)
-    return round(mono / grow, 3)
+def _spread(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="256x4,512x8", help="d_model x depth, comma-separated")
-    ap.add_argument("--vocab", type=int, default=65536)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=2, help="repeat every mode, interleaved; report the best")
+    ap.add_argument("--configs", default="128x4,512x8", help="d_model x depth, comma-separated (128x4: the demo)")
+    ap.add_argument("--vocab", type=int, default=16384)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per run (at least 8)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; ratios are computed within each")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--compile", action="store_true", help="add torch.compile modes")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--quick", action="store_true", help="d_model 64 x 2, V 8192, 2 steps")
+    ap.add_argument("--quick", action="store_true", help="d_model 64 x 2, V 4096, 1 round")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(one(*json.loads(args.child))))
         return
+    if args.steps < 8:
+        ap.error(f"--steps {args.steps}: at least 8 timed steps are needed for a spread")
     import torch
+
+    from growlm import flops
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:
-        args.configs, args.vocab, args.steps, args.seq, args.rounds = "64x2", 8192, 2, 64, 1
+        args.configs, args.vocab, args.seq, args.rounds = "64x2", 4096, 64, 1
+    modes = MODES + (["mono_compile", "grow_compile"] if args.compile else [])
+    peak = flops.cpu_peak() if device == "cpu" else flops.gpu_peak(torch.device(device))
     results = []
-    for cfg in args.configs.split(","):
-        d, depth = (int(v) for v in cfg.split("x"))
-        rows: dict[str, dict] = {}
-        for _ in range(args.rounds):  # modes interleaved, best of the rounds: the machine is shared and noisy
-            for mode in MODES:
-                payload = json.dumps([mode, d, depth, args.vocab, args.batch, args.seq, args.steps, device])
+    for shape in args.configs.split(","):
+        d, depth = (int(v) for v in shape.split("x"))
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        ratios: dict[str, list[float]] = {m: [] for m in modes}
+        for _ in range(args.rounds):
+            got = {}
+            for mode in modes:
+                payload = json.dumps([mode, d, depth, args.vocab, args.batch, args.seq, args.steps, device,
+                                      args.precision])
                 out = subprocess.run([sys.executable, __file__, "--child", payload], capture_output=True, text=True)
                 if out.returncode != 0:
-                    rows.setdefault(mode, {"mode": mode, "error": out.stderr.strip().splitlines()[-1:]})
+                    runs[mode].append({"error": out.stderr.strip().splitlines()[-3:]})
                     continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                r["rounds_tok_per_s"] = rows.get(mode, {}).get("rounds_tok_per_s", []) + [r["tok_per_s"]]
-                if r["tok_per_s"] >= rows.get(mode, {}).get("tok_per_s", 0):
-                    rows[mode] = r
-                else:
-                    rows[mode]["rounds_tok_per_s"] = r["rounds_tok_per_s"]
-        base = rows["mono_naive_fp32"]
-        for r in rows.values():
-            if "tok_per_s" in r and "tok_per_s" in base:
-                r["speed_vs_mono_naive_fp32"] = round(r["tok_per_s"] / base["tok_per_s"], 3)
-                r["memory_vs_mono_naive_fp32"] = round(r["peak_mib"] / base["peak_mib"], 3)
+                got[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+                runs[mode].append(got[mode])
+            for mode, r in got.items():
+                if "mono" in got:
+                    ratios[mode].append(got["mono"]["step_s_median"] / r["step_s_median"])
+        fl = {m: next((r["flops_per_token"] for r in runs[m] if "flops_per_token" in r), None) for m in modes}
+        summary = {}
+        for m in modes:
+            ok = [r for r in runs[m] if "mfu" in r]
+            if not ok:
+                continue
+            summary[m] = {"mfu": _spread([r["mfu"] for r in ok]), "tok_per_s": _spread([r["tok_per_s"] for r in ok]),
+                          "speed_vs_mono": _spread(ratios[m]),
+                          "flop_bound_speed_vs_mono": round(fl["mono"] / fl[m], 3) if fl.get("mono") else None,
+                          "peak_mib": _spread([r["peak_mib"] for r in ok]),
+                          "minor_faults_per_step": _spread([r["minor_faults_per_step"] for r in ok]),
+                          "kernel_time_share": _spread([r["kernel_time_share"] for r in ok])}
+            if summary[m]["flop_bound_speed_vs_mono"]:
+                summary[m]["speed_over_flop_bound"] = round(summary[m]["speed_vs_mono"]["median"]
+                                                            / summary[m]["flop_bound_speed_vs_mono"], 3)
         results.append({"d_model": d, "depth": depth, "vocab": args.vocab, "batch": args.batch, "seq": args.seq,
-                        "flop_ratio_mono_over_grow": flop_ratio(d, depth, args.vocab, args.seq),
-                        "modes": list(rows.values())})
+                        "summary": summary, "runs": runs})
     print(json.dumps({"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "machine": platform.processor() or platform.machine(), "results": results}, indent=1))
+                      "precision": args.precision, "peak": peak, "rounds": args.rounds, "steps": args.steps,
+                      "machine": flops._cpu_key().split("|")[0] if device == "cpu" else peak.get("name"),
+                      "python": platform.python_version(), "results": results}, indent=1))
 
 
 if __name__ == "__main__":

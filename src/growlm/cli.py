@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from growlm.alloc import tune_allocator
+
+    tune_allocator()  # before the command allocates anything large: freed blocks are reused, not re-faulted
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -21,7 +21,8 @@ import torch
 import torch.distributed as torch_dist
 from tqdm import tqdm
 
-from growlm import growth
+from growlm import flops, growth
+from growlm.alloc import tune_allocator
 from growlm.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint, save_model
 from growlm.data import TokenData, bits_per_char, default_tokens
 from growlm.fileio import atomic_write_text
@@ -103,8 +104,8 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> 
 
 
 def autocast(train: TrainSpec, device: torch.device):
-    """bf16 autocast when asked for (or on CUDA with precision auto), else nothing."""
-    if train.precision == "bf16" or (train.precision == "auto" and device.type == "cuda"):
+    """bf16 autocast when asked for, or with precision auto where bf16 matmul is measurably faster; else nothing."""
+    if flops.resolve_precision(train.precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -177,6 +178,7 @@ class Run:
     def __init__(self, recipe: Recipe, out: str | Path, resume: bool = False, device: str | None = None,
                  progress: bool = True, log=print):
         self.recipe, self.out, self.progress = recipe, Path(out), progress
+        tune_allocator()
         self.dist = Distributed.setup(device)
         self.log = log if self.dist.main else (lambda *a, **k: None)
         self.train = recipe.train
@@ -333,6 +335,9 @@ class Run:
         params = [p for p in model.parameters() if p.requires_grad]
         bar = tqdm(total=total, initial=self.state.stage_step, desc=f"stage {si} {stage.name}",
                    disable=not (self.progress and dist.main), dynamic_ncols=True, leave=True)
+        # model FLOPs per token in this stage's setting, and the machine's peak for the precision in use
+        flops_tok = flops.step_flops(model, train.seq_len).total
+        peak_flops = flops.peak_flops(dist.device, flops.resolve_precision(train.precision, dist.device)) * dist.world
         t_last, tok_last = time.perf_counter(), self.state.tokens
         while self.state.stage_step < total:
             lr = lr_at(self.state.stage_step, total, peak, warmup, train.min_lr_ratio)
@@ -363,10 +368,13 @@ class Run:
                 now = time.perf_counter()
                 tps = (self.state.tokens - tok_last) / max(1e-9, now - t_last)
                 t_last, tok_last = now, self.state.tokens
-                bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tps:,.0f}")
+                mfu = flops.mfu(tps * flops_tok, peak_flops)
+                bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tps:,.0f}", mfu=f"{mfu:.0%}")
                 self.metrics.write({"type": "train", "step": self.state.step, "tokens": self.state.tokens,
                                     "stage": si, "depth": len(model.blocks), "loss": round(loss_avg, 5),
-                                    "lr": lr, "tok_per_s": round(tps, 1), "time": round(now - self.t0, 3)})
+                                    "lr": lr, "tok_per_s": round(tps, 1), "flops_per_token": flops_tok,
+                                    "model_flops_per_s": round(tps * flops_tok, 1), "mfu": round(mfu, 4),
+                                    "time": round(now - self.t0, 3)})
             if train.val_every and self.state.step % train.val_every == 0 and self.state.stage_step < total:
                 val = validate(model, self.data, train, dist.device)
                 self.metrics.write({"type": "val", "step": self.state.step, "tokens": self.state.tokens,
@@ -401,6 +409,7 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
     metrics go to ``out/metrics.jsonl`` and the result to ``out/model``.
     """
     out = Path(out)
+    tune_allocator()
     rundir = RunDir(out, "finetune")  # claimed (empty or an earlier fine-tune's) and locked
     device = next(model.parameters()).device
     metrics = MetricsLog(out / "metrics.jsonl")

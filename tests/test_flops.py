@@ -1,0 +1,102 @@
+"""FLOP counting against torch's own counter, the cached peak, precision auto, MFU in metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from growlm import Config, GrowLM, flops, growth, lora
+from growlm.metrics import read_metrics
+from growlm.train import grow
+
+T, V = 32, 512
+
+
+def _attention(model: GrowLM, seq: int) -> tuple[float, float]:
+    """Analytic attention FLOPs per token (fwd, bwd if it trains): torch's counter skips the CPU kernel."""
+    c, ctx = model.head.in_features, (seq + 1) / 2
+    n_graph = len(model.blocks) - model.first_trainable_block()
+    return 4 * ctx * c * len(model.blocks), 8 * ctx * c * n_graph
+
+
+def _models(block: str):
+    cfg = Config.from_preset("tiny", vocab_size=V, d_model=64, n_layer=3, block=block, block_size=T)
+    mono = GrowLM(cfg)
+    grown = GrowLM(cfg)
+    grown.set_trainable([2])
+    lora_only = GrowLM(cfg)
+    growth.apply_stage(lora_only, growth.Stage(name="l", train_newest=0, lora=lora.LoRASpec(rank=4), steps=1))
+    lora_new = GrowLM(cfg)
+    growth.apply_stage(lora_new, growth.Stage(name="l", train_newest=1, lora=lora.LoRASpec(rank=4), steps=1))
+    emb = GrowLM(Config.from_preset("tiny", vocab_size=V, d_model=64, n_layer=3, block=block, block_size=T,
+                                    trainable_embedding=True))
+    return {"mono": mono, "grow": grown, "lora": lora_only, "lora+newest": lora_new, "embedding": emb}
+
+
+@pytest.mark.parametrize("block", ["paper", "llama"])
+def test_counts_match_torch_flop_counter(block):
+    for name, model in _models(block).items():
+        mine = flops.step_flops(model, T)
+        counted = flops.counted_flops(model, T, V)
+        att_f, att_b = _attention(model, T)
+        head = 2.0 * model.head.in_features * V
+        # the chunked loss computes the head's two gradient matmuls inside its forward
+        assert counted.forward + counted.backward == pytest.approx(mine.total - att_f - att_b, rel=1e-9), name
+        assert counted.forward == pytest.approx(mine.forward - att_f + 2 * head, rel=1e-9), name
+
+
+def test_the_setting_decides_the_count():
+    m = _models("paper")
+    total = {k: flops.step_flops(v, T).total for k, v in m.items()}
+    fwd = flops.step_flops(m["mono"], T).forward
+    assert total["mono"] == pytest.approx(3 * fwd)  # everything trains: backward = 2 x forward
+    assert total["embedding"] == pytest.approx(total["mono"])  # the embedding lookup is not a matmul
+    # growth: every block's forward, the backward of the newest block and the head only
+    assert fwd < total["grow"] < total["lora"] < total["mono"]
+    assert flops.step_flops(m["mono"], T, train=False).backward == 0
+
+
+def test_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("GROWLM_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(flops, "measure_matmul", lambda dtype, n=0, seconds=0: calls.append(dtype) or 1e9)
+    peak = flops.cpu_peak()
+    assert peak["fp32"] == 1e9 and calls
+    cached = json.loads((tmp_path / "machine" / "peak.json").read_text())
+    assert list(cached.values())[0]["fp32"] == 1e9
+    flops._MEMO.clear()
+    calls.clear()
+    assert flops.cpu_peak()["fp32"] == 1e9 and not calls  # read from the cache file, not measured again
+
+
+def test_precision_auto_follows_the_measurement(monkeypatch):
+    monkeypatch.setattr(flops, "cpu_peak", lambda: {"fp32": 100e9, "bf16": 1e9})
+    assert flops.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(flops, "cpu_peak", lambda: {"fp32": 100e9, "bf16": 400e9})  # an AMX machine
+    assert flops.resolve_precision("auto", "cpu") == "bf16"
+    assert flops.resolve_precision("fp32", "cpu") == "fp32"
+
+
+def test_accelerator_table_is_dense_and_ordered():
+    # more specific names come first so that "H100 SXM" is not read as a plain "H100"
+    names = list(flops.ACCELERATORS)
+    assert names.index("H100 SXM") < names.index("H100") and names.index("A10G") < names.index("A10")
+    assert all(bf16 >= fp32 > 0 for bf16, fp32 in flops.ACCELERATORS.values())
+
+
+def test_metrics_record_model_flops_and_mfu(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    grow(tiny_recipe(steps=4), run, progress=False, log=lambda *a, **k: None)
+    train = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
+    assert train and all(r["flops_per_token"] > 0 and 0 < r["mfu"] < 2 for r in train)
+    assert all(r["model_flops_per_s"] == pytest.approx(r["tok_per_s"] * r["flops_per_token"], rel=1e-3)
+               for r in train)
+    by_stage = {r["stage"]: r["flops_per_token"] for r in train}
+    assert by_stage[0] != by_stage[1]  # the LoRA phase costs differently from the growth stage
+
+
+def test_counting_rejects_other_models():
+    with pytest.raises(TypeError, match="counted_flops"):
+        flops.step_flops(torch.nn.Linear(2, 2), T)
