@@ -150,7 +150,7 @@ def counted_flops(model: nn.Module, seq_len: int, vocab: int, device: torch.devi
         return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
     mapping = {torch.ops.aten.addmm_: addmm_}  # the chunked loss accumulates the head's gradient in place
-    idx = torch.randint(0, vocab, (1, seq_len + 1), device=device)
+    idx = torch.randint(0, vocab, (1, seq_len + 1), generator=torch.Generator().manual_seed(0)).to(device)
     had = {p: p.grad for p in model.parameters() if p.requires_grad}
     with FlopCounterMode(display=False, custom_mapping=mapping) as fwd_counter:
         loss = model(idx[:, :-1], idx[:, 1:])
@@ -184,8 +184,9 @@ def _cpu_key() -> str:
 
 def measure_matmul(dtype: torch.dtype, n: int = MEASURE_N, seconds: float = 0.5, device: str = "cpu") -> float:
     """Best FLOP/s of an n x n x n matmul in ``dtype`` over about ``seconds`` of repeats."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    g = torch.Generator().manual_seed(0)  # never the global generator: a run's random stream must not depend on it
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     torch.mm(a, b, out=out)  # warm-up (thread pool, packing buffers)

@@ -188,6 +188,8 @@ class Run:
         self.substrate = Substrate.build(kind, vocab, cfg.d_model, **sub_opts)
         if self.dist.main:  # the first use of the default corpus tokenises it: once, on rank 0
             open_data(recipe.data.path, self.substrate.spec.vocab)
+            if self.dist.device.type == "cpu":
+                flops.cpu_peak()  # measured once (alone, not raced by the other ranks) and cached for them
         self.dist.barrier()
         self.data = open_data(recipe.data.path, self.substrate.spec.vocab)
         growth.preflight(recipe, self.data, self.dist.world)  # before the run directory is created
