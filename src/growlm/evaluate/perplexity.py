@@ -1,4 +1,4 @@
-"""Perplexity and bits per character on held-out text, in non-overlapping windows of the model's context."""
+"""Perplexity and bits per character on held-out text (``growlm.evaluate.bpc`` defines how they are counted)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from growlm.corpus import load_documents
+from growlm.evaluate.bpc import TextScore, score_split, score_texts
 from growlm.evaluate.scorer import Scorer
 from growlm.evaluate.stats import bootstrap_ci
 
@@ -15,27 +16,35 @@ def read_texts(path: str | Path) -> list[str]:
     return [text for _, text in load_documents(path)]
 
 
-def score_perplexity(scorer: Scorer, docs: list[str], seed: int = 0) -> dict:
-    """nats/token, perplexity and bits per character over documents joined by <|eos|> (as training data is).
+def is_token_dir(path: str | Path) -> bool:
+    """A directory written by ``growlm prepare`` (scored on its validation split, as training validates)."""
+    return (Path(path) / "meta.json").is_file()
 
-    Every token after the first is predicted once; bits per character divide by the documents' characters, so
-    they compare across vocabularies. Intervals: bootstrap over windows (1,000 resamples)."""
+
+def summarise(score: TextScore, window: int, seed: int = 0) -> dict:
+    """nats/token, perplexity and bits per character with bootstrap 95 % intervals over windows."""
+    per_tok = score.nats_per_token
+    lo, hi = bootstrap_ci([a / c for a, c in zip(score.window_nats, score.window_tokens)],
+                          weights=score.window_tokens, seed=seed)
+    tok_per_char = score.tokens / score.characters
+    return {"nats_per_token": per_tok, "nats_per_token_ci95": [lo, hi], "perplexity": math.exp(per_tok),
+            "perplexity_ci95": [math.exp(lo), math.exp(hi)], "bits_per_char": score.bits_per_char,
+            "bits_per_char_ci95": [lo * tok_per_char / math.log(2), hi * tok_per_char / math.log(2)],
+            "tokens": score.tokens, "characters": score.characters, "documents": score.documents, "window": window,
+            "ci_method": "bootstrap over windows, 1000 resamples"}
+
+
+def score_perplexity(scorer: Scorer, docs: list[str], seed: int = 0) -> dict:
+    """Perplexity and bits per character of documents, in windows of the scorer's ``max_length``."""
     if not docs:
         raise ValueError("no documents to score perplexity on")
-    tok = scorer.tok
-    ids: list[int] = []
-    for t in docs:
-        ids += tok.encode(t) + [tok.eos_id]
-    chars = sum(len(t) for t in docs)
-    windows = scorer.rolling_nll(ids)
-    nats = [w[0] for w in windows]
-    counts = [w[1] for w in windows]
-    total, n_tok = sum(nats), sum(counts)
-    per_tok = total / n_tok
-    lo, hi = bootstrap_ci([a / c for a, c in zip(nats, counts)], weights=counts, seed=seed)
-    tok_per_char = n_tok / chars
-    return {"nats_per_token": per_tok, "nats_per_token_ci95": [lo, hi], "perplexity": math.exp(per_tok),
-            "perplexity_ci95": [math.exp(lo), math.exp(hi)], "bits_per_char": total / math.log(2) / chars,
-            "bits_per_char_ci95": [lo * tok_per_char / math.log(2), hi * tok_per_char / math.log(2)],
-            "tokens": n_tok, "characters": chars, "documents": len(docs), "window": scorer.max_length,
-            "ci_method": "bootstrap over windows, 1000 resamples"}
+    score = score_texts(scorer.model, scorer.tok, docs, scorer.max_length, scorer.batch_size, scorer.device)
+    return summarise(score, scorer.max_length, seed)
+
+
+def score_token_split(scorer: Scorer, data, lang: str, max_documents: int | None = None, seed: int = 0) -> dict:
+    """The same on ``lang``'s validation split of prepared token files (its first ``max_documents``): what
+    training validation logs when its ``seq_len`` equals the window and ``val_tokens`` covers those documents."""
+    score = score_split(scorer.model, data, lang, scorer.max_length, None, scorer.batch_size, scorer.device,
+                        max_documents=max_documents)
+    return summarise(score, scorer.max_length, seed)

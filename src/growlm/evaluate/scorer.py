@@ -35,13 +35,16 @@ class Scorer:
 
     def __init__(self, model: nn.Module, tokenizer, batch_size: int = 64, max_length: int | None = None,
                  progress: bool = True):
+        for name, v in (("batch_size", batch_size), ("max_length", max_length)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.model = model.eval()
         self.tok = tokenizer
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = batch_size
         cfg = getattr(model, "cfg", None)
         if cfg is None and hasattr(model, "experts"):
             cfg = getattr(model.experts[0], "cfg", None)
-        self.max_length = int(max_length or getattr(cfg, "block_size", 0) or 1024)
+        self.max_length = max_length or int(getattr(cfg, "block_size", 0) or 1024)
         self.progress = progress
         if hasattr(model, "score_positions"):
             self.mode = "positions"

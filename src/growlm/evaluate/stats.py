@@ -48,6 +48,17 @@ def runs_ci(values: list[float], z: float = Z95) -> tuple[float, float, float]:
     return mean, std, z * std / math.sqrt(n)
 
 
+def mean_ci(values: list[float], z: float = Z95) -> dict:
+    """The mean with its normal-approximation 95 % interval, mean +- z*sd/sqrt(n) (sample sd), as a JSON dict."""
+    vals = [v for v in values if math.isfinite(v)]
+    n = len(vals)
+    if n == 0:
+        return {"value": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0}
+    mean = sum(vals) / n
+    half = z * math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else float("nan")
+    return {"value": mean, "ci95": [mean - half, mean + half], "n": n}
+
+
 def proportion(k: float, n: int) -> dict:
     """A proportion with its Wilson 95 % interval, as a JSON-ready dict."""
     lo, hi = wilson_ci(k, n)

