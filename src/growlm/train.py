@@ -119,9 +119,15 @@ def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: 
              batch: int = 16) -> dict:
     """Validation loss (nats/token, mean over languages) and bits per character per language, counted as
     ``growlm eval --tasks ppl`` counts them (``growlm.evaluate.bpc``): windows of seq_len, whole documents
-    within val_tokens."""
+    within val_tokens. A split (or cap) shorter than one full window is refused, as ``growth.preflight`` does."""
     bpc, losses = {}, []
     for lang in data.languages:
+        n = data.tokens(lang, "val").size
+        used = min(n, train.val_tokens) if train.val_tokens else n
+        if used - 1 < train.seq_len:
+            raise ValueError(f"{lang!r}: validation uses {used} of the split's {n} tokens (val_tokens = "
+                             f"{train.val_tokens}), fewer than seq_len + 1 = {train.seq_len + 1}; lower seq_len or "
+                             "raise val_tokens (--val-tokens)")
         s = score_split(model, data, lang, train.seq_len, train.val_tokens, batch, device,
                         lambda: autocast(train, device))
         losses.append(s.nats_per_token)
