@@ -202,3 +202,39 @@ def test_residual_write_init_scales_with_init_depth(sub):
     assert proj_std(0, 1) == pytest.approx(0.02 / 2, rel=0.05)
     assert proj_std(8, 1) == pytest.approx(0.02 / 4, rel=0.05)
     assert proj_std(2, 5) == pytest.approx(0.02 / math.sqrt(12), rel=0.05)  # grown past init_depth: actual depth
+
+
+@pytest.mark.parametrize("block", ["paper", "llama"])
+def test_activation_checkpointing_keeps_loss_and_gradients(sub, block):
+    """Recomputing the trained blocks in backward changes nothing: same loss, same gradients (dropout and a LoRA
+    adapter included, a frozen block below), and the trained blocks really do run their forward twice."""
+    from growlm import lora
+
+    torch.manual_seed(0)
+    cfg = Config.from_preset(block, vocab_size=16384, d_model=64, n_layer=3, n_head=4, block_size=32, dropout=0.1)
+    model = GrowLM(cfg, sub)
+    model.set_trainable([1, 2])
+    lora.attach(model.blocks[1].attn.qkv, rank=4, alpha=8)
+    torch.nn.init.normal_(model.blocks[1].attn.qkv.lora_B)  # a live adapter, not B = 0
+    calls = [0, 0, 0]
+    for i, b in enumerate(model.blocks):
+        # a pre-hook: the recompute stops as soon as backward has its tensors, before forward hooks would run
+        b.register_forward_pre_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    idx = torch.randint(0, 16384, (2, 16))
+    results = []
+    for recompute in (False, True):
+        model.activation_checkpointing = recompute
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks in both passes
+        loss = model(idx, idx)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert calls == [2, 3, 3]  # block 0 is frozen (no graph, nothing to recompute); 1 and 2 ran again in backward
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and "blocks.1.attn.qkv.lora_A" in grads_a
+    for n in grads_a:
+        torch.testing.assert_close(grads_b[n], grads_a[n], rtol=0, atol=1e-7, msg=n)
+    with torch.no_grad():  # inference never recomputes
+        model(idx)
+    assert calls == [3, 4, 4]

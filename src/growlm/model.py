@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from growlm.checkpoint import CheckpointError, register_kind
 from growlm.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
@@ -247,6 +248,9 @@ class GrowLM(nn.Module):
     """Frozen substrate embedding -> blocks -> final norm -> untied LM head."""
 
     kind = "growlm"  # how ``growlm.checkpoint`` names this model class in model.json
+    # Recompute each trained block's activations in the backward pass instead of keeping them (a training
+    # setting, like torchtitan's activation_checkpoint: set by the trainer from [train], never saved).
+    activation_checkpointing: bool = False
 
     def __init__(self, cfg: Config, substrate=None):
         super().__init__()
@@ -369,8 +373,12 @@ class GrowLM(nn.Module):
         with torch.no_grad():
             for i in range(split):
                 x = self.blocks[i](x, cos, sin, caches[i] if caches else None, pos)
+        recompute = self.activation_checkpointing and torch.is_grad_enabled() and not caches
         for i in range(split, len(self.blocks)):
-            x = self.blocks[i](x, cos, sin, caches[i] if caches else None, pos)
+            if recompute:  # keeps only the block's input; dropout masks replay (the RNG state is restored)
+                x = checkpoint(self.blocks[i], x, cos, sin, use_reentrant=False)
+            else:
+                x = self.blocks[i](x, cos, sin, caches[i] if caches else None, pos)
         return self.norm(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
