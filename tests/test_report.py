@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from growlm.report import load_run, parse_eval, plot_composition, write_report
+from growlm.evaluate.stats import mean_ci, proportion
+from growlm.report import benchmark_table, load_run, parse_eval, plot_composition, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUBJECTS = ["abstract_algebra", "anatomy", "astronomy", "college_physics", "high_school_biology",
@@ -35,20 +36,34 @@ def write_run(run, seed=0, evals=True, stage_tokens=40_000, every=1000):
         recs.append({"type": "stage_end", "stage": s, "step": step, "tokens": tokens, "depth": depth,
                      "val_loss": loss, "val_bpc": {"en": loss * 0.6, "ru": loss * 0.7, "zh": loss * 1.4}})
         if evals:
-            d = run / "stages" / f"stage-{s:02d}"
-            d.mkdir(parents=True)
-            acc = 0.25 + 0.02 * depth + rng.uniform(0, 0.01)
-            results = {
-                "mmlu": {"acc": acc, "acc_ci": [acc - 0.01, acc + 0.01],
-                         "subjects": {sub: {"acc": 0.2 + 0.05 * depth * rng.random(), "n": 100} for sub in SUBJECTS}},
-                "arc_easy": {"acc": acc + 0.1, "acc_ci": [acc + 0.07, acc + 0.13], "acc_norm": acc + 0.08,
-                             "acc_norm_ci": [acc + 0.05, acc + 0.11]},
-                "squad_v2": {"f1": 5.0 * depth},  # no CI: drawn without a band
-            }
-            (d / "eval.json").write_text(json.dumps({"model": str(d), "depth": depth, "stage": s,
-                                                     "results": results}))
+            write_eval(run / "stages" / f"stage-{s:02d}", depth, s, rng)
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     return run
+
+
+def write_eval(d, depth, stage, rng):
+    """eval.json in the layout `growlm eval` writes: scores per protocol as {"value", "ci95"} from the same
+    stats helpers, depth and stage under "model" (beside a model.json, as `growlm eval --all-stages` finds)."""
+    d.mkdir(parents=True)
+    k = round((0.25 + 0.02 * depth + rng.uniform(0, 0.01)) * 400)
+    bpb = [3.0 - 0.2 * depth + rng.gauss(0, 0.3) for _ in range(50)]
+    margin = [0.05 * depth + rng.gauss(0, 0.2) for _ in range(50)]
+    loglik = {"acc": proportion(k, 400), "acc_norm": proportion(k - 8, 400), "gold_bpb": mean_ci(bpb),
+              "bpb_margin": mean_ci(margin), "n": 400, "num_fewshot": 0, "ci_method": "wilson"}
+    results = {
+        "mmlu": {"loglik": {**loglik, "subjects": {sub: {"acc": 0.2 + 0.05 * depth * rng.random(), "acc_norm": 0.2,
+                                                         "n": 100} for sub in SUBJECTS}}},
+        "arc_easy": {"loglik": dict(loglik), "paper": {"acc": {"value": 0.1, "ci95": [0.08, 0.12]},
+                                                       "acc_runs": [0.1] * 10, "runs": 10}, "split": "validation"},
+        "squad": {"source": "oe-eval", "standard": {"f1": {"value": 0.05 * depth}, "n": 10}},  # no CI: no band
+        "ppl_en": {"bits_per_char": 2.0 - 0.1 * depth, "bits_per_char_ci95": [1.9 - 0.1 * depth, 2.1 - 0.1 * depth],
+                   "perplexity": 9.0, "tokens": 1000, "characters": 3000},
+    }
+    (d / "model.json").write_text(json.dumps({"kind": "growlm", "depth": depth, "stage": stage}))
+    (d / "eval.json").write_text(json.dumps({"results": results, "seconds": {"mmlu": 1.0},
+                                             "config": {"tasks": list(results), "protocol": "both"},
+                                             "model": {"path": str(d), "kind": "growlm", "depth": depth,
+                                                       "stage": stage}}))
 
 
 def assert_png(path):
@@ -73,8 +88,11 @@ def test_full_report(tmp_path):
         assert f"({name})" in text
     assert "Skipped" not in text
     # the bpc table has one row per depth per run (the LoRA and fine-tune stages supersede their grow stage)
-    rows = [line for line in text.splitlines() if line.startswith("| run-")]
+    section = text.split("### Final validation bpc per depth")[1].split("\n#")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| run-")]
     assert len(rows) == 2 * 4
+    scores = text.split("### Log-likelihood scores per depth")[1].split("\n#")[0]
+    assert len([line for line in scores.splitlines() if line.startswith("| run-")]) == 2 * 4 * 2  # mmlu, arc_easy
     assert any(line.startswith("| run-a | 3 | 3 |") for line in rows)
 
 
@@ -181,3 +199,27 @@ def test_report_refuses_user_files_and_its_inputs(tmp_path):
     md = write_report([run], good)  # its own report may be rewritten
     assert md == good / "report.md" and (good / "loss.png").read_bytes().startswith(PNG_MAGIC)
     assert not [p for p in good.iterdir() if p.name.startswith(".growlm-staging")]
+
+
+def test_report_reads_the_eval_layout_growlm_writes(tmp_path):
+    run = write_run(tmp_path / "run")
+    written = json.loads((run / "stages/stage-05/eval.json").read_text())["results"]
+    (run / "stages/stage-05/model.json").unlink()  # an eval.json alone still names its depth and stage
+    data = load_run(run)
+    p = data.evals[-1]
+    assert (p.depth, p.stage) == (4, 5)
+    assert set(p.scores["mmlu"]) == {"loglik acc", "loglik acc_norm", "loglik gold_bpb", "loglik bpb_margin"}
+    assert set(p.scores["arc_easy"]) == {"loglik acc", "loglik acc_norm", "loglik gold_bpb", "loglik bpb_margin",
+                                         "paper acc"}
+    gold = written["mmlu"]["loglik"]["gold_bpb"]
+    assert p.scores["mmlu"]["loglik gold_bpb"] == (gold["value"], *gold["ci95"])
+    assert p.scores["squad"] == {"standard f1": (0.2, None, None)} and len(p.subjects) == len(SUBJECTS)
+    assert p.scores["ppl_en"]["bits_per_char"] == pytest.approx((1.6, 1.5, 1.7))
+    table = benchmark_table([data]).splitlines()
+    assert table[0] == "| run | depth | task | acc | acc_norm | gold_bpb | bpb_margin |"
+    rows = table[2:]
+    assert len(rows) == 4 * 2  # depths 1-4 x (mmlu, arc_easy): squad and ppl have no log-likelihood scores
+    acc = written["mmlu"]["loglik"]["acc"]
+    assert rows[-1].startswith(f"| run | 4 | mmlu | {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] |")
+    text = write_report([run], tmp_path / "out").read_text()
+    assert "### Log-likelihood scores per depth" in text and rows[-1] in text

@@ -65,13 +65,16 @@ NOT_SCORES = {"n", "count", "runs", "temperature", "new_tokens", "num_fewshot", 
 def parse_eval(data: dict, depth: int | None = None, stage: int | None = None) -> EvalPoint | None:
     """Read one ``eval.json`` object; None if its depth is unknown.
 
-    Accepts ``results[task][metric] = value`` with ``metric_ci``/``metric_ci95`` = [lo, hi] beside it, or
+    Reads the layout ``growlm eval`` writes (depth and stage under ``model``, or top-level). Accepts
+    ``results[task][metric] = value`` with ``metric_ci``/``metric_ci95`` = [lo, hi] beside it, or
     ``results[task][metric] = {"value", "ci95"}``, optionally one level down per protocol
     (``results[task]["loglik"]["acc"]``, named "loglik acc"); MMLU ``subjects`` = {subject: {"acc"}}."""
-    depth = data.get("depth", depth)
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}  # `growlm eval` writes them here
+    depth = data.get("depth", model.get("depth", depth))
     if not isinstance(depth, int):
         return None
-    point = EvalPoint(depth=depth, stage=data.get("stage", stage if stage is not None else -1))
+    stage = data.get("stage", model.get("stage", stage))
+    point = EvalPoint(depth=depth, stage=stage if isinstance(stage, int) else -1)
 
     def read(task: str, res: dict, prefix: str) -> None:
         for metric, value in res.items():
@@ -237,20 +240,29 @@ def last_eval_per_depth(run: RunData) -> list[EvalPoint]:
     return [by_depth[d] for d in sorted(by_depth)]
 
 
+BITS_METRICS = {"gold_bpb", "bpb_margin", "bits_per_char"}
+
+
+def is_bits_metric(metric: str) -> bool:
+    """Bits per byte / character (gold_bpb, bpb_margin, bits_per_char): drawn apart from accuracies."""
+    return metric.rsplit(" ", 1)[-1] in BITS_METRICS
+
+
 def plot_benchmarks(runs: list[RunData], out_png: Path) -> Path | None:
-    """Each benchmark metric against depth with 95% confidence bands, one panel per task; None if no evals."""
-    tasks = sorted({t for r in runs for p in r.evals for t in p.scores})
-    if not tasks:
+    """Each benchmark metric against depth with 95% confidence bands; one panel per task and scale (scores,
+    bits per byte), so that accuracies and bits never share an axis. None if no evals."""
+    panels = sorted({(t, is_bits_metric(m)) for r in runs for p in r.evals for t, sc in p.scores.items() for m in sc})
+    if not panels:
         return None
-    ncol = min(3, len(tasks))
-    nrow = math.ceil(len(tasks) / ncol)
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False)
     styles = ["-", "--", ":", "-."]
     single = len(runs) == 1
-    for ax, task in zip(axes.flat, tasks):
+    for ax, (task, bits) in zip(axes.flat, panels):
         for run, run_color in zip(runs, _colors(len(runs))):
             points = last_eval_per_depth(run)
-            metrics = sorted({m for p in points for m in p.scores.get(task, {})})
+            metrics = sorted({m for p in points for m in p.scores.get(task, {}) if is_bits_metric(m) == bits})
             for k, metric in enumerate(metrics):
                 # one run: a colour per metric; several: a colour per run, a line style per metric
                 color, ls = (_colors(len(metrics))[k], "-") if single else (run_color, styles[k % len(styles)])
@@ -261,12 +273,12 @@ def plot_benchmarks(runs: list[RunData], out_png: Path) -> Path | None:
                 if band:
                     ax.fill_between([p[0] for p in band], [p[2] for p in band], [p[3] for p in band],
                                     color=color, alpha=0.15, lw=0)
-        ax.set_title(task)
+        ax.set_title(f"{task} (bits)" if bits else task)
         ax.set_xlabel("depth (blocks)")
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle("Benchmarks against depth (shaded: 95% confidence interval)")
     return _save(fig, out_png)
@@ -383,6 +395,33 @@ def bpc_table(runs: list[RunData]) -> str | None:
     return "\n".join(lines)
 
 
+TABLE_METRICS = ("acc", "acc_norm", "gold_bpb", "bpb_margin")
+
+
+def benchmark_table(runs: list[RunData]) -> str | None:
+    """Markdown table: log-likelihood multiple-choice scores at each depth (accuracy and the gold answer's bits
+    per byte with its margin over the best wrong answer, each with its 95% interval)."""
+    rows = []
+    for run in runs:
+        for p in last_eval_per_depth(run):
+            for task, sc in sorted(p.scores.items()):
+                cells = [sc.get(f"loglik {m}") for m in TABLE_METRICS]
+                if any(cells):
+                    rows.append([run.name, str(p.depth), task, *(_cell(c) for c in cells)])
+    if not rows:
+        return None
+    head = ["run", "depth", "task", *TABLE_METRICS]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def _cell(score: tuple[float, float | None, float | None] | None) -> str:
+    if score is None:
+        return "–"
+    v, lo, hi = score
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else f"{v:.3f}"
+
+
 def samples_table(run: RunData) -> str | None:
     """Markdown table of ``RUN/samples.json`` (a seeded sample per stage, written by the demo), if present."""
     path = run.path / "samples.json"
@@ -443,6 +482,11 @@ def _write_report_files(data: list[RunData], out: Path, composition: Path | dict
             md.extend([f"### What the model writes at each depth: {run.name}", "", samples, ""])
     figure("Benchmarks against depth", plot_benchmarks(data, out / "benchmarks.png"),
            "no `stages/stage-NN/eval.json` files (run `growlm eval --all-stages`)")
+    scores = benchmark_table(data)
+    if scores:
+        md.extend(["### Log-likelihood scores per depth", "",
+                   "gold_bpb: the gold answer's bits per UTF-8 byte (lower is better); bpb_margin: the best wrong "
+                   "answer's minus the gold's (positive: the gold is preferred); [95% interval].", "", scores, ""])
     for run in data:
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in run.name)
         figure(f"MMLU subjects against depth: {run.name}", plot_mmlu_heatmap(run, out / f"mmlu_{slug}.png"),

@@ -284,3 +284,27 @@ def test_evaluate_refuses_the_same_values(tiny_model, tok, kw, name):
     if name in ("batch_size", "max_length"):
         with pytest.raises(ValueError, match=f"{name} must be a positive integer, got 0"):
             Scorer(tiny_model, tok, **{name: 0})
+
+
+def test_cli_prints_every_score_with_its_interval(tiny_model, data_root, tmp_path, capsys):
+    from growlm.checkpoint import save_model
+
+    save_model(tiny_model, tmp_path / "m", extra={"depth": 1})
+    ppl = tmp_path / "t.txt"
+    ppl.write_text("Held-out words for the table. " * 6, encoding="utf-8")
+    args = _eval_args(argv=[str(tmp_path / "m"), "--tasks", "sciq,arc_easy,ppl", "--protocol", "both", "--runs", "2",
+                            "--limit", "2", "--data-dir", str(data_root), "--ppl-data", str(ppl), "--quiet"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    res = json.loads((tmp_path / "m" / "eval.json").read_text())["results"]
+    assert out[0] == f"{tmp_path / 'm'} (depth 1)"
+
+    def line(task, proto):
+        return next(x for x in out if x.split()[:2] == [task, proto])
+
+    for metric in ("acc", "acc_norm", "gold_bpb", "bpb_margin"):
+        m = res["sciq"]["loglik"][metric]
+        assert f"{metric} {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" in line("sciq", "loglik")
+    assert "skipped: the paper's reference script has no protocol for sciq" in line("sciq", "paper")
+    assert line("arc_easy", "paper").endswith("(2 runs)") and "n=2" in line("arc_easy", "loglik")
+    assert f"bpc {res['ppl']['bits_per_char']:.4f} [" in line("ppl", "text")

@@ -69,19 +69,40 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def summary_line(res: dict) -> str:
-    """One line of headline scores for the terminal."""
-    parts = []
+SCORE_ORDER = ("acc", "acc_norm", "gold_bpb", "bpb_margin", "exact_match", "f1")
+
+
+def _fmt(name: str, m: dict) -> str:
+    lo, hi = (m.get("ci95") or [None, None])[:2]
+    ci = f" [{lo:.3f}, {hi:.3f}]" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else ""
+    return f"{name} {m['value']:.3f}{ci}"
+
+
+def results_table(res: dict) -> str:
+    """The scores of one model as aligned lines: a line per task and protocol, every score with its 95 % interval
+    (multiple choice: acc, acc_norm, the gold answer's bits per byte and its margin; SQuAD: EM, F1; text: bpc)."""
+    m = res.get("model") or {}
+    lines, rows = [f"{m.get('path', '?')} (depth {m.get('depth')})"], []
     for task, r in res["results"].items():
-        for proto, m in r.items():
-            if isinstance(m, dict) and "acc" in m:
-                extra = f" gold_bpb={m['gold_bpb']['value']:.4f}" if "gold_bpb" in m else ""
-                parts.append(f"{task}/{proto} acc={m['acc']['value']:.4f}{extra}")
-            elif isinstance(m, dict) and "f1" in m:
-                parts.append(f"{task}/{proto} em={m['exact_match']['value']:.4f} f1={m['f1']['value']:.4f}")
         if "bits_per_char" in r:
-            parts.append(f"{task} bpc={r['bits_per_char']:.4f} ppl={r['perplexity']:.1f}")
-    return f"{res['model']['path']} (depth {res['model']['depth']}): " + ", ".join(parts)
+            lo, hi = r["bits_per_char_ci95"]
+            rows.append((task, "text", f"n={r['documents']} docs",
+                         f"bpc {r['bits_per_char']:.4f} [{lo:.4f}, {hi:.4f}]  ppl {r['perplexity']:.1f}  "
+                         f"{r['tokens']:,} tokens, window {r['window']}"))
+            continue
+        for proto, g in r.items():
+            if not isinstance(g, dict):
+                continue
+            if "skipped" in g:
+                rows.append((task, proto, "", f"skipped: {g['skipped']}"))
+                continue
+            scores = [_fmt(k, g[k]) for k in SCORE_ORDER if isinstance(g.get(k), dict) and "value" in g[k]]
+            if scores:
+                runs = f"  ({g['runs']} runs)" if g.get("runs", 1) > 1 else ""
+                rows.append((task, proto, f"n={g.get('n', '?')}", "  ".join(scores) + runs))
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3] for row in rows]
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         target = Path(args.out) if args.out else d / "eval.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, json.dumps(res, indent=1))
-        print(summary_line(res))
+        print(results_table(res))
         print(f"wrote {target}")
     return 0
 
