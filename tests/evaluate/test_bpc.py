@@ -29,7 +29,7 @@ def small_corpus(tmp_path_factory) -> Path:
     """Short en/ru/zh documents (a few hundred tokens of validation per language: the tests stay fast)."""
     root = tmp_path_factory.mktemp("bpc-corpus")
     for lang in ("en", "ru", "zh"):
-        docs = [text[:300] for _, (_, text) in zip(range(24), load_documents(default_corpus_dir(), lang))]
+        docs = [text[:200] for _, (_, text) in zip(range(12), load_documents(default_corpus_dir(), lang))]
         (root / f"{lang}.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs),
                                             encoding="utf-8")
     return root

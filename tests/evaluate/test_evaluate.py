@@ -188,8 +188,9 @@ def test_data_root_override_and_missing(data_root, monkeypatch, tmp_path):
 def test_evaluate_end_to_end_with_limit(tiny_model, tok, data_root, tmp_path):
     ppl = tmp_path / "ppl.txt"
     ppl.write_text("A small held-out text for perplexity. " * 10, encoding="utf-8")
-    res = evaluate(tiny_model, tok, "mmlu,csqa,arc_easy,squad,ppl", limit=2, protocol="both", data_dir=data_root,
-                   squad_file=FIXTURES / "squad_v2.json", ppl_data=ppl, num_fewshot=1, progress=False)
+    res = evaluate(tiny_model, tok, "mmlu,csqa,arc_easy,squad,ppl", limit=2, protocol="both", runs=1,
+                   data_dir=data_root, squad_file=FIXTURES / "squad_v2.json", ppl_data=ppl, num_fewshot=1,
+                   progress=False)
     r = res["results"]
     assert r["mmlu"]["loglik"]["n"] == 2 and r["mmlu"]["paper"]["n"] == 2
     assert r["mmlu"]["loglik"]["num_fewshot"] == 1 and "elementary_mathematics" in r["mmlu"]["loglik"]["subjects"]
@@ -308,3 +309,11 @@ def test_cli_prints_every_score_with_its_interval(tiny_model, data_root, tmp_pat
     assert "skipped: the paper's reference script has no protocol for sciq" in line("sciq", "paper")
     assert line("arc_easy", "paper").endswith("(2 runs)") and "n=2" in line("arc_easy", "loglik")
     assert f"bpc {res['ppl']['bits_per_char']:.4f} [" in line("ppl", "text")
+
+
+def test_paper_protocol_subjects_carry_the_run_interval(tiny_model, tok, data_root):
+    p = evaluate(tiny_model, tok, "mmlu", protocol="paper", runs=3, data_dir=data_root, progress=False)
+    p = p["results"]["mmlu"]["paper"]
+    sub = p["subjects"]["elementary_mathematics"]  # the fixture's one subject: its runs are the task's runs
+    assert sub["n"] == 3 and sub["acc"] == pytest.approx(p["acc"]["value"])
+    assert sub["acc_ci95"] == pytest.approx(p["acc"]["ci95"]) and sub["std"] == pytest.approx(p["acc"]["std"])

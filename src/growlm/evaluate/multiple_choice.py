@@ -175,9 +175,9 @@ def score_paper(scorer: Scorer, task: str, items: list[MCItem], runs: int = 1, t
         accs.append(sum(hits) / max(1, len(items)))
         if task == "mmlu":
             for h, it in zip(hits, items):
-                s = per_subject.setdefault(it.subject, [0, 0])
-                s[0] += h
-                s[1] += 1
+                s = per_subject.setdefault(it.subject, [[0] * runs, 0])
+                s[0][r] += h
+                s[1] += r == 0
     out = {"n": len(items), "runs": runs, "temperature": temp, "new_tokens": paper_new_tokens(task),
            "acc_runs": accs}
     if runs == 1:
@@ -187,6 +187,12 @@ def score_paper(scorer: Scorer, task: str, items: list[MCItem], runs: int = 1, t
         mean, std, half = runs_ci(accs)
         out["acc"] = {"value": mean, "ci95": [mean - half, mean + half], "std": std, "n": len(items)}
         out["ci_method"] = "runs: mean +- 1.96*std/sqrt(runs) (the paper's formula)"
-    if per_subject:
-        out["subjects"] = {s: {"acc": v[0] / v[1], "n": v[1] // runs} for s, v in sorted(per_subject.items())}
+    if per_subject:  # the notebook's per-subject lines: mean over runs +- 1.96*std/sqrt(runs)
+        out["subjects"] = {s: _subject_runs([k / n for k in hits], n) for s, (hits, n) in sorted(per_subject.items())}
     return out
+
+
+def _subject_runs(accs: list[float], n: int) -> dict:
+    mean, std, half = runs_ci(accs)
+    return {"acc": mean, "n": n} if len(accs) == 1 else {"acc": mean, "acc_ci95": [mean - half, mean + half],
+                                                          "std": std, "n": n}
