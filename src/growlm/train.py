@@ -1,6 +1,6 @@
 """The training loop: run a growth plan stage by stage, single process or under torchrun.
 
-Parts, each swappable: ``Distributed`` (process group and rank slicing),
+Parts, each swappable: ``growlm.parallel.Distributed`` (process group, DDP),
 ``build_optimizer``/``lr_at`` (AdamW, warmup + cosine), ``validate`` (loss and
 bits per character per language), ``growlm.checkpoint`` (atomic, exact
 resume) and ``growlm.metrics`` (JSON lines). ``grow`` ties them together; the
@@ -12,13 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as torch_dist
 from tqdm import tqdm
 
 from growlm import flops, growth
@@ -30,58 +28,9 @@ from growlm.fileio import atomic_write_text
 from growlm.growth import Recipe, Stage, TrainSpec
 from growlm.metrics import MetricsLog
 from growlm.model import Config, GrowLM
+from growlm.parallel import Distributed
 from growlm.rundir import RunDir
 from growlm.substrate import Substrate, SubstrateSpec, Vocabulary
-
-# --------------------------------------------------------------------------- distribution
-
-
-@dataclass
-class Distributed:
-    """Rank, world size and device of this process (torchrun sets the environment)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @classmethod
-    def setup(cls, device: str | None = None) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(device)
-        if dev.type == "cuda":
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(dev)
-        if world > 1 and not torch_dist.is_initialized():
-            torch_dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        return cls(rank, world, dev)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """DistributedDataParallel around the model when there is more than one process."""
-        if self.world == 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-    def mean(self, value: float) -> float:
-        """Average a scalar over processes (for logging)."""
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch_dist.all_reduce(t)
-        return t.item() / self.world
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch_dist.barrier()
-
 
 # --------------------------------------------------------------------------- optimisation
 
@@ -350,9 +299,7 @@ class Run:
             x, y = x[lo:lo + n].to(dist.device), y[lo:lo + n].to(dist.device)
             loss_sum = 0.0
             for k in range(train.grad_accum):
-                sync = k == train.grad_accum - 1 or dist.world == 1
-                ctx = contextlib.nullcontext() if sync else ddp.no_sync()
-                with ctx, autocast(train, dist.device):
+                with dist.no_sync(ddp, sync=k == train.grad_accum - 1), autocast(train, dist.device):
                     loss = wrapped(x[k * micro:(k + 1) * micro], y[k * micro:(k + 1) * micro], **kwargs)
                     loss = loss / train.grad_accum
                 loss.backward()
