@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "growlm.commands.grow",
     "growlm.commands.compose",
     "growlm.commands.demo",
+    "growlm.commands.experiment",
     "growlm.commands.eval",
     "growlm.commands.generate",
     "growlm.commands.export",

@@ -1,0 +1,112 @@
+"""Parts the studies share: one model shape per size, training a plan into a seed's directory, measuring it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from growlm.experiments.framework import SeedContext
+from growlm.experiments.heldout import heldout_bpc
+from growlm.growth import Recipe
+
+# The shapes a study trains. "default" is sized by FLOPs to fit a study (all arms, 3 seeds) into ~20 minutes on
+# 2 CPU cores (~40 GFLOP/s fp32 peak); "quick" runs in seconds for the tests.
+SIZES = {
+    "default": dict(d_model=128, n_head=4, seq_len=128, batch_size=16, lr=2e-3, warmup_steps=20, val_tokens=8192,
+                    heldout_chars=None),
+    "quick": dict(d_model=32, n_head=2, seq_len=16, batch_size=2, lr=3e-3, warmup_steps=1, val_tokens=34,
+                  heldout_chars=120),
+}
+
+
+def size(ctx: SeedContext) -> dict:
+    return SIZES["quick" if ctx.quick else "default"]
+
+
+def plan(ctx: SeedContext, stages: list[dict], kind: str = "glyph", model: dict | None = None,
+         substrate: dict | None = None, name: str = "study") -> dict:
+    """A recipe (as a dict) at the context's size and seed: compact vocabulary, paper-style block."""
+    s = size(ctx)
+    return {"name": name,
+            "model": {"preset": "demo", "d_model": s["d_model"], "n_head": s["n_head"], "n_layer": 0,
+                      "block_size": s["seq_len"], **(model or {})},
+            "substrate": {"kind": kind, "vocab": "compact", **(substrate or {})},
+            "data": {"path": ctx.data},
+            "train": {"batch_size": s["batch_size"], "seq_len": s["seq_len"], "lr": s["lr"],
+                      "warmup_steps": s["warmup_steps"], "val_tokens": s["val_tokens"], "val_every": 0,
+                      "ckpt_every": 0 if ctx.quick else 200, "log_every": 10, "seed": 1000 + ctx.seed},
+            "stages": copy.deepcopy(stages)}
+
+
+def train(ctx: SeedContext, raw: dict, name: str) -> Path:
+    """Grow ``raw`` into ``ctx.work/name`` (resumed if it was interrupted, reused if finished); the run dir."""
+    from growlm.train import grow
+
+    run = ctx.work / name
+    if not (run / "model" / "model.json").exists():
+        ctx.log(f"-- {name}")
+        grow(Recipe.from_dict(raw), run, resume=(run / "checkpoints").exists(), progress=ctx.progress,
+             log=ctx.log if ctx.progress else (lambda *a, **k: None))
+    return run
+
+
+def measure(ctx: SeedContext, model_dir: Path, raw: dict) -> dict:
+    """Validation-split and held-out bits per character per language of a saved stage, and their language means.
+
+    The validation figures are the ones training measured at the end of that stage (saved with it); the held-out
+    texts are scored here with the same definition (``growlm.evaluate.bpc``)."""
+    from growlm.checkpoint import load_model
+
+    meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
+    if "val_bpc" not in meta:
+        raise ValueError(f"{model_dir} carries no validation bits per character; measure a stage directory")
+    val = meta["val_bpc"]
+    held = heldout_bpc(load_model(model_dir), raw["substrate"]["vocab"], raw["train"]["seq_len"],
+                       max_chars=size(ctx)["heldout_chars"])
+    row = {f"val_bpc_{k}": v for k, v in val.items()}
+    row.update({f"heldout_bpc_{k}": v for k, v in held.items()})
+    row["val_bpc"] = round(sum(val.values()) / len(val), 4)
+    row["heldout_bpc"] = round(sum(held.values()) / len(held), 4)
+    return row
+
+
+def last_stage(run: Path) -> Path:
+    """The directory of a finished run's last stage (its model, with the validation training measured)."""
+    stages = sorted((run / "stages").glob("stage-*"))
+    if not stages:
+        raise ValueError(f"{run} has no saved stage")
+    return stages[-1]
+
+
+def plan_flops(raw: dict) -> dict:
+    """Training FLOPs of a whole plan, stage by stage as it trains (the backward covers only what trains)."""
+    from growlm import growth
+    from growlm.model import GrowLM
+    from growlm.substrate import Substrate
+
+    recipe = Recipe.from_dict(raw)
+    cfg = recipe.config()
+    opts = {k: v for k, v in recipe.substrate.items() if k not in ("kind", "vocab")}
+    sub = Substrate.build(recipe.substrate.get("kind", "glyph"), recipe.substrate.get("vocab", "compact"),
+                          cfg.d_model, **opts)
+    model = GrowLM(cfg, sub)
+    seq = recipe.train.seq_len
+    total, tokens = 0.0, 0
+    for st in recipe.stages:
+        growth.begin_stage(model, st)
+        n = recipe.stage_steps(st) * recipe.train.batch_size * seq
+        total += step_flops(model, seq) * n
+        tokens += n
+        growth.end_stage(model, st)
+    return {"train_flops": total, "tokens": tokens, "active_params": growth.active_budget(model)["active_params"]}
+
+
+def step_flops(model: torch.nn.Module, seq_len: int) -> float:
+    """FLOPs per token of one training step of ``model`` as it stands (``growlm.flops``: the backward covers only
+    what trains)."""
+    from growlm.flops import step_flops as counted
+
+    return counted(model, seq_len).total

@@ -1,0 +1,315 @@
+"""The study runner behind ``growlm experiment NAME``: all seeds of a study, raw JSON, a 95%-interval table, a plot.
+
+How a study plugs in (one module per study in ``src/growlm/experiments/``; nothing else to edit: every module of
+the package that is not a helper is imported when a study is looked up, see ``load_studies``)::
+
+    from growlm.experiments.common import last_stage, measure, plan, plan_flops, size, train
+    from growlm.experiments.framework import SeedContext, Study, register
+
+    def run(ctx: SeedContext) -> list[dict]:
+        # Train and measure everything for ONE seed, ``ctx.seed`` (0..N-1; ``plan`` turns it into the recipe's
+        # training seed). ``ctx.quick``: the seconds-long shape the tests run (``size(ctx)`` gives the shared
+        # shapes); ``ctx.work``: this seed's own directory for growth runs and models (kept, so an interrupted
+        # study resumes; ``train`` reuses a finished run); ``ctx.log``: progress lines; ``ctx.data``: the token
+        # files (``"default"`` = the embedded corpus). Return one row per arm: the group keys (strings or
+        # numbers) and numeric metrics; ``measure(ctx, stage_dir, raw)`` gives validation-split AND held-out
+        # bits per character per language (``val_bpc_en``, ..., ``heldout_bpc_en``, ..., and their means
+        # ``val_bpc``, ``heldout_bpc``); ``plan_flops(raw)`` gives the plan's training FLOPs as it trains.
+        raw = plan(ctx, [{"name": "grow-1", "add": 1, "train_newest": 1, "steps": 2 if ctx.quick else 200}])
+        run_dir = train(ctx, raw, "arm-a")
+        return [{"arm": "a", **measure(ctx, last_stage(run_dir), raw), **plan_flops(raw)}]
+
+    STUDY = register(Study(
+        name="my-study",                      # ``growlm experiment my-study``
+        title="one line: what it measures",
+        claim="the paper's claim it tests, with the paper's number",
+        run=run,
+        metrics=("val_bpc", "heldout_bpc", "train_flops"),   # summarised over seeds: mean, SD, 95% t-interval
+        group=("arm",),                       # row keys that name one table row (the same in every seed)
+        plot_x=None,                          # or a numeric group key to plot against (e.g. "depth")
+        notes=("method notes printed under the table",),
+    ))
+
+A study must fit, all seeds included, in 20 minutes on 2 CPU cores at its default size, and have a ``quick`` shape
+that a test runs in seconds. ``run_study`` runs seeds 0..N-1 (default 3) and writes into ``--out``: ``seed-N.json``
+per seed (the rows, with commit, dirty flag, machine, command, torch version, wall and CPU seconds), ``summary.json``
+(per group and metric: n, mean, sample SD, the 95% t-interval over seeds), ``table.md`` and ``plot.png``. A seed
+whose raw JSON is there (same study, shape and data) is read back, not rerun. ``growlm experiment report`` turns
+the committed summaries under ``docs/data/experiments/`` into docs/results.md (``growlm.experiments.results``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from growlm.fileio import atomic_write_text
+
+# two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond 30 the normal's 1.96 is within 4%
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+@dataclass
+class SeedContext:
+    """What a study's ``run`` gets for one seed."""
+
+    seed: int
+    quick: bool  # seconds-long shape (the tests); otherwise the study's default size
+    work: Path  # a directory of this seed's own (growth runs, models); kept, so an interrupted study resumes
+    log: Callable[..., None] = print
+    progress: bool = False
+    data: str = "default"  # token files the study trains on (a `growlm prepare` directory, or the embedded corpus)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A registered study: ``run(ctx) -> list of rows`` for one seed; the runner does the rest."""
+
+    name: str
+    title: str  # one line: what it measures
+    claim: str  # the paper's claim it tests (shown above the table)
+    run: Callable[[SeedContext], list[dict]]
+    metrics: tuple[str, ...]  # numeric row keys summarised over seeds (mean and 95% interval)
+    group: tuple[str, ...] = ("arm",)  # row keys that name one table row (same across seeds)
+    plot_x: str | None = None  # a numeric key of ``group``: plot each metric against it, one line per other group
+    notes: tuple[str, ...] = field(default_factory=tuple)  # method notes printed under the table
+
+
+STUDIES: dict[str, Study] = {}
+
+
+RESERVED = ("report",)  # subcommands of ``growlm experiment``, not studies
+HELPERS = ("common", "compose", "framework", "heldout", "results")  # modules of the package that are no study
+
+
+def register(study: Study) -> Study:
+    """Add a study to the registry (``growlm experiment NAME`` finds it by name)."""
+    if study.name in RESERVED:
+        raise ValueError(f"{study.name!r} is a subcommand of growlm experiment; give the study another name")
+    old = STUDIES.get(study.name)
+    if old is not None and old.run.__module__ != study.run.__module__:
+        raise ValueError(f"a study named {study.name!r} is registered twice ({old.run.__module__} and "
+                         f"{study.run.__module__})")
+    STUDIES[study.name] = study
+    return study
+
+
+def load_studies() -> dict[str, Study]:
+    """Import every study module of ``growlm.experiments`` (each registers itself); the registry."""
+    import importlib
+    import pkgutil
+
+    import growlm.experiments as package
+
+    for mod in pkgutil.iter_modules(package.__path__):
+        if not mod.name.startswith("_") and mod.name not in HELPERS:
+            importlib.import_module(f"growlm.experiments.{mod.name}")
+    return STUDIES
+
+
+def get_study(name: str) -> Study:
+    load_studies()
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; the studies are: {', '.join(sorted(STUDIES))} "
+                         "(growlm experiment --list)")
+    return STUDIES[name]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def t_quantile(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"a t-interval needs at least 2 values (df >= 1), got df={df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def mean_interval(values: list[float]) -> dict:
+    """Mean, sample standard deviation and the 95% t-interval half-width over seeds (n = 1: no interval)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to summarise")
+    mean = sum(values) / n
+    if n == 1:
+        return {"n": 1, "mean": mean, "sd": None, "ci95": None}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(n - 1) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
+
+
+def summarise(study: Study, seeds: dict[int, list[dict]]) -> list[dict]:
+    """One row per group: each metric's mean and interval over the seeds that reported it."""
+    order: list[tuple] = []
+    values: dict[tuple, dict[str, list[float]]] = {}
+    for rows in seeds.values():
+        for r in rows:
+            missing = [k for k in study.group if k not in r]
+            if missing:
+                raise ValueError(f"study {study.name}: a row lacks its group key(s) {missing}: {r}")
+            key = tuple(r[k] for k in study.group)
+            if key not in values:
+                order.append(key)
+                values[key] = {m: [] for m in study.metrics}
+            for m in study.metrics:
+                if r.get(m) is not None:
+                    values[key][m].append(float(r[m]))
+    return [{**dict(zip(study.group, key)), **{m: mean_interval(v) for m, v in values[key].items() if v}}
+            for key in order]
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def provenance(argv: list[str] | None = None) -> dict:
+    """Commit (with a dirty flag), machine, command and library versions of this process."""
+    import torch
+
+    root = Path(__file__).resolve().parents[3]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit != "unknown" else None
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"commit": commit, "dirty": dirty, "machine": f"{cpu}, {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()}", "python": platform.python_version(), "torch": torch.__version__,
+            "command": " ".join(["growlm", *(argv if argv is not None else sys.argv[1:])])}
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, argv: list[str] | None = None,
+              progress: bool = False, data: str = "default", log=print, work: str | Path | None = None) -> dict:
+    """Run every seed of study ``name`` into ``out``; write raw JSON per seed, summary.json, table.md, plot.png.
+
+    ``work`` holds the seeds' growth runs and models (default ``out/work``); a seed whose ``seed-N.json`` exists is
+    read, not rerun, so an interrupted study continues where it stopped.
+    """
+    from growlm.rundir import RunDir
+
+    study = get_study(name)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    out = Path(out)
+    rundir = RunDir(out, "experiment")  # missing, empty or an earlier experiment's; locked while we write
+    try:
+        prov = provenance(argv)
+        per_seed: dict[int, list[dict]] = {}
+        for seed in range(seeds):
+            raw_path = out / f"seed-{seed}.json"
+            if raw_path.is_file():
+                raw = json.loads(raw_path.read_text(encoding="utf-8"))
+                if raw.get("study") == name and raw.get("quick") == quick and raw.get("data") == str(data):
+                    per_seed[seed] = raw["rows"]
+                    log(f"seed {seed}: read {raw_path}")
+                    continue
+            log(f"== {name} seed {seed + 1}/{seeds}{' (quick)' if quick else ''}")
+            seed_work = Path(work or out / "work") / f"{'quick' if quick else 'default'}-seed-{seed}"
+            seed_work.mkdir(parents=True, exist_ok=True)
+            t0, c0 = time.perf_counter(), time.process_time()
+            rows = study.run(SeedContext(seed=seed, quick=quick, work=seed_work, log=log, progress=progress,
+                                         data=str(data)))
+            raw = {"study": name, "seed": seed, "quick": quick, "data": str(data), **prov,
+                   "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+                   "rows": rows}
+            atomic_write_text(raw_path, json.dumps(raw, indent=1, ensure_ascii=False))
+            per_seed[seed] = rows
+        summary = {"study": name, "title": study.title, "claim": study.claim, "quick": quick, "seeds": seeds,
+                   **prov, "group": list(study.group), "metrics": list(study.metrics), "notes": list(study.notes),
+                   "rows": summarise(study, per_seed)}
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
+        atomic_write_text(out / "table.md", markdown_table(summary) + "\n")
+        plot_summary(summary, out / "plot.png")
+        return summary
+    finally:
+        rundir.close()
+
+
+def fmt(cell: dict | None, digits: int = 4) -> str:
+    """``mean ± half-width`` (or the mean alone for one seed)."""
+    if not cell:
+        return "–"
+    m = cell["mean"]
+    if abs(m) >= 1e6:
+        return f"{m:.3g}" + (f" ± {(cell['ci95'][1] - m):.2g}" if cell["ci95"] else "")
+    return f"{m:.{digits}f}" + (f" ± {(cell['ci95'][1] - m):.{digits}f}" if cell["ci95"] else "")
+
+
+def markdown_table(summary: dict) -> str:
+    """The summary as Markdown: provenance, claim, and one row per group (mean ± 95% t-interval half-width)."""
+    group, metrics = summary["group"], summary["metrics"]
+    lines = [f"**{summary['title']}** ({summary['study']}{', quick' if summary['quick'] else ''}; "
+             f"{summary['seeds']} seed(s); mean ± 95% t-interval half-width over seeds)", "",
+             f"Paper's claim: {summary['claim']}", "",
+             "| " + " | ".join(group + metrics) + " |", "|" + "---|" * (len(group) + len(metrics))]
+    for r in summary["rows"]:
+        lines.append("| " + " | ".join([str(r[g]) for g in group] + [fmt(r.get(m)) for m in metrics]) + " |")
+    lines += ["", f"commit `{summary['commit']}`{' (uncommitted changes)' if summary.get('dirty') else ''}; "
+              f"machine: {summary['machine']}; torch {summary['torch']}; command: `{summary['command']}`"]
+    lines += [f"- {n}" for n in summary.get("notes", [])]
+    return "\n".join(lines)
+
+
+def plot_summary(summary: dict, path: Path) -> None:
+    """Each metric against ``plot_x`` (one line per arm) or as one point per group, with 95% interval error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from growlm.fileio import atomic_file
+
+    metrics, rows, group = summary["metrics"], summary["rows"], summary["group"]
+    study = STUDIES.get(summary["study"])
+    x = study.plot_x if study else None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        def err(r, m=m):
+            c = r.get(m)
+            return 0.0 if not c or not c["ci95"] else c["ci95"][1] - c["mean"]
+
+        if x:
+            others = [g for g in group if g != x]
+            lines: dict[str, list[dict]] = {}
+            for r in rows:
+                lines.setdefault(" ".join(str(r[g]) for g in others) or m, []).append(r)
+            for label, rs in lines.items():
+                rs = sorted((r for r in rs if r.get(m)), key=lambda r: r[x])
+                ax.errorbar([r[x] for r in rs], [r[m]["mean"] for r in rs], yerr=[err(r) for r in rs],
+                            marker="o", capsize=3, label=label)
+            ax.set_xlabel(x)
+            if len(lines) > 1:
+                ax.legend(fontsize=7)
+        else:
+            rs = [r for r in rows if r.get(m)]
+            ax.errorbar(range(len(rs)), [r[m]["mean"] for r in rs], yerr=[err(r) for r in rs], fmt="o", capsize=3)
+            ax.set_xticks(range(len(rs)), [" ".join(str(r[g]) for g in group) for r in rs], rotation=30,
+                          ha="right", fontsize=7)
+        ax.set_title(m, fontsize=9)
+    fig.suptitle(f"{summary['title']} ({summary['seeds']} seeds, 95% t-intervals)", fontsize=9)
+    fig.tight_layout()
+    atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
