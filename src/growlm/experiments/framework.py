@@ -82,11 +82,16 @@ class Study:
     group: tuple[str, ...] = ("arm",)  # row keys that name one table row (same across seeds)
     plot_x: str | None = None  # a numeric key of ``group``: plot each metric against it, one line per other group
     notes: tuple[str, ...] = field(default_factory=tuple)  # method notes printed under the table
+    paper: str = ""  # the paper's number for the claim (the "Does it reproduce the paper?" table)
+    # summary -> rows (claim, paper's number, growlm's measurement, verdict) for that table; verdict is one of
+    # "reproduced", "not reproduced at this scale", "not testable here"; the rule belongs in the measurement text
+    verdict: Callable[[dict], list[tuple[str, str, str, str]]] | None = None
 
 
 STUDIES: dict[str, Study] = {}
 
 
+PLOT_METRICS = 4  # the plot shows a study's first metrics (its headline ones); the table shows all
 RESERVED = ("report",)  # subcommands of ``growlm experiment``, not studies
 HELPERS = ("common", "compose", "framework", "heldout", "results")  # modules of the package that are no study
 
@@ -148,23 +153,48 @@ def mean_interval(values: list[float]) -> dict:
 
 
 def summarise(study: Study, seeds: dict[int, list[dict]]) -> list[dict]:
-    """One row per group: each metric's mean and interval over the seeds that reported it."""
+    """One row per group: each metric's mean and interval over the seeds that reported it, and the per-seed values
+    (``values``, in seed order, None where a seed lacks it) for paired comparisons."""
     order: list[tuple] = []
-    values: dict[tuple, dict[str, list[float]]] = {}
-    for rows in seeds.values():
-        for r in rows:
+    values: dict[tuple, dict[str, list[float | None]]] = {}
+    ordered = sorted(seeds)
+    for i, seed in enumerate(ordered):
+        for r in seeds[seed]:
             missing = [k for k in study.group if k not in r]
             if missing:
                 raise ValueError(f"study {study.name}: a row lacks its group key(s) {missing}: {r}")
             key = tuple(r[k] for k in study.group)
             if key not in values:
                 order.append(key)
-                values[key] = {m: [] for m in study.metrics}
+                values[key] = {m: [None] * len(ordered) for m in study.metrics}
             for m in study.metrics:
                 if r.get(m) is not None:
-                    values[key][m].append(float(r[m]))
-    return [{**dict(zip(study.group, key)), **{m: mean_interval(v) for m, v in values[key].items() if v}}
-            for key in order]
+                    values[key][m][i] = float(r[m])
+    out = []
+    for key in order:
+        row = dict(zip(study.group, key))
+        for m, vs in values[key].items():
+            present = [v for v in vs if v is not None]
+            if present:
+                row[m] = {**mean_interval(present), "values": vs}
+        out.append(row)
+    return out
+
+
+def cell(summary: dict, metric: str, **group) -> dict | None:
+    """The summary cell of ``metric`` in the row whose group keys equal ``group`` (None if absent)."""
+    for r in summary["rows"]:
+        if all(r.get(k) == v for k, v in group.items()):
+            return r.get(metric)
+    return None
+
+
+def paired(a: dict | None, b: dict | None) -> dict | None:
+    """Mean and 95% t-interval of the per-seed differences a - b (seeds where both were measured)."""
+    if not a or not b:
+        return None
+    d = [x - y for x, y in zip(a["values"], b["values"]) if x is not None and y is not None]
+    return mean_interval(d) if d else None
 
 
 # --------------------------------------------------------------------------- provenance
@@ -274,7 +304,7 @@ def markdown_table(summary: dict) -> str:
 
 
 def plot_summary(summary: dict, path: Path) -> None:
-    """Each metric against ``plot_x`` (one line per arm) or as one point per group, with 95% interval error bars."""
+    """The first metrics against ``plot_x`` (one line per arm) or one point per group, with 95% interval error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,7 +312,7 @@ def plot_summary(summary: dict, path: Path) -> None:
 
     from growlm.fileio import atomic_file
 
-    metrics, rows, group = summary["metrics"], summary["rows"], summary["group"]
+    metrics, rows, group = summary["metrics"][:PLOT_METRICS], summary["rows"], summary["group"]
     study = STUDIES.get(summary["study"])
     x = study.plot_x if study else None
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)

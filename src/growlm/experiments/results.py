@@ -1,0 +1,208 @@
+"""docs/results.md, written from committed raw JSON by one command: ``growlm experiment report``.
+
+Sources, all under ``docs/`` (nothing is copied by hand; a source that is missing is reported as "not run yet"
+with the command that makes it):
+
+- ``data/experiments/NAME/summary.json`` (+ ``plot.png``) for every registered study, in ``ORDER`` first;
+- parameter budgets of the paper's models, counted from the code on the meta device when the report is written;
+- benchmark JSON: ``data/substrate_stats.json``, ``growth_speed.json``, ``residual_init.json``,
+  ``data/prepare_speed.json`` (each names its own commit and machine where its script records them).
+
+The "Does it reproduce the paper?" table takes one row per claim: a study's ``verdict`` hook turns its summary into
+(measurement, verdict), a study without a summary gives "not run yet", and claims this scale cannot test say so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from growlm.experiments.framework import Study, fmt, load_studies, markdown_table, provenance
+
+ORDER = ("substrates", "grown-vs-monolithic", "insertion-spike", "composition", "depth", "continual")
+DATA = Path("data") / "experiments"  # relative to the docs directory
+
+VERDICTS = ("reproduced", "not reproduced at this scale", "not testable here", "not run yet")
+
+# Claims no CPU-scale experiment can test, with the paper's number (text of arXiv 2507.07129 v2/v3).
+NOT_TESTABLE = [
+    ("Grown 1 -> 6 layers, MMLU rises with depth (v2, d_model 4096, ~9B tokens)", "18.08% -> 21.63%",
+     "multiple-choice accuracy sits at chance at CPU scale; study 5 measures gold-answer bits per byte instead"),
+    ("SQuAD appears only at depth (v2)", "1.21% at 1 layer, 3.75% at 3, 5.55% at 6",
+     "extractive QA needs a model far beyond CPU scale"),
+    ("16-layer binary-substrate model after 68.9B tokens (v3)", "28.92% MMLU", "68.9B tokens"),
+]
+
+
+def _params_rows() -> list[tuple[str, str, str, str]]:
+    """The paper's parameter counts, counted from growlm's code now (meta device, no memory)."""
+    from growlm.growth import parameter_budget
+    from growlm.model import Config
+    from growlm.substrate.binary import code_bits
+
+    v = 65536
+    b9 = parameter_budget(Config.from_preset("paper", vocab_size=v, d_model=1024, n_layer=9), train_newest=3)
+    b16 = parameter_budget(Config.from_preset("paper", vocab_size=v, d_model=1024, n_layer=16), train_newest=1,
+                           substrate_table=v * code_bits(v))
+    m = 1e6
+    got9 = f"{b9['grown_active'] / m:.1f}M / {b9['frozen_interface'] / m:.1f}M / {b9['fully_trainable'] / m:.1f}M"
+    ok9 = (round(b9["grown_active"] / m, 1), round(b9["frozen_interface"] / m, 1),
+           round(b9["fully_trainable"] / m, 1)) == (105.0, 180.5, 247.6)
+    ok16 = round(b16["author_total"] / m, 1) == 269.7
+    return [("Active trainable parameters, 9 layers at d_model 1024: grown (3 newest) / monolithic frozen / fully "
+             "trainable (v3)", "105.0M / 180.5M / 247.6M",
+             f"{got9} (`growlm params --preset paper --d-model 1024 --n-layer 9 --vocab bmp65k --train-newest 3`)",
+             VERDICTS[0] if ok9 else VERDICTS[1]),
+            ("16-layer binary-substrate model size, code table counted (v3)", "269.7M",
+             f"{b16['author_total'] / m:.1f}M (`growlm params --preset paper --d-model 1024 --n-layer 16 --vocab "
+             "bmp65k --substrate binary`)", VERDICTS[0] if ok16 else VERDICTS[1])]
+
+
+def _summaries(docs: Path, studies: dict[str, Study]) -> dict[str, dict]:
+    out = {}
+    for name in studies:
+        p = docs / DATA / name / "summary.json"
+        if p.is_file():
+            out[name] = json.loads(p.read_text(encoding="utf-8"))
+    return out
+
+
+def _ordered(studies: dict[str, Study]) -> list[str]:
+    return [n for n in ORDER if n in studies] + sorted(n for n in studies if n not in ORDER)
+
+
+def _run_command(name: str) -> str:
+    return f"growlm experiment {name} --out docs/{(DATA / name).as_posix()} --work runs/experiments/{name}"
+
+
+def reproduce_table(studies: dict[str, Study], summaries: dict[str, dict]) -> list[str]:
+    rows: list[tuple[str, str, str, str]] = []
+    for name in _ordered(studies):
+        s = studies[name]
+        if name not in summaries:
+            rows.append((s.claim, s.paper or "–", f"not run yet (`{_run_command(name)}`)", VERDICTS[3]))
+        elif s.verdict is None:
+            rows.append((s.claim, s.paper or "–", f"see [{name}](#{name})", "no verdict rule"))
+        else:
+            for claim, paper, measured, verdict in s.verdict(summaries[name]):
+                if summaries[name].get("quick"):
+                    measured, verdict = measured + " (quick shape only)", VERDICTS[3]
+                rows.append((claim, paper or "–", measured, verdict))
+    rows += _params_rows()
+    rows += [(c, p, why, VERDICTS[2]) for c, p, why in NOT_TESTABLE]
+    lines = ["| claim | paper | growlm, at its scale | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c} | {p} | {m} | **{v}** |" for c, p, m, v in rows]
+    return lines
+
+
+def _records(rows: list[dict]) -> list[str]:
+    """A list of flat dicts as a Markdown table (scalar values only, columns in first-seen order)."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k, v in r.items() if k not in cols and not isinstance(v, (dict, list))]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return lines
+
+
+def _provenance_line(d: dict, default_cmd: str) -> str:
+    machine = d.get("machine") or d.get("cpu_model") or "not recorded"
+    return f"commit `{d.get('commit', 'not recorded')}`; machine: {machine}; command: `{d.get('command', default_cmd)}`"
+
+
+def benchmark_sections(docs: Path) -> list[str]:
+    out: list[str] = []
+    p = docs / "data" / "substrate_stats.json"
+    out += ["## Substrates: rank, explained variance, distinct rows after the first norm", ""]
+    if p.is_file():
+        d = json.loads(p.read_text(encoding="utf-8"))
+        rows = d.get("results") or d.get("substrates") or []
+        out += _records(rows) if isinstance(rows, list) else [f"```json\n{json.dumps(rows, indent=1)}\n```"]
+        out += ["", _provenance_line(d, "python benchmarks/substrate_stats.py")]
+    else:
+        out.append("not run yet: `python benchmarks/substrate_stats.py --threads 2 --out "
+                   "docs/data/substrate_stats.json`")
+    p = docs / "growth_speed.json"
+    out += ["", "## Training speed: a growth stage against monolithic training", ""]
+    if p.is_file():
+        d = json.loads(p.read_text(encoding="utf-8"))
+        for r in d.get("results", []):
+            shape = ", ".join(f"{k} {v}" for k, v in r.items() if not isinstance(v, (dict, list)))
+            out += [f"{shape}:", "", *_records(r.get("modes", [])), ""]
+        out.append(_provenance_line(d, "python benchmarks/growth_speed.py") + f"; torch {d.get('torch', '?')}, "
+                   f"{d.get('threads', '?')} threads. Raw: [growth_speed.json](growth_speed.json)")
+    else:
+        out.append("not run yet: `python benchmarks/growth_speed.py`")
+    p = docs / "residual_init.json"
+    out += ["", "## Residual-write initialisation scaled for the depth after insertion vs the final depth", ""]
+    if p.is_file():
+        d = json.loads(p.read_text(encoding="utf-8"))
+        out += _records([{"setting": k, **v} for k, v in d.get("summary", {}).items()])
+        out += ["", _provenance_line(d, f"python {d.get('script', 'benchmarks/residual_init.py')}") +
+                f"; arguments {json.dumps(d.get('args', {}))}. Raw: [residual_init.json](residual_init.json)"]
+    else:
+        out.append("not run yet: `python benchmarks/residual_init.py`")
+    p = docs / "data" / "prepare_speed.json"
+    out += ["", "## Data preparation speed and memory", ""]
+    if p.is_file():
+        d = json.loads(p.read_text(encoding="utf-8"))
+        out += _records([{"measure": "throughput", **d.get("throughput", {})}])
+        out += ["", *_records([{"corpus": k, **v} for k, v in d.get("memory", {}).items()])]
+        out += ["", *_records([{k: v for k, v in d.get("scaling", {}).items() if k != "assumption"}])]
+        out += ["", _provenance_line(d, "python benchmarks/prepare_speed.py") +
+                ". Raw: [prepare_speed.json](data/prepare_speed.json)"]
+    else:
+        out.append("not run yet: `python benchmarks/prepare_speed.py`")
+    return out
+
+
+def render(docs: str | Path = "docs", argv: list[str] | None = None) -> str:
+    """The text of docs/results.md from the raw JSON under ``docs``."""
+    docs = Path(docs)
+    studies = load_studies()
+    summaries = _summaries(docs, studies)
+    prov = provenance(argv or ["experiment", "report"])
+    lines = ["# Measured results", "",
+             "Written by `growlm experiment report` from the raw JSON committed under `docs/` — do not edit by "
+             "hand; rerun the command after adding data. Every table names the commit, machine and command that "
+             "produced its data. Intervals are 95% t-intervals over seeds (mean ± half-width); bpc = bits per "
+             "character, lower is better; \"held-out\" = the shipped public-domain texts that no training source "
+             "contains (src/growlm/experiments/heldout_texts/SOURCES.md).", "",
+             f"Report written at commit `{prov['commit']}`{' (uncommitted changes)' if prov['dirty'] else ''}.", "",
+             "## Does it reproduce the paper?", "",
+             "Each claim of arXiv 2507.07129 that growlm can measure, the paper's number, growlm's measurement at "
+             "CPU scale (a few million tokens, d_model 128: far below the paper's) and a verdict by the rule the "
+             "study states. \"Not reproduced at this scale\" says what this scale shows, not what the paper's "
+             "scale would.", ""]
+    lines += reproduce_table(studies, summaries)
+    for name in _ordered(studies):
+        s = studies[name]
+        lines += ["", f"## {name}", "", f"<a id=\"{name}\"></a>", ""]
+        if name not in summaries:
+            lines += [f"{s.title}.", "", f"Not run yet. Run: `{_run_command(name)}`"]
+            continue
+        summary = summaries[name]
+        if summary.get("quick"):
+            lines += ["**Quick shape (a smoke run of the machinery, not evidence).**", ""]
+        lines += [markdown_table(summary)]
+        if (docs / DATA / name / "plot.png").is_file():
+            lines += ["", f"![{name}]({(DATA / name / 'plot.png').as_posix()})"]
+        lines += ["", f"Raw data: [{(DATA / name).as_posix()}/]({(DATA / name).as_posix()}/) (seed-N.json per seed, "
+                  "summary.json)."]
+    lines += ["", *benchmark_sections(docs), ""]
+    return "\n".join(lines)
+
+
+def write_results(path: str | Path = "docs/results.md", argv: list[str] | None = None) -> Path:
+    """Write docs/results.md (``path``; its directory holds the raw JSON) atomically; the path."""
+    from growlm.fileio import atomic_write_text
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"{path.parent} does not exist; the report is written next to the raw JSON in docs/")
+    atomic_write_text(path, render(path.parent, argv))
+    return path
+
+
+__all__ = ["fmt", "render", "write_results"]
