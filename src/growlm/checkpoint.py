@@ -229,16 +229,18 @@ TRAIN_FORMAT = "growlm-train-1"
 CHECKPOINT_OWNED = {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+def save_checkpoint(path: str | Path, model: torch.nn.Module | dict, optimizer: torch.optim.Optimizer | dict | None,
                     state: dict, rng: dict[str, torch.Tensor]) -> Path:
     """Atomically write a resumable checkpoint: weights, optimiser state, RNG states and ``state`` JSON.
+
+    ``model`` and ``optimizer`` may be given as their state dicts (full ones, e.g. gathered from FSDP shards).
 
     Every tensor file is hashed into ``state.json`` and bound to ``state["substrate_fingerprint"]``.
     """
     path = Path(path)
     opt_tensors, groups = {}, []
     if optimizer is not None:
-        sd = optimizer.state_dict()
+        sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
         for i, st in sd["state"].items():
             for k, v in st.items():
                 opt_tensors[f"state.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
@@ -246,7 +248,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     fp = state.get(SUBSTRATE_KEY, "")
     with atomic_dir(path, owned=CHECKPOINT_OWNED) as tmp:
         files = {name: write_tensors(t, tmp / name, fp) for name, t in
-                 [("model.safetensors", model.state_dict()), ("optimizer.safetensors", opt_tensors),
+                 [("model.safetensors", model if isinstance(model, dict) else model.state_dict()),
+                  ("optimizer.safetensors", opt_tensors),
                   ("rng.safetensors", rng)]}
         (tmp / "state.json").write_text(json.dumps({"format": TRAIN_FORMAT, **state, "param_groups": groups,
                                                     "files": files}, indent=1), encoding="utf-8")

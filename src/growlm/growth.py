@@ -68,6 +68,12 @@ class Stage:
                              f"tokens={self.tokens})")
 
 
+PARALLEL = ("ddp", "fsdp")
+# [train] keys that choose how a run executes, not what it computes: a run may resume under other values
+# (checkpoints hold full, unsharded state), so they stay out of the plan's fingerprint.
+EXECUTION_ONLY = ("parallel", "activation_checkpointing")
+
+
 @dataclass
 class TrainSpec:
     """Optimisation and logging settings shared by all stages."""
@@ -89,6 +95,8 @@ class TrainSpec:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: str | bool = "auto"  # auto (on CUDA) | true | false
     loss_chunk: int = 0  # rows per chunk of the head's loss; 0 = automatic
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated model) | "fsdp" (FSDP2, each block sharded)
+    activation_checkpointing: bool = False  # recompute each trained block in backward: less memory, ~1/3 more compute
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -98,6 +106,8 @@ class TrainSpec:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if str(self.compile).lower() not in ("auto", "true", "false"):
             raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"[train] parallel must be one of {sorted(PARALLEL)}, got {self.parallel!r}")
 
 
 @dataclass
@@ -241,8 +251,9 @@ class Recipe:
 
     def settings(self) -> dict:
         """Everything that determines the run, as plain data (not comments or formatting)."""
+        train = {k: v for k, v in asdict(self.train).items() if k not in EXECUTION_ONLY}
         return {"model": self.model, "substrate": self.substrate, "data": asdict(self.data),
-                "train": asdict(self.train), "stages": [asdict(s) for s in self.stages]}
+                "train": train, "stages": [asdict(s) for s in self.stages]}
 
     def fingerprint(self) -> str:
         """Hash of ``settings()``."""

@@ -1,6 +1,6 @@
 """The training loop: run a growth plan stage by stage, single process or under torchrun.
 
-Parts, each swappable: ``growlm.parallel.Distributed`` (process group, DDP),
+Parts, each swappable: ``growlm.parallel.Distributed`` (process group, DDP or FSDP2),
 ``build_optimizer``/``lr_at`` (AdamW, warmup + cosine), ``validate`` (loss and
 bits per character per language), ``growlm.checkpoint`` (atomic, exact
 resume) and ``growlm.metrics`` (JSON lines). ``grow`` ties them together; the
@@ -128,9 +128,9 @@ class Run:
                  progress: bool = True, log=print):
         self.recipe, self.out, self.progress = recipe, Path(out), progress
         tune_allocator()
-        self.dist = Distributed.setup(device)
-        self.log = log if self.dist.main else (lambda *a, **k: None)
         self.train = recipe.train
+        self.dist = Distributed.setup(device, self.train.parallel)
+        self.log = log if self.dist.main else (lambda *a, **k: None)
         cfg = recipe.config()
         sub_opts = {k: v for k, v in recipe.substrate.items() if k not in ("kind", "vocab")}
         kind, vocab = recipe.substrate.get("kind", "glyph"), recipe.substrate.get("vocab", "compact")
@@ -216,14 +216,18 @@ class Run:
 
     # -- checkpoints ----------------------------------------------------------------------
 
-    def checkpoint(self, optimizer) -> None:
-        """Write the resumable state (rank 0), atomically replacing the previous checkpoint."""
+    def checkpoint(self, optimizer, trainee: torch.nn.Module | None = None) -> None:
+        """Write the resumable state (rank 0), atomically replacing the previous checkpoint.
+
+        ``trainee`` is the module training now (a sharded copy under FSDP); its full state is what is saved.
+        """
         self.dist.barrier()
+        weights, opt = self.dist.full_state(trainee or self.model, optimizer)  # every rank: gathering is collective
         if self.dist.main:
             state = {"run": asdict(self.state), "recipe_fingerprint": self.recipe.fingerprint(),
                      "config": self.model.cfg.to_dict(), "substrate": self.substrate.spec.to_dict(),
                      "substrate_fingerprint": self.substrate.fingerprint, "metrics_offset": self.metrics.offset()}
-            save_checkpoint(self.out / "checkpoints" / "latest", self.model, optimizer, state,
+            save_checkpoint(self.out / "checkpoints" / "latest", weights, opt, state,
                             _rng_state(self.generator, self.dist.device))
         self.dist.barrier()
 
@@ -273,17 +277,19 @@ class Run:
         if micro * train.grad_accum * dist.world != train.batch_size:
             raise ValueError(f"batch_size {train.batch_size} is not divisible by grad_accum {train.grad_accum} "
                              f"x processes {dist.world}")
-        optimizer = build_optimizer(model, train, dist.device)
+        model.activation_checkpointing = train.activation_checkpointing
+        ddp = dist.wrap(model, flops.resolve_precision(train.precision, dist.device))
+        trainee = dist.trainee(ddp)  # the model, or its sharded copy under FSDP
+        optimizer = build_optimizer(trainee, train, dist.device)
         if self.opt_state is not None:
-            optimizer.load_state_dict(self.opt_state)
+            dist.load_optimizer_state(optimizer, self.opt_state)
             self.opt_state = None
-        ddp = dist.wrap(model)
         wrapped = ddp
         if dist.device.type == "cuda" and str(train.compile).lower() in ("auto", "true"):
             wrapped = torch.compile(ddp)
         kwargs = {"loss_chunk": train.loss_chunk} if train.loss_chunk else {}
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
+        trainee.train()
+        params = [p for p in trainee.parameters() if p.requires_grad]
         bar = tqdm(total=total, initial=self.state.stage_step, desc=f"stage {si} {stage.name}",
                    disable=not (self.progress and dist.main), dynamic_ncols=True, leave=True)
         # model FLOPs per token in this stage's setting, and the machine's peak for the precision in use
@@ -325,12 +331,13 @@ class Run:
                                     "model_flops_per_s": round(tps * flops_tok, 1), "mfu": round(mfu, 4),
                                     "time": round(now - self.t0, 3)})
             if train.val_every and self.state.step % train.val_every == 0 and self.state.stage_step < total:
-                val = validate(model, self.data, train, dist.device)
+                val = validate(trainee, self.data, train, dist.device)
                 self.metrics.write({"type": "val", "step": self.state.step, "tokens": self.state.tokens,
                                     "stage": si, "depth": len(model.blocks), **val})
             if train.ckpt_every and self.state.step % train.ckpt_every == 0 and self.state.stage_step < total:
-                self.checkpoint(optimizer)
+                self.checkpoint(optimizer, trainee)
         bar.close()
+        dist.unwrap(ddp, model)
 
 
 def grow(recipe: Recipe | str | Path, out: str | Path, resume: bool = False, device: str | None = None,
