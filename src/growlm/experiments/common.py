@@ -13,9 +13,11 @@ from growlm.experiments.heldout import heldout_bpc
 from growlm.growth import Recipe
 
 # The shapes a study trains. "default" is sized by FLOPs to fit a study (all arms, 3 seeds) into ~20 minutes on
-# 2 CPU cores (~40 GFLOP/s fp32 peak); "quick" runs in seconds for the tests.
+# 2 CPU cores: at d_model 64 the compact vocabulary's head (64 x ~16K) is most of a step, about 7.6 MFLOP per
+# training token for a 4-block model (study 1: 2.3 TFLOP per arm and seed, 35 TFLOP in all); "quick" runs in
+# seconds for the tests.
 SIZES = {
-    "default": dict(d_model=128, n_head=4, seq_len=128, batch_size=16, lr=2e-3, warmup_steps=20, val_tokens=8192,
+    "default": dict(d_model=64, n_head=2, seq_len=64, batch_size=16, lr=2e-3, warmup_steps=20, val_tokens=8192,
                     heldout_chars=None),
     "quick": dict(d_model=32, n_head=2, seq_len=16, batch_size=2, lr=3e-3, warmup_steps=1, val_tokens=34,
                   heldout_chars=120),
