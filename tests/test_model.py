@@ -238,3 +238,21 @@ def test_activation_checkpointing_keeps_loss_and_gradients(sub, block):
     with torch.no_grad():  # inference never recomputes
         model(idx)
     assert calls == [3, 4, 4]
+
+
+def test_rope_tables_regrow_past_block_size(sub):
+    torch.manual_seed(0)
+    short = GrowLM(Config.from_preset("tiny", vocab_size=sub.vocab_size, d_model=sub.d_model, n_layer=2,
+                                      block_size=8), sub).eval()
+    long = GrowLM(Config.from_preset("tiny", vocab_size=sub.vocab_size, d_model=sub.d_model, n_layer=2,
+                                     block_size=64), sub).eval()
+    long.load_state_dict(short.state_dict())
+    idx = torch.randint(0, sub.vocab_size, (1, 40))
+    with torch.no_grad():
+        a, b = short(idx), long(idx)  # 40 positions: past the 8 the short model's tables were built for
+    assert short.rope_cos.shape[0] >= 40
+    assert torch.allclose(a, b, atol=1e-5)
+    with torch.no_grad():  # and incremental decoding past the old end uses the regrown tables too
+        out = short.generate(idx[:, :6], 12, temperature=0)
+        ref = long.generate(idx[:, :6], 12, temperature=0)
+    assert torch.equal(out, ref)

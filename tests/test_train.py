@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from growlm.checkpoint import CheckpointError, find_checkpoint, load_model
-from growlm.growth import Recipe
+from growlm.growth import Recipe, Stage
 from growlm.metrics import read_metrics
-from growlm.train import grow
+from growlm.train import grow, lr_at
 
 QUIET = dict(progress=False, log=lambda *a: None)
 
@@ -120,10 +120,55 @@ def test_failed_save_keeps_the_previous_checkpoint(tiny_recipe, tmp_path, monkey
     assert not [p for p in ckpt.parent.iterdir() if p.name.startswith(".")]
 
 
+def in_fp32(recipe: Path) -> Path:
+    """``recipe`` with ``precision = "fp32"``: "auto" is a per-machine (and per-thread-count) measurement, and bf16
+    autocast would hide the exact agreement these tests check."""
+    recipe.write_text(recipe.read_text().replace("[train]\n", '[train]\nprecision = "fp32"\n', 1))
+    return recipe
+
+
+def with_grad_accum(recipe: Path, n: int) -> Path:
+    """A copy of ``recipe`` whose global batch is split into ``n`` micro-batches."""
+    out = recipe.with_name(f"accum{n}-{recipe.name}")
+    out.write_text(recipe.read_text().replace("batch_size = 4\n", f"batch_size = 4\ngrad_accum = {n}\n"))
+    assert f"grad_accum = {n}" in out.read_text()
+    return out
+
+
+def test_lr_schedule_warmup_then_cosine_to_the_floor():
+    peak, warm, total, floor = 2e-3, 4, 24, 0.1
+    assert [lr_at(s, total, peak, warm, floor) for s in range(4)] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3])
+    assert lr_at(warm, total, peak, warm, floor) == pytest.approx(peak)  # cosine starts at the peak
+    assert lr_at(14, total, peak, warm, floor) == pytest.approx(peak * (floor + (1 - floor) / 2))  # halfway
+    assert lr_at(total, total, peak, warm, floor) == pytest.approx(peak * floor)
+    assert lr_at(total + 50, total, peak, warm, floor) == pytest.approx(peak * floor)  # stays at the floor
+    lrs = [lr_at(s, total, peak, warm, floor) for s in range(warm, total + 1)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_grad_accumulation_gives_the_one_big_batch_update(tiny_recipe, tmp_path):
+    recipe = in_fp32(tiny_recipe(steps=3, ckpt_every=0))
+    grow(recipe, tmp_path / "one", device="cpu", **QUIET)
+    grow(with_grad_accum(recipe, 4), tmp_path / "four", device="cpu", **QUIET)
+    wa, wb = weights(tmp_path / "one"), weights(tmp_path / "four")
+    for k in wa:  # same batches, the same mean loss; only the summation order differs
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)  # the micro-batch path did run
+
+
+def test_token_budgets_count_the_global_batch_once(tiny_recipe):
+    r1 = Recipe.load(tiny_recipe(steps=3))
+    r4 = Recipe.load(with_grad_accum(tiny_recipe(steps=3), 4))
+    stage = Stage(name="t", add=1, tokens=4 * 32 * 10)
+    assert r1.stage_steps(stage) == r4.stage_steps(stage) == 10
+
+
 def test_two_processes_match_one(tiny_recipe, tmp_path):
-    recipe = tiny_recipe(steps=3, ckpt_every=0)
+    """DDP over 2 processes with 2 micro-batches each (the ``no_sync`` path) gives one process's big-batch update."""
+    recipe = in_fp32(tiny_recipe(steps=3, ckpt_every=0))  # each rank runs 1 thread: "auto" could differ
     one = tmp_path / "one"
     grow(recipe, one, device="cpu", **QUIET)
+    recipe = with_grad_accum(recipe, 2)
     two = tmp_path / "two"
     torchrun = shutil.which("torchrun") or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

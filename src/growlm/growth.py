@@ -268,10 +268,11 @@ class Recipe:
         return out + [f"stages[{i}]" for i in range(n) if sa[i:i + 1] != sb[i:i + 1]]
 
     def stage_steps(self, stage: Stage) -> int:
-        """Optimiser steps of a stage (tokens are converted with the global batch)."""
+        """Optimiser steps of a stage (tokens are converted with the global batch: ``batch_size`` sequences per
+        step, split into ``grad_accum`` micro-batches and over the processes, never multiplied by them)."""
         if stage.steps:
             return stage.steps
-        per_step = self.train.batch_size * self.train.grad_accum * self.train.seq_len
+        per_step = self.train.batch_size * self.train.seq_len
         return max(1, -(-stage.tokens // per_step))
 
 

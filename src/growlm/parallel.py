@@ -118,6 +118,15 @@ class Distributed:
         torch_dist.all_reduce(t)
         return {k: v / self.world for k, v in zip(values, t.tolist())}
 
+    def agree(self, value):
+        """Rank 0's ``value`` on every rank (a decision that must not differ between processes, e.g. a measured
+        precision choice); ``value`` itself in one process."""
+        if self.world == 1:
+            return value
+        box = [value]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.world > 1:
             torch_dist.barrier()

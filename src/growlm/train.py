@@ -53,9 +53,10 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def autocast(train: TrainSpec, device: torch.device):
-    """bf16 autocast when asked for, or with precision auto where bf16 matmul is measurably faster; else nothing."""
-    if flops.resolve_precision(train.precision, device) == "bf16":
+def autocast(train: TrainSpec, device: torch.device, precision: str | None = None):
+    """bf16 autocast when asked for, or with precision auto where bf16 matmul is measurably faster; else nothing.
+    ``precision``: an already resolved choice (a distributed run resolves ``auto`` once, on rank 0)."""
+    if (precision or flops.resolve_precision(train.precision, device)) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -65,7 +66,7 @@ def autocast(train: TrainSpec, device: torch.device):
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: torch.device,
-             batch: int = 16) -> dict:
+             batch: int = 16, precision: str | None = None) -> dict:
     """Validation loss (nats/token, mean over languages) and bits per character per language, counted as
     ``growlm eval --tasks ppl`` counts them (``growlm.evaluate.bpc``): windows of seq_len, whole documents
     within val_tokens. A split (or cap) shorter than one full window is refused, as ``growth.preflight`` does."""
@@ -78,7 +79,7 @@ def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: 
                              f"{train.val_tokens}), fewer than seq_len + 1 = {train.seq_len + 1}; lower seq_len or "
                              "raise val_tokens (--val-tokens)")
         s = score_split(model, data, lang, train.seq_len, train.val_tokens, batch, device,
-                        lambda: autocast(train, device))
+                        lambda: autocast(train, device, precision))
         losses.append(s.nats_per_token)
         bpc[lang] = round(s.bits_per_char, 4)
     return {"val_loss": round(sum(losses) / len(losses), 4), "val_bpc": bpc,
@@ -140,6 +141,8 @@ class Run:
             if self.dist.device.type == "cpu":
                 flops.cpu_peak()  # measured once (alone, not raced by the other ranks) and cached for them
         self.dist.barrier()
+        # "auto" is a measurement: every rank must take rank 0's decision, or replicas would train differently
+        self.precision = self.dist.agree(flops.resolve_precision(self.train.precision, self.dist.device))
         self.data = open_data(recipe.data.path, self.substrate.spec.vocab)
         growth.preflight(recipe, self.data, self.dist.world)  # before the run directory is created
         self.rundir = RunDir(self.out, "grow", resume=resume, enabled=self.dist.main)  # claimed and locked
@@ -250,7 +253,7 @@ class Run:
                          f"{self.recipe.stage_steps(stage)} steps")
             self.train_stage(si, stage)
             growth.end_stage(self.model, stage)
-            val = validate(self.model, self.data, self.train, self.dist.device)
+            val = validate(self.model, self.data, self.train, self.dist.device, precision=self.precision)
             depth = len(self.model.blocks)
             self.metrics.write({"type": "stage_end", "stage": si, "name": stage.name, "step": self.state.step,
                                 "tokens": self.state.tokens, "depth": depth, **val})
@@ -278,7 +281,7 @@ class Run:
             raise ValueError(f"batch_size {train.batch_size} is not divisible by grad_accum {train.grad_accum} "
                              f"x processes {dist.world}")
         model.activation_checkpointing = train.activation_checkpointing
-        ddp = dist.wrap(model, flops.resolve_precision(train.precision, dist.device))
+        ddp = dist.wrap(model, self.precision)
         trainee = dist.trainee(ddp)  # the model, or its sharded copy under FSDP
         optimizer = build_optimizer(trainee, train, dist.device)
         if self.opt_state is not None:
@@ -294,7 +297,7 @@ class Run:
                    disable=not (self.progress and dist.main), dynamic_ncols=True, leave=True)
         # model FLOPs per token in this stage's setting, and the machine's peak for the precision in use
         flops_tok = flops.step_flops(model, train.seq_len).total
-        peak_flops = flops.peak_flops(dist.device, flops.resolve_precision(train.precision, dist.device)) * dist.world
+        peak_flops = flops.peak_flops(dist.device, self.precision) * dist.world
         t_last, tok_last = time.perf_counter(), self.state.tokens
         while self.state.stage_step < total:
             lr = lr_at(self.state.stage_step, total, peak, warmup, train.min_lr_ratio)
@@ -305,7 +308,8 @@ class Run:
             x, y = x[lo:lo + n].to(dist.device), y[lo:lo + n].to(dist.device)
             loss_sum = 0.0
             for k in range(train.grad_accum):
-                with dist.no_sync(ddp, sync=k == train.grad_accum - 1), autocast(train, dist.device):
+                with dist.no_sync(ddp, sync=k == train.grad_accum - 1), \
+                        autocast(train, dist.device, self.precision):
                     loss = wrapped(x[k * micro:(k + 1) * micro], y[k * micro:(k + 1) * micro], **kwargs)
                     loss = loss / train.grad_accum
                 loss.backward()
@@ -331,7 +335,7 @@ class Run:
                                     "model_flops_per_s": round(tps * flops_tok, 1), "mfu": round(mfu, 4),
                                     "time": round(now - self.t0, 3)})
             if train.val_every and self.state.step % train.val_every == 0 and self.state.stage_step < total:
-                val = validate(trainee, self.data, train, dist.device)
+                val = validate(trainee, self.data, train, dist.device, precision=self.precision)
                 self.metrics.write({"type": "val", "step": self.state.step, "tokens": self.state.tokens,
                                     "stage": si, "depth": len(model.blocks), **val})
             if train.ckpt_every and self.state.step % train.ckpt_every == 0 and self.state.stage_step < total:
