@@ -172,9 +172,9 @@ def render(docs: str | Path = "docs", argv: list[str] | None = None) -> str:
              f"Report written at commit `{prov['commit']}`{' (uncommitted changes)' if prov['dirty'] else ''}.", "",
              "## Does it reproduce the paper?", "",
              "Each claim of arXiv 2507.07129 that growlm can measure, the paper's number, growlm's measurement at "
-             "CPU scale (a few hundred thousand tokens per run, d_model 64: far below the paper's) and a verdict by the rule the "
-             "study states. \"Not reproduced at this scale\" says what this scale shows, not what the paper's "
-             "scale would.", ""]
+             "CPU scale (a few hundred thousand tokens per run, d_model 64: far below the paper's) and a verdict by "
+             "the rule the study states. \"Not reproduced at this scale\" says what this scale shows, not what the "
+             "paper's scale would.", ""]
     lines += reproduce_table(studies, summaries)
     for name in _ordered(studies):
         s = studies[name]
