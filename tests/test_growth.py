@@ -18,9 +18,13 @@ def test_budgets_follow_the_plan():
                {"train_newest": 0, "lora": {"rank": 2}, "steps": 1})
     b = plan_budgets(r)
     assert [s["depth"] for s in b] == [2, 3, 3]
-    per_block = (b[0]["active_params"] - b[1]["active_params"])
-    assert per_block > 0 and b[1]["total_params"] - b[0]["total_params"] == per_block
-    assert b[2]["lora_params"] > 0 and b[2]["active_params"] == b[1]["active_params"] - per_block + b[2]["lora_params"]
+    d = 32  # paper block: qkv, attention output, 4x MLP (all with biases) and two LayerNorms
+    per_block = (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * 2 * d
+    assert b[0]["active_params"] - b[1]["active_params"] == per_block  # stage 1 trains 2 blocks, stage 2 one
+    assert b[1]["total_params"] - b[0]["total_params"] == per_block
+    lora_per_block = 2 * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))  # rank 2 on each projection
+    assert b[2]["lora_params"] == 3 * lora_per_block  # train_newest 0: every block is frozen and adapted
+    assert b[2]["active_params"] == b[1]["active_params"] - per_block + b[2]["lora_params"]
 
 
 def test_stage_that_trains_nothing_is_refused():

@@ -19,7 +19,8 @@ def test_attached_adapter_starts_as_identity_and_keeps_names(model):
     before = model(idx)
     names = set(model.state_dict())
     n = lora.attach_to_blocks(model, lora.LoRASpec(rank=4, alpha=8), [0, 1])
-    assert n > 0
+    # rank x (in + out) on each projection: qkv 32->96, attn.proj 32->32, mlp.fc 32->128, mlp.proj 128->32
+    assert n == 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
     assert torch.allclose(model(idx), before)
     after = set(model.state_dict())
     assert names < after and all(".lora_" in k for k in after - names)

@@ -40,7 +40,11 @@ def test_tiny_growth_run(tiny_recipe, tmp_path):
     records = read_metrics(run / "metrics.jsonl")
     stages = [r for r in records if r["type"] == "stage"]
     assert [s["kind"] for s in stages] == ["grow", "lora", "grow"]
-    assert stages[1]["lora_params"] > 0 and stages[0]["active_params"] > 0
+    d, vocab = 32, 16384  # tiny recipe: d_model 32, compact vocabulary
+    block = (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * 2 * d
+    head = vocab * d + vocab + 2 * d  # the LM head (with its bias) and the final norm
+    assert stages[0]["active_params"] == block + head
+    assert stages[1]["lora_params"] == 2 * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))  # rank 2, 1 block
     ends = [r for r in records if r["type"] == "stage_end"]
     assert [e["depth"] for e in ends] == [1, 1, 2]
     assert set(ends[-1]["val_bpc"]) == {"en", "ru", "zh"}

@@ -30,13 +30,15 @@ def test_lm_eval_scores_a_growlm_model(tiny_model, tok, tmp_path, monkeypatch):
                                   task_manager=TaskManager(include_path=str(TASKS)), log_samples=True,
                                   batch_size=2)
     res = out["results"]
-    assert 0.0 <= res["growlm_tiny_mc"]["acc,none"] <= 1.0
     assert 0.0 <= res["growlm_tiny_gen"]["exact_match,none"] <= 1.0
     assert res["growlm_tiny_ppl"]["bits_per_byte,none"] > 0
-    # lm-eval's log-likelihood of the first question's choices equals growlm's own scorer
-    sample = sorted(out["samples"]["growlm_tiny_mc"], key=lambda s: s["doc_id"])[0]
-    ctx = "Question: What colour is the sky on a clear day?\nAnswer:"
+    # lm-eval's log-likelihoods equal growlm's own scorer, and its accuracy is the argmax of ours
     scorer = Scorer(tiny_model, tok, progress=False)
-    ours = scorer.loglikelihood([(tok.encode(ctx), tok.encode(" " + c)) for c in sample["doc"]["choices"]])
-    theirs = [r[0][0] for r in sample["resps"]]
-    assert [float(t) for t in theirs] == pytest.approx([o[0] for o in ours], abs=1e-4)
+    hits = []
+    for sample in out["samples"]["growlm_tiny_mc"]:
+        doc = sample["doc"]
+        ctx = f"Question: {doc['question']}\nAnswer:"
+        ours = [o[0] for o in scorer.loglikelihood([(tok.encode(ctx), tok.encode(" " + c)) for c in doc["choices"]])]
+        assert [float(r[0][0]) for r in sample["resps"]] == pytest.approx(ours, abs=1e-4)
+        hits.append(max(range(len(ours)), key=ours.__getitem__) == doc["gold"])
+    assert len(hits) == 3 and res["growlm_tiny_mc"]["acc,none"] == pytest.approx(sum(hits) / len(hits))
