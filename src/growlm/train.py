@@ -9,15 +9,13 @@ inner loop is ``train_stage``.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from growlm import flops, growth
 from growlm.alloc import tune_allocator
@@ -26,39 +24,19 @@ from growlm.data import TokenData, default_tokens
 from growlm.evaluate.bpc import score_split
 from growlm.fileio import atomic_write_text
 from growlm.growth import Recipe, Stage, TrainSpec
+from growlm.loop import Hooks, Loop, RunState, StepLog, build_optimizer, lr_at
+from growlm.loop import autocast as loop_autocast
 from growlm.metrics import MetricsLog
 from growlm.model import Config, GrowLM
 from growlm.parallel import Distributed
 from growlm.rundir import RunDir
 from growlm.substrate import Substrate, SubstrateSpec, Vocabulary
 
-# --------------------------------------------------------------------------- optimisation
-
-
-def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only (matrices decay, vectors don't); fused on CUDA."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: every parameter is frozen")
-    groups = [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
-              {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=device.type == "cuda")
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
-    """Linear warmup to ``peak``, then cosine decay to ``peak * min_ratio`` at ``total`` steps."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
 
 def autocast(train: TrainSpec, device: torch.device, precision: str | None = None):
     """bf16 autocast when asked for, or with precision auto where bf16 matmul is measurably faster; else nothing.
     ``precision``: an already resolved choice (a distributed run resolves ``auto`` once, on rank 0)."""
-    if (precision or flops.resolve_precision(train.precision, device)) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return loop_autocast(device, precision or flops.resolve_precision(train.precision, device))
 
 
 # --------------------------------------------------------------------------- validation
@@ -87,17 +65,6 @@ def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: 
 
 
 # --------------------------------------------------------------------------- the run
-
-
-@dataclass
-class RunState:
-    """Where a run is: which stage, how far into it, and totals."""
-
-    stage: int = 0
-    stage_step: int = 0
-    stage_started: bool = False  # the stage's growth/LoRA has been applied to the model
-    step: int = 0
-    tokens: int = 0
 
 
 def open_data(path: str | Path, vocab_name: str) -> TokenData:
@@ -270,16 +237,12 @@ class Run:
         return self.out / "model"
 
     def train_stage(self, si: int, stage: Stage) -> None:
-        """The inner loop of one stage: sample, forward, backward, clip, step, log, validate, checkpoint."""
+        """One stage through ``growlm.loop``: wrap the model for this stage, then log, validate and checkpoint."""
         train, dist, model = self.train, self.dist, self.model
         total = self.recipe.stage_steps(stage)
         peak = stage.lr or train.lr
         warmup = train.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
         mixture = self.data.mixture(self.recipe.data.mixtures.get(stage.mixture) if stage.mixture != "all" else None)
-        micro = train.batch_size // (train.grad_accum * dist.world)
-        if micro * train.grad_accum * dist.world != train.batch_size:
-            raise ValueError(f"batch_size {train.batch_size} is not divisible by grad_accum {train.grad_accum} "
-                             f"x processes {dist.world}")
         model.activation_checkpointing = train.activation_checkpointing
         ddp = dist.wrap(model, self.precision)
         trainee = dist.trainee(ddp)  # the model, or its sharded copy under FSDP
@@ -290,57 +253,29 @@ class Run:
         wrapped = ddp
         if dist.device.type == "cuda" and str(train.compile).lower() in ("auto", "true"):
             wrapped = torch.compile(ddp)
-        kwargs = {"loss_chunk": train.loss_chunk} if train.loss_chunk else {}
-        trainee.train()
-        params = [p for p in trainee.parameters() if p.requires_grad]
-        bar = tqdm(total=total, initial=self.state.stage_step, desc=f"stage {si} {stage.name}",
-                   disable=not (self.progress and dist.main), dynamic_ncols=True, leave=True)
         # model FLOPs per token in this stage's setting, and the machine's peak for the precision in use
-        flops_tok = flops.step_flops(model, train.seq_len).total
-        peak_flops = flops.peak_flops(dist.device, self.precision) * dist.world
-        t_last, tok_last = time.perf_counter(), self.state.tokens
-        while self.state.stage_step < total:
-            lr = lr_at(self.state.stage_step, total, peak, warmup, train.min_lr_ratio)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            x, y = self.data.sample_batch(mixture, train.batch_size, train.seq_len, self.generator)
-            lo, n = dist.rank * micro * train.grad_accum, micro * train.grad_accum  # this rank's slice
-            x, y = x[lo:lo + n].to(dist.device), y[lo:lo + n].to(dist.device)
-            loss_sum = 0.0
-            for k in range(train.grad_accum):
-                with dist.no_sync(ddp, sync=k == train.grad_accum - 1), \
-                        autocast(train, dist.device, self.precision):
-                    loss = wrapped(x[k * micro:(k + 1) * micro], y[k * micro:(k + 1) * micro], **kwargs)
-                    loss = loss / train.grad_accum
-                loss.backward()
-                loss_sum += float(loss.detach())
-            if train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            self.state.stage_step += 1
-            self.state.step += 1
-            self.state.tokens += train.batch_size * train.seq_len
-            bar.update(1)
-            if self.state.step % train.log_every == 0 or self.state.stage_step == total:
-                loss_avg = dist.mean(loss_sum)
-                now = time.perf_counter()
-                tps = (self.state.tokens - tok_last) / max(1e-9, now - t_last)
-                t_last, tok_last = now, self.state.tokens
-                mfu = flops.mfu(tps * flops_tok, peak_flops)
-                bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tps:,.0f}", mfu=f"{mfu:.0%}")
-                self.metrics.write({"type": "train", "step": self.state.step, "tokens": self.state.tokens,
-                                    "stage": si, "depth": len(model.blocks), "loss": round(loss_avg, 5),
-                                    "lr": lr, "tok_per_s": round(tps, 1), "flops_per_token": flops_tok,
-                                    "model_flops_per_s": round(tps * flops_tok, 1), "mfu": round(mfu, 4),
-                                    "time": round(now - self.t0, 3)})
-            if train.val_every and self.state.step % train.val_every == 0 and self.state.stage_step < total:
-                val = validate(trainee, self.data, train, dist.device, precision=self.precision)
-                self.metrics.write({"type": "val", "step": self.state.step, "tokens": self.state.tokens,
-                                    "stage": si, "depth": len(model.blocks), **val})
-            if train.ckpt_every and self.state.step % train.ckpt_every == 0 and self.state.stage_step < total:
-                self.checkpoint(optimizer, trainee)
-        bar.close()
+        loop = Loop(wrapped, train, dist, self.precision, progress=self.progress, desc=f"stage {si} {stage.name}",
+                    flops_per_token=flops.step_flops(model, train.seq_len).total,
+                    peak_flops=flops.peak_flops(dist.device, self.precision) * dist.world)
+        ckpt_every = train.ckpt_every
+
+        def log(state: RunState, s: StepLog) -> None:
+            self.metrics.write({"type": "train", "step": state.step, "tokens": state.tokens, "stage": si,
+                                "depth": len(model.blocks), "loss": round(s.loss, 5), "lr": s.lr,
+                                "tok_per_s": round(s.tokens_per_s, 1), "flops_per_token": loop.flops_per_token,
+                                "model_flops_per_s": round(s.tokens_per_s * loop.flops_per_token, 1),
+                                "mfu": round(s.mfu, 4), "time": round(time.perf_counter() - self.t0, 3)})
+
+        def validate_now(state: RunState) -> None:
+            val = validate(trainee, self.data, train, dist.device, precision=self.precision)
+            self.metrics.write({"type": "val", "step": state.step, "tokens": state.tokens, "stage": si,
+                                "depth": len(model.blocks), **val})
+
+        loop.run(optimizer, total, self.state,
+                 batches=lambda: self.data.sample_batch(mixture, train.batch_size, train.seq_len, self.generator),
+                 lr_of=lambda step: lr_at(step, total, peak, warmup, train.min_lr_ratio),
+                 hooks=Hooks(log=log, validate=validate_now,
+                             checkpoint=(lambda _: self.checkpoint(optimizer, trainee)) if ckpt_every else None))
         dist.unwrap(ddp, model)
 
 
@@ -359,49 +294,86 @@ def grow(recipe: Recipe | str | Path, out: str | Path, resume: bool = False, dev
 # --------------------------------------------------------------------------- fine-tuning any model
 
 
+def _weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state (names, shapes, dtypes and bytes): which model a fine-tune started from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: int, train: TrainSpec,
              lr: float | None = None, mixture: dict[str, float] | None = None, progress: bool = True,
-             log=print) -> dict:
+             log=print, resume: bool = False) -> dict:
     """Fine-tune the trainable parameters of any growlm language model (e.g. a composed one).
 
-    The model only needs ``forward(idx, targets) -> loss``. Validation runs before the
-    first step (so the composed model's starting loss is on record) and after the last;
-    metrics go to ``out/metrics.jsonl`` and the result to ``out/model``.
+    The model only needs ``forward(idx, targets) -> loss``; the steps run through ``growlm.loop`` like a growth
+    stage. Validation runs before the first step (so the starting loss is on record) and after the last; metrics
+    go to ``out/metrics.jsonl``, the plan to ``out/plan.json``, a checkpoint (the trainable parameters, optimiser
+    and RNG states) every ``train.ckpt_every`` steps, and the result to ``out/model``. ``resume`` continues from
+    the checkpoint bit-identically; it must be given the same starting model and settings.
     """
     out = Path(out)
     tune_allocator()
-    rundir = RunDir(out, "finetune")  # claimed (empty or an earlier fine-tune's) and locked
     device = next(model.parameters()).device
-    metrics = MetricsLog(out / "metrics.jsonl")
-    metrics.truncate(0)  # a fine-tune starts over
-    generator = torch.Generator().manual_seed(train.seed)
-    mix = data.mixture(mixture)
-    optimizer = build_optimizer(model, train, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    before = validate(model, data, train, device)
-    metrics.write({"type": "val", "step": 0, "tokens": 0, **before})
-    log(f"fine-tuning {sum(p.numel() for p in params):,} parameters for {steps} steps; "
-        f"step-0 val loss {before['val_loss']:.4f}, bits/char {before['val_bpc']}")
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(steps):
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, steps, lr or train.lr, min(train.warmup_steps, steps // 10), train.min_lr_ratio)
-        x, y = data.sample_batch(mix, train.batch_size, train.seq_len, generator)
-        with autocast(train, device):
-            loss = model(x.to(device), y.to(device))
-        loss.backward()
-        if train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step == 0 or (step + 1) % train.log_every == 0:
-            metrics.write({"type": "train", "step": step + 1, "tokens": (step + 1) * train.batch_size * train.seq_len,
-                           "loss": round(float(loss.detach()), 5), "time": round(time.perf_counter() - t0, 3)})
-        if progress and (step + 1) % max(1, steps // 5) == 0:
-            log(f"  step {step + 1}/{steps}: loss {float(loss.detach()):.4f}")
-    after = validate(model, data, train, device)
-    metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})
-    save_model(model, out / "model")
-    rundir.close()
+    plan = {"tool": "finetune", "steps": steps, "lr": lr or train.lr, "mixture": mixture, "train": asdict(train),
+            "start_weights": _weights_digest(model)}
+    fingerprint = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
+    rundir = RunDir(out, "finetune", resume=resume)  # claimed (empty or an earlier fine-tune's) and locked
+    try:
+        metrics = MetricsLog(out / "metrics.jsonl")
+        generator = torch.Generator().manual_seed(train.seed)
+        optimizer = build_optimizer(model, train, device)
+        precision = flops.resolve_precision(train.precision, device)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        state, ckpt = RunState(stage_started=True), find_checkpoint(out) if resume else None
+        if ckpt is not None:
+            saved, weights, opt, rng = load_checkpoint(ckpt)
+            if saved.get("plan_fingerprint") != fingerprint:
+                raise ValueError(f"cannot resume {out}: it fine-tunes another model or with other settings "
+                                 f"(its plan is {out / 'plan.json'}); start a new --out")
+            if set(weights) != trainable:
+                raise CheckpointError(f"checkpoint {ckpt} holds {sorted(set(weights) ^ trainable)[:4]}... that do "
+                                      "not match the model's trainable parameters")
+            model.load_state_dict(weights, strict=False)
+            optimizer.load_state_dict(opt)
+            _restore_rng(rng, generator, device)
+            metrics.truncate(int(saved["metrics_offset"]))
+            state, before = RunState(**saved["run"]), saved["before"]
+            log(f"resuming the fine-tune in {out} at step {state.stage_step} of {steps}")
+        else:
+            if resume:
+                log(f"{out} stopped before its first checkpoint: starting it from the beginning")
+            metrics.truncate(0)
+            atomic_write_text(out / "plan.json", json.dumps(plan, indent=1, default=str))
+            before = validate(model, data, train, device, precision=precision)
+            metrics.write({"type": "val", "step": 0, "tokens": 0, **before})
+            log(f"fine-tuning {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
+                f"{steps} steps; step-0 val loss {before['val_loss']:.4f}, bits/char {before['val_bpc']}")
+
+        def write_log(st: RunState, s: StepLog) -> None:
+            metrics.write({"type": "train", "step": st.step, "tokens": st.tokens, "loss": round(s.loss, 5),
+                           "lr": s.lr, "tok_per_s": round(s.tokens_per_s, 1), "time": round(s.seconds, 3)})
+
+        def checkpoint(st: RunState) -> None:
+            weights = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+            save_checkpoint(out / "checkpoints" / "latest", weights, optimizer,
+                            {"run": asdict(st), "plan_fingerprint": fingerprint, "before": before,
+                             "metrics_offset": metrics.offset(),
+                             "substrate_fingerprint": getattr(model, "substrate_fingerprint", "")},
+                            _rng_state(generator, device))
+
+        mix = data.mixture(mixture)
+        peak, warmup = lr or train.lr, min(train.warmup_steps, steps // 10)
+        Loop(model, train, precision=precision, progress=progress, desc="fine-tune").run(
+            optimizer, steps, state, batches=lambda: data.sample_batch(mix, train.batch_size, train.seq_len, generator),
+            lr_of=lambda step: lr_at(step, steps, peak, warmup, train.min_lr_ratio),
+            hooks=Hooks(log=write_log, checkpoint=checkpoint if train.ckpt_every else None))
+        after = validate(model, data, train, device, precision=precision)
+        metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})
+        save_model(model, out / "model")
+    finally:
+        rundir.close()
     return {"before": before, "after": after, "model": str(out / "model")}

@@ -1,0 +1,108 @@
+"""growlm.loop: the one optimisation loop (growth stages and fine-tunes), its hooks, and fine-tune resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from growlm.checkpoint import find_checkpoint, save_model
+from growlm.cli import main
+from growlm.growth import TrainSpec
+from growlm.loop import Hooks, Loop, RunState, micro_batch
+from growlm.model import Config, GrowLM
+from growlm.substrate import Substrate
+
+
+def test_micro_batch_must_divide_the_global_batch():
+    assert micro_batch(16, 4, 2) == 2
+    with pytest.raises(ValueError, match="batch_size 6 is not divisible by grad_accum 4 x processes 1"):
+        micro_batch(6, 4, 1)
+
+
+def test_hooks_run_at_their_cadence_and_counters_advance():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    train = TrainSpec(batch_size=2, seq_len=3, lr=1e-2, log_every=2, val_every=3, ckpt_every=4)
+
+    def forward(x, y):  # a stand-in model: any module whose forward(x, y) is a loss
+        return ((model(x.float()) - y.float()) ** 2).mean()
+
+    wrapped = torch.nn.Module()
+    wrapped.forward = forward
+    wrapped.lin = model
+    seen: dict[str, list[int]] = {"log": [], "val": [], "ckpt": []}
+    state = RunState(step=10, tokens=60)  # a resumed run: global counters carry on
+    loop = Loop(wrapped, train)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lrs = []
+    loop.run(opt, 7, state, batches=lambda: (torch.ones(2, 4), torch.zeros(2, 4)),
+             lr_of=lambda s: lrs.append(s) or 0.1,
+             hooks=Hooks(log=lambda st, s: seen["log"].append(st.step),
+                         validate=lambda st: seen["val"].append(st.step),
+                         checkpoint=lambda st: seen["ckpt"].append(st.step)))
+    assert lrs == list(range(7))  # the schedule sees the loop's own step
+    assert (state.stage_step, state.step, state.tokens) == (7, 17, 60 + 7 * 2 * 3)
+    assert seen == {"log": [12, 14, 16, 17], "val": [12, 15], "ckpt": [12, 16]}  # never at the last step
+
+
+@pytest.fixture()
+def composed(tmp_path) -> Path:
+    sub = Substrate.build("glyph", "compact", 32)
+    experts = []
+    for i in range(2):
+        torch.manual_seed(i)
+        cfg = Config.from_preset("tiny", vocab_size=sub.vocab_size, d_model=32, n_layer=1, n_head=2)
+        experts.append(save_model(GrowLM(cfg, sub), tmp_path / f"e{i}" / "model").parent)
+    out = tmp_path / "composed"
+    assert main(["compose", str(experts[0]), str(experts[1]), "--method", "router", "--out", str(out)]) == 0
+    return out
+
+
+def test_finetune_resumes_bit_identically_after_sigkill(composed, tiny_data, tmp_path):
+    args = ["finetune", str(composed), "--data", str(tiny_data), "--steps", "40", "--ckpt-every", "3",
+            "--batch-size", "4", "--seq-len", "16", "--val-tokens", "256", "--no-progress"]
+    ref = tmp_path / "ref"
+    assert main([*args, "--out", str(ref)]) == 0
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "growlm.cli", *args, "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed = time.time() + 240, False
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = find_checkpoint(run)
+        try:
+            step = json.loads((ckpt / "state.json").read_text())["run"]["stage_step"] if ckpt else 0
+        except (OSError, ValueError):  # caught mid-swap: look again
+            step = 0
+        if step >= 9:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert killed, "the fine-tune finished before it could be killed"
+    assert not (run / "model").exists()
+    assert main([*args, "--out", str(run), "--resume"]) == 0
+    a, b = load_file(str(ref / "model" / "model.safetensors")), load_file(str(run / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (ref / "metrics.jsonl").read_text().count('"type": "train"') == \
+        (run / "metrics.jsonl").read_text().count('"type": "train"')  # the redone steps were not logged twice
+
+
+def test_finetune_resume_refuses_other_settings(composed, tiny_data, tmp_path, capsys):
+    args = ["finetune", str(composed), "--data", str(tiny_data), "--steps", "4", "--ckpt-every", "2",
+            "--batch-size", "4", "--seq-len", "16", "--val-tokens", "256", "--no-progress", "--out",
+            str(tmp_path / "ft")]
+    assert main(args) == 0
+    (tmp_path / "ft" / "model" / "model.json").unlink()  # as if it had stopped after its checkpoint
+    assert main([*[a if a != "4" else "5" for a in args[:8]], *args[8:], "--resume"]) == 2
+    assert "another model or with other settings" in capsys.readouterr().err
