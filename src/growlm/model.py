@@ -392,6 +392,10 @@ class GrowLM(nn.Module):
 
     # -- generation -----------------------------------------------------------------
 
+    def last_logits(self, idx: torch.Tensor, caches: list[KVCache] | None = None, pos: int = 0) -> torch.Tensor:
+        """Logits [B, V] of the token after idx [B, T]: the head runs on the last position only."""
+        return self.head(self.hidden_states(idx, caches, pos)[:, -1, :])
+
     def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
         """Empty KV caches, one per block."""
         p = self.head.weight
@@ -459,6 +463,15 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
 
+def next_logits(model: nn.Module, idx: torch.Tensor, caches=None, pos: int = 0) -> torch.Tensor:
+    """Logits [B, V] of the token after idx [B, T]: ``model.last_logits`` where the model has it (a prefill
+    then never builds [B, T, V]), else the last position of ``model(idx, caches=, pos=)``."""
+    last = getattr(model, "last_logits", None)
+    if last is not None:
+        return last(idx, caches, pos)
+    return model(idx, caches=caches, pos=pos)[:, -1, :]
+
+
 @torch.no_grad()
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
@@ -469,8 +482,8 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperatu
     out, pos, step_in = idx, 0, idx
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
-        logits = model(step_in, caches=caches, pos=pos) if use_cache else model(out)
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # [B, 1]
+        logits = next_logits(model, step_in, caches, pos) if use_cache else next_logits(model, out)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # [B, 1]
         if eos_id is not None:
             nxt = nxt.masked_fill(done[:, None], eos_id)
             done |= nxt[:, 0] == eos_id

@@ -28,10 +28,23 @@ def _composition_lines(table: dict) -> list[str]:
     return lines
 
 
+DEMO_RECIPES = {False: ("demo", "compose-demo"), True: ("demo-full", "compose-demo-full")}
+
+
 def _demo(args: argparse.Namespace) -> int:
+    from growlm.budget import Budget, budget_table
+
+    grow_recipe = args.recipe or DEMO_RECIPES[args.full][0]
+    compose_recipe = args.compose_recipe or DEMO_RECIPES[args.full][1]
+    if args.budget:
+        from growlm.budget import demo_budget
+
+        print(f"Model FLOPs of growlm demo with {grow_recipe} and {compose_recipe} (nothing runs):")
+        print("\n".join(budget_table(demo_budget(grow_recipe, compose_recipe))))
+        return 0
     from growlm.experiments import run_demo
 
-    s = run_demo(args.out, args.recipe, args.compose_recipe, progress=not args.no_progress)
+    s = run_demo(args.out, grow_recipe, compose_recipe, progress=not args.no_progress)
     out = Path(args.out)
     print("\nValidation bits per character by depth (growth run):")
     print("\n".join(_bpc_by_depth(Path(s["run"]))))
@@ -43,10 +56,12 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"  stage {r['stage']} (depth {r['depth']}): {r['sample']!r}")
     print("\nExperts and their compositions:")
     print("\n".join(_composition_lines(json.loads((out / "compose" / "composition.json").read_text()))))
-    print(f"\ngrowth run:   {s['run']}  ({s['grow_seconds']:.0f} s)")
-    print(f"composition:  {s['compose']}  ({s['compose_seconds']:.0f} s)")
+    print(f"\ngrowth run:   {s['run']}")
+    print(f"composition:  {s['compose']}")
     print(f"report:       {s['report']}")
-    print(f"total:        {s['total_seconds']:.0f} s")
+    print(f"\nModel FLOPs planned from the recipes, time spent, and the fraction of this machine's peak "
+          f"({s['peak_flops'] / 1e9:.0f} GFLOP/s {s['precision']} matmul on {s['device']}) reached:")
+    print("\n".join(budget_table(Budget.from_dict(s["budget"]), s["seconds"], s["peak_flops"])))
     return 0
 
 
@@ -79,8 +94,11 @@ def _finetune(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the CPU demo: grow a small model, compose two experts, write the report")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--recipe", default="demo", help="growth recipe (default: demo)")
-    p.add_argument("--compose-recipe", default="compose-demo", help="composition recipe (default: compose-demo)")
+    p.add_argument("--recipe", help="growth recipe (default: demo, or demo-full with --full)")
+    p.add_argument("--compose-recipe", help="composition recipe (default: compose-demo, or compose-demo-full "
+                                            "with --full)")
+    p.add_argument("--full", action="store_true", help="the longer demo (about three times the model FLOPs)")
+    p.add_argument("--budget", action="store_true", help="print the model FLOPs of each part and stop")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
 

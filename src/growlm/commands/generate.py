@@ -32,7 +32,7 @@ def stream(model: torch.nn.Module, tokenizer, prompt: str, max_tokens: int = 200
            stop: list[str] | None = None, device: str | torch.device | None = None) -> Iterator[str]:
     """Yield the continuation of ``prompt`` piece by piece; ends at ``max_tokens``, end of text or a stop string
     (the stop string itself is not yielded). Temperature 0 is greedy."""
-    from growlm.model import sample_next
+    from growlm.model import next_logits, sample_next
 
     stops = [s for s in (stop or []) if s]
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -50,7 +50,7 @@ def stream(model: torch.nn.Module, tokenizer, prompt: str, max_tokens: int = 200
     out: list[int] = []
     text, sent, pos = "", 0, 0
     for _ in range(max_tokens):
-        logits = model(idx, caches=caches, pos=pos)[:, -1, :]
+        logits = next_logits(model, idx, caches, pos)  # [1, V]
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # [1, 1]
         pos += idx.shape[1]
         idx = nxt
@@ -104,9 +104,11 @@ def load_for_generation(run: str | Path, stage: int | None = None, device: str |
 
 
 SAMPLE_PROMPT = "The history of"
+SAMPLE_MAX_TOKENS = 48  # tokens per depth sample in the demo
 
 
-def depth_samples(run: str | Path, prompt: str = SAMPLE_PROMPT, max_tokens: int = 48, seed: int = 0) -> list[dict]:
+def depth_samples(run: str | Path, prompt: str = SAMPLE_PROMPT, max_tokens: int = SAMPLE_MAX_TOKENS,
+                  seed: int = 0) -> list[dict]:
     """A short seeded sample from every stage of a growth run, written to ``RUN/samples.json`` for the report."""
     import json
 
