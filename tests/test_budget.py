@@ -21,6 +21,7 @@ def test_shipped_demo_fits_its_flop_budget():
     b = budget.demo_budget(exact=False)  # validation counted as val_tokens per language: an upper bound
     assert b.total <= DEMO_LIMIT, budget.budget_table(b)
     assert sum(p.flops for p in b.parts) == pytest.approx(b.total, rel=1e-12)
+    assert budget.Budget.from_dict(b.to_dict()).to_dict() == b.to_dict()  # what the demo's summary.json keeps
     names = [p.name for p in b.parts]
     assert names == ["growth", "samples", "experts", "composition", "fine-tuning", "report"]
     for name in ("growth", "samples", "experts", "composition", "fine-tuning"):

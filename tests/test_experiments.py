@@ -131,6 +131,9 @@ finetune_steps = 3
     assert ft["step0_val_loss"] == pytest.approx(router["val_loss"], abs=1e-3)  # fine-tuning starts there
     report = (tmp_path / "demo" / "report" / "report.md").read_text()
     assert ".png" in report and summary["total_seconds"] > 0
+    parts = [p["name"] for p in summary["budget"]["parts"]]  # growlm.budget's plan, next to the time spent
+    assert set(summary["seconds"]) == {*parts, "total"} and summary["peak_flops"] > 0
+    assert summary["budget"]["parts"][0]["items"][0]["tokens"] == 3 * 4 * 32  # growth's first stage: 3 steps
     samples = json.loads((tmp_path / "demo" / "grow" / "samples.json").read_text(encoding="utf-8"))
     assert [r["depth"] for r in samples] == [1, 1, 2] and all(r["sample"] for r in samples)
     assert "What the model writes at each depth" in report

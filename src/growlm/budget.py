@@ -300,14 +300,19 @@ def demo_budget(grow_recipe: str = "demo", compose_recipe: str = "compose-demo",
 
 
 def budget_table(budget: Budget, seconds: dict[str, float] | None = None, peak: float | None = None) -> list[str]:
-    """Markdown rows: part, planned TFLOP (of which validation), elapsed seconds and the fraction of ``peak``
-    (FLOP/s) reached; a total row last."""
+    """Markdown rows: part, planned TFLOP (of which validation) and, given ``seconds`` per part, the elapsed
+    seconds and the fraction of ``peak`` (FLOP/s) reached; a total row last."""
+    timed = seconds is not None
     seconds = seconds or {}
-    rows = ["| part | planned TFLOP | of which validation | elapsed s | fraction of peak |", "|---|---|---|---|---|"]
+    rows = ["| part | planned TFLOP | of which validation |" + (" elapsed s | fraction of peak |" if timed else ""),
+            "|---|---|---|" + ("---|---|" if timed else "")]
 
     def row(name: str, fl: float, val: float, s: float | None) -> str:
+        out = f"| {name} | {fl / TERA:.3f} | {val / TERA:.3f} |"
+        if not timed:
+            return out
         frac = f"{fl / s / peak:.0%}" if s and peak and fl else "-"
-        return f"| {name} | {fl / TERA:.3f} | {val / TERA:.3f} | {'-' if s is None else f'{s:.1f}'} | {frac} |"
+        return out + f" {'-' if s is None else f'{s:.1f}'} | {frac} |"
 
     for p in budget.parts:
         rows.append(row(p.name, p.flops, p.validation, seconds.get(p.name)))
