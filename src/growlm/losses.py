@@ -5,6 +5,12 @@ positions) in the forward and again in the backward. Here the head's logits
 exist one chunk of rows at a time: the forward computes the loss and, in the
 same pass, the gradients of the hidden states, the weight and the bias, which
 the backward only scales. Peak memory is one chunk of logits.
+
+A chunk's [rows, V] logits are memory-bound to walk over, so they are walked
+over few times and never copied: the bias rides in the matmul, log-softmax runs
+in place, its exp in place is the softmax, the one-hot touches one entry per
+row, and the per-row scale (1 / valid targets, 0 for ignored ones) is applied on
+the narrow side of the two gradient matmuls (``benchmarks/chunked_loss.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dt = _compute_dtype(h)
         with torch.autocast(h.device.type, enabled=False):
             w = weight.to(dt)  # cast once, not per chunk
+            b = bias.float() if bias is not None else None
             valid = targets != IGNORE_INDEX
             n_valid = valid.sum().clamp(min=1).to(torch.float32)
             grad_h = torch.empty_like(h) if need_h else None
@@ -48,29 +55,36 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 n = hc.shape[0]
                 tc, vc = targets[s:s + n].clamp(min=0), valid[s:s + n]
                 logits = buf[:n]
-                if low is None:
-                    torch.mm(hc, w.t(), out=logits)
-                else:
+                if low is None:  # fp32: the bias rides along in the matmul
+                    torch.mm(hc, w.t(), out=logits) if b is None else torch.addmm(b, hc, w.t(), out=logits)
+                else:  # low precision matmul, then float32 logits (the bias added in float32, in the same pass)
                     torch.mm(hc, w.t(), out=low[:n])
-                    logits.copy_(low[:n])
-                if bias is not None:
-                    logits.add_(bias.float())
-                lse = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, tc[:, None])[:, 0]
-                total += ((lse - picked) * vc).sum()
+                    logits.copy_(low[:n]) if b is None else torch.add(low[:n], b, out=logits)
+                # log-probabilities as F.cross_entropy computes them, one fused kernel; in place on CPU (tested
+                # bit-identical there), elsewhere into a fresh tensor the caching allocator hands back
+                logp = torch.log_softmax(logits, 1, out=logits) if logits.is_cpu else logits.log_softmax(1)
+                picked = logp.gather(1, tc[:, None])[:, 0]
+                total -= (picked * vc).sum()
                 if not (need_h or need_w or need_b):
                     continue
-                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                # d loss / d logits = scale * (softmax - onehot): softmax in place, the one-hot on n entries,
+                # and the per-row scale (1/n_valid, 0 for ignored targets) applied on the narrow side of each matmul
+                g = logp.exp_()
                 g[torch.arange(n, device=g.device), tc] -= 1.0
-                g.mul_((vc.to(g.dtype) / n_valid)[:, None])
+                scale = vc.to(torch.float32) / n_valid  # [n]
                 if need_b:
-                    grad_b += g.sum(0)
+                    grad_b.addmv_(g.t(), scale)
                 if low is not None:
                     g = low[:n].copy_(g)
                 if need_h:
-                    grad_h[s:s + n] = g @ w
-                if need_w:
-                    grad_w.addmm_(g.t(), hc) if low is None else grad_w.add_(g.t() @ hc)
+                    gh = grad_h[s:s + n]
+                    if gh.dtype == torch.float32 and low is None:
+                        torch.mm(g, w, out=gh).mul_(scale[:, None])
+                    else:
+                        gh.copy_((g @ w).float().mul_(scale[:, None]))
+                if need_w:  # scaled in float32, then rounded: no rounding of 1/n_valid shared by every row
+                    hs = (h[s:s + n].float() * scale[:, None]).to(dt)
+                    grad_w.addmm_(g.t(), hs) if low is None else grad_w.add_(g.t() @ hs)
         if ctx is not None:
             ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
             ctx.flags = (need_h, need_w, need_b)
