@@ -57,6 +57,16 @@ def test_fingerprint_and_diff():
     assert a.diff(b) == ["stages[0]"]
 
 
+def test_head_schedule_keys_leave_older_fingerprints_alone():
+    plain = recipe({"add": 1, "steps": 5})
+    explicit = recipe({"add": 1, "steps": 5, "head_freeze_steps": 0, "head_warmup_steps": 0})
+    assert "head_freeze_steps" not in plain.settings()["stages"][0]  # as before the keys existed: runs still resume
+    assert plain.fingerprint() == explicit.fingerprint()
+    frozen = recipe({"add": 1, "steps": 5, "head_freeze_steps": 2})
+    assert frozen.fingerprint() != plain.fingerprint() and frozen.diff(plain) == ["stages[0]"]
+    assert frozen.settings()["stages"][0]["head_freeze_steps"] == 2
+
+
 def _vocab_shipped(name: str) -> bool:
     from growlm.substrate import Vocabulary
 
@@ -94,6 +104,9 @@ def test_shipped_recipes_parse_and_report_budgets(path):
     ({"steps": 1, "train_head": "no"}, {}, r"\[stages.0\] train_head must be true or false"),
     ({"steps": 1}, {"betas": [0.9]}, r"\[train\] betas must be a list of 2 values"),
     ({"steps": 1}, {"min_lr_ratio": 2}, r"\[train\] min_lr_ratio must be >= 0 and <= 1, got 2"),
+    ({"steps": 1, "head_freeze_steps": -1}, {}, r"\[stages.0\] head_freeze_steps must be >= 0, got -1"),
+    ({"steps": 1, "head_warmup_steps": 2.5}, {}, r"\[stages.0\] head_warmup_steps must be an integer, got 2.5"),
+    ({"steps": 1, "head_warmup_steps": 3, "train_head": False}, {}, "train_head = false freezes"),
 ])
 def test_recipe_values_are_type_and_range_checked_at_plan_time(stage, train, message, tmp_path, capsys):
     import tomllib

@@ -183,3 +183,52 @@ def test_two_processes_match_one(tiny_recipe, tmp_path):
     wa, wb = weights(one), weights(two)
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_head_lr_scale_freezes_then_ramps():
+    from growlm.growth import Stage
+    from growlm.train import head_lr_scale
+
+    st = Stage(add=1, steps=10, head_freeze_steps=2, head_warmup_steps=4)
+    assert [head_lr_scale(st, i) for i in range(8)] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [head_lr_scale(Stage(add=1, steps=3), i) for i in range(3)] == [1.0, 1.0, 1.0]
+    assert [head_lr_scale(Stage(add=1, steps=3, head_warmup_steps=2), i) for i in range(3)] == [0.5, 1.0, 1.0]
+
+
+def test_split_head_optimizer_groups():
+    from growlm.growth import TrainSpec
+    from growlm.loop import build_optimizer, set_lr
+    from growlm.model import Config, GrowLM
+
+    model = GrowLM(Config.from_preset("tiny", d_model=32, n_head=2, n_layer=2, vocab_size=64))
+    model.set_trainable([1], head=True)
+    train = TrainSpec()
+    plain = build_optimizer(model, train, torch.device("cpu"))
+    assert len(plain.param_groups) == 2 and "head" not in plain.param_groups[0]
+    split = build_optimizer(model, train, torch.device("cpu"), split_head=True)
+    head_ids = {id(p) for p in [*model.head.parameters(), *model.norm.parameters()]}
+    for g in split.param_groups:
+        assert all((id(p) in head_ids) == g["head"] for p in g["params"])
+    assert sum(len(g["params"]) for g in split.param_groups) == sum(len(g["params"]) for g in plain.param_groups)
+    set_lr(split, 1e-3, 0.25)
+    assert sorted({(g["head"], g["lr"]) for g in split.param_groups}) == [(False, 1e-3), (True, 2.5e-4)]
+
+
+def test_frozen_head_stage_leaves_the_head_untouched(tiny_data, tmp_path):
+    raw = {"model": {"preset": "tiny", "d_model": 32, "n_head": 2, "block_size": 32},
+           "substrate": {"kind": "glyph", "vocab": "compact"}, "data": {"path": str(tiny_data)},
+           "train": {"batch_size": 2, "seq_len": 32, "warmup_steps": 1, "val_tokens": 64, "val_every": 0,
+                     "ckpt_every": 0, "log_every": 1},
+           "stages": [{"add": 1, "steps": 2}, {"add": 1, "steps": 3, "head_freeze_steps": 2, "head_warmup_steps": 2},
+                      {"add": 1, "steps": 2, "head_freeze_steps": 2}]}
+    run = tmp_path / "run"
+    grow(Recipe.from_dict(raw), run, **QUIET)
+    w = [load_file(str(run / "stages" / f"stage-0{i}" / "model.safetensors")) for i in range(3)]
+    heads = [k for k in w[0] if k.startswith(("head.", "norm."))]
+    assert heads
+    assert all(torch.equal(w[2][k], w[1][k]) for k in heads)  # frozen for the whole stage
+    assert not all(torch.equal(w[1][k], w[0][k]) for k in heads)  # frozen 2 steps, then warmed up: it moved
+    logged = [(r["stage"], r["lr"], r["head_lr"]) for r in read_metrics(run / "metrics.jsonl")
+              if r["type"] == "train" and r["stage"] == 1]
+    assert [h for _, _, h in logged] == [0.0, 0.0, pytest.approx(logged[2][1] * 0.5)]
+    assert not any("head_lr" in r for r in read_metrics(run / "metrics.jsonl") if r.get("stage") == 0)

@@ -6,7 +6,8 @@ substrate, data, train) and an ordered list of ``Stage``s. A stage adds
 starts a LoRA phase; it trains the newest ``train_newest`` blocks (and the head
 unless ``train_head = false``; a baseline's trainable embedding unless
 ``train_embedding = false``) for ``steps`` optimiser steps or ``tokens`` tokens,
-on a named data mixture, at its own learning rate. A LoRA phase puts adapters
+on a named data mixture, at its own learning rate (the head may be held still,
+then warmed up, apart from the blocks: ``head_freeze_steps``, ``head_warmup_steps``). A LoRA phase puts adapters
 on the frozen blocks and merges them back when the phase ends.
 """
 
@@ -50,6 +51,10 @@ class Stage:
     lr: float | None = None  # peak learning rate (default: [train].lr)
     warmup_steps: int | None = None  # default: [train].warmup_steps
     mixture: str = "all"  # a name from [data.mixtures], or "all"
+    # the head (LM head and final norm) apart from the blocks: no update for its first head_freeze_steps, then its
+    # rate ramps linearly from 0 to the stage's over head_warmup_steps (on top of the stage's own schedule)
+    head_freeze_steps: int = 0
+    head_warmup_steps: int = 0
 
     @property
     def kind(self) -> str:
@@ -63,6 +68,9 @@ class Stage:
             raise ValueError(f"{where}: add and train_newest must be >= 0")
         if self.train_newest == 0 and not self.train_head and self.lora is None:
             raise ValueError(f"{where} trains nothing: set train_newest > 0, train_head = true or a [lora] phase")
+        if (self.head_freeze_steps or self.head_warmup_steps) and not self.train_head:
+            raise ValueError(f"{where}: head_freeze_steps and head_warmup_steps schedule the head, which "
+                             "train_head = false freezes; drop them or set train_head = true")
         if bool(self.steps) == bool(self.tokens):
             raise ValueError(f"{where}: give exactly one of steps or tokens (got steps={self.steps}, "
                              f"tokens={self.tokens})")
@@ -72,6 +80,8 @@ PARALLEL = ("ddp", "fsdp")
 # [train] keys that choose how a run executes, not what it computes: a run may resume under other values
 # (checkpoints hold full, unsharded state), so they stay out of the plan's fingerprint.
 EXECUTION_ONLY = ("parallel", "activation_checkpointing")
+# stage keys added after runs existed: left out of the fingerprint at their default, so those runs still resume
+LATER_STAGE_KEYS = {"head_freeze_steps": 0, "head_warmup_steps": 0}
 
 
 @dataclass
@@ -121,7 +131,8 @@ class DataSpec:
 # the allowed range of every numeric recipe field, by recipe part
 RANGES = {
     "Stage": {"add": AT_LEAST_0, "train_newest": AT_LEAST_0, "steps": AT_LEAST_0, "tokens": AT_LEAST_0,
-              "lr": POSITIVE, "warmup_steps": AT_LEAST_0},
+              "lr": POSITIVE, "warmup_steps": AT_LEAST_0, "head_freeze_steps": AT_LEAST_0,
+              "head_warmup_steps": AT_LEAST_0},
     "TrainSpec": {"batch_size": AT_LEAST_1, "seq_len": AT_LEAST_1, "grad_accum": AT_LEAST_1, "lr": POSITIVE,
                   "min_lr_ratio": (0, 1, True), "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0,
                   "grad_clip": AT_LEAST_0, "seed": AT_LEAST_0, "log_every": AT_LEAST_1, "val_every": AT_LEAST_0,
@@ -252,8 +263,10 @@ class Recipe:
     def settings(self) -> dict:
         """Everything that determines the run, as plain data (not comments or formatting)."""
         train = {k: v for k, v in asdict(self.train).items() if k not in EXECUTION_ONLY}
+        stages = [{k: v for k, v in asdict(s).items() if LATER_STAGE_KEYS.get(k, object()) != v}
+                  for s in self.stages]
         return {"model": self.model, "substrate": self.substrate, "data": asdict(self.data),
-                "train": train, "stages": [asdict(s) for s in self.stages]}
+                "train": train, "stages": stages}
 
     def fingerprint(self) -> str:
         """Hash of ``settings()``."""

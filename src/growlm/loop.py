@@ -72,14 +72,36 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only (matrices decay, vectors don't); fused on CUDA."""
+HEAD = ("head.", "norm.")  # parameter names of the head a stage may schedule apart: the LM head and the final norm
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.device,
+                    split_head: bool = False) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters only (matrices decay, vectors don't); fused on CUDA.
+
+    ``split_head``: the head's parameters get groups of their own, marked ``"head": True`` (see ``set_lr``)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
-    groups = [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
-              {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}]
+    parts = [(False, params)]
+    if split_head:
+        parts = [(False, [(n, p) for n, p in params if not n.startswith(HEAD)]),
+                 (True, [(n, p) for n, p in params if n.startswith(HEAD)])]
+    groups = []
+    for head, ps in parts:
+        for decay, keep in ((train.weight_decay, lambda p: p.dim() >= 2), (0.0, lambda p: p.dim() < 2)):
+            group = {"params": [p for _, p in ps if keep(p)], "weight_decay": decay}
+            if split_head:
+                group["head"] = head
+            if group["params"] or not split_head:  # the unsplit optimiser keeps its two groups as it always had
+                groups.append(group)
     return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=device.type == "cuda")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, head_scale: float = 1.0) -> None:
+    """Every group's rate to ``lr``; the head's groups (``build_optimizer(split_head=True)``) to ``lr * head_scale``."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * head_scale if g.get("head") else lr
 
 
 def micro_batch(batch_size: int, grad_accum: int, world: int) -> int:
@@ -104,12 +126,13 @@ class Loop:
         self.micro = micro_batch(train.batch_size, train.grad_accum, self.dist.world)
         self.kwargs = {"loss_chunk": train.loss_chunk} if train.loss_chunk else {}
 
-    def step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
+    def step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
+             head_scale: float = 1.0) -> float:
         """One optimiser step on the global batch x, y [batch_size, T]: this process takes its slice, accumulates
-        over micro-batches (reducing gradients only on the last), clips and steps. Returns its mean loss."""
+        over micro-batches (reducing gradients only on the last), clips and steps. Returns its mean loss.
+        ``head_scale`` scales the rate of the head's own groups, where the optimiser has them."""
         train, dist, m = self.train, self.dist, self.micro
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        set_lr(optimizer, lr, head_scale)
         n = m * train.grad_accum  # this process's slice of the global batch
         x, y = (t[dist.rank * n:(dist.rank + 1) * n].to(dist.device) for t in (x, y))
         loss_sum = 0.0
@@ -126,8 +149,9 @@ class Loop:
 
     def run(self, optimizer: torch.optim.Optimizer, total: int, state: RunState,
             batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], lr_of: Callable[[int], float],
-            hooks: Hooks | None = None) -> None:
-        """Step until ``state.stage_step == total`` (resumed runs start where ``state`` says), calling ``hooks``."""
+            hooks: Hooks | None = None, head_scale_of: Callable[[int], float] | None = None) -> None:
+        """Step until ``state.stage_step == total`` (resumed runs start where ``state`` says), calling ``hooks``.
+        ``lr_of(step)``: the rate of the loop's step; ``head_scale_of(step)``: a factor on the head's groups."""
         train, hooks = self.train, hooks or Hooks()
         self.trainee.train()
         bar = tqdm(total=total, initial=state.stage_step, desc=self.desc, dynamic_ncols=True, leave=True,
@@ -137,7 +161,7 @@ class Loop:
         while state.stage_step < total:
             lr = lr_of(state.stage_step)
             x, y = batches()
-            losses.append(self.step(optimizer, x, y, lr))
+            losses.append(self.step(optimizer, x, y, lr, head_scale_of(state.stage_step) if head_scale_of else 1.0))
             state.stage_step += 1
             state.step += 1
             state.tokens += train.batch_size * train.seq_len

@@ -33,6 +33,17 @@ from growlm.rundir import RunDir
 from growlm.substrate import Substrate, SubstrateSpec, Vocabulary
 
 
+def head_lr_scale(stage: Stage, step: int) -> float:
+    """The factor on the stage's learning rate the head trains at in ``step`` (0-based): 0 for its first
+    ``head_freeze_steps``, then a linear ramp to 1 over ``head_warmup_steps``."""
+    s = step - stage.head_freeze_steps
+    if s < 0:
+        return 0.0
+    if s < stage.head_warmup_steps:
+        return (s + 1) / stage.head_warmup_steps
+    return 1.0
+
+
 def autocast(train: TrainSpec, device: torch.device, precision: str | None = None):
     """bf16 autocast when asked for, or with precision auto where bf16 matmul is measurably faster; else nothing.
     ``precision``: an already resolved choice (a distributed run resolves ``auto`` once, on rank 0)."""
@@ -246,7 +257,8 @@ class Run:
         model.activation_checkpointing = train.activation_checkpointing
         ddp = dist.wrap(model, self.precision)
         trainee = dist.trainee(ddp)  # the model, or its sharded copy under FSDP
-        optimizer = build_optimizer(trainee, train, dist.device)
+        split_head = bool(stage.head_freeze_steps or stage.head_warmup_steps)
+        optimizer = build_optimizer(trainee, train, dist.device, split_head=split_head)
         if self.opt_state is not None:
             dist.load_optimizer_state(optimizer, self.opt_state)
             self.opt_state = None
@@ -261,10 +273,14 @@ class Run:
 
         def log(state: RunState, s: StepLog) -> None:
             self.metrics.write({"type": "train", "step": state.step, "tokens": state.tokens, "stage": si,
-                                "depth": len(model.blocks), "loss": round(s.loss, 5), "lr": s.lr,
+                                "depth": len(model.blocks), "loss": round(s.loss, 5), "lr": s.lr, **head_lr(state),
                                 "tok_per_s": round(s.tokens_per_s, 1), "flops_per_token": loop.flops_per_token,
                                 "model_flops_per_s": round(s.tokens_per_s * loop.flops_per_token, 1),
                                 "mfu": round(s.mfu, 4), "time": round(time.perf_counter() - self.t0, 3)})
+
+        def head_lr(state: RunState) -> dict:  # the rate of the step just taken, where the head has its own
+            return {"head_lr": lr_at(state.stage_step - 1, total, peak, warmup, train.min_lr_ratio)
+                    * head_lr_scale(stage, state.stage_step - 1)} if split_head else {}
 
         def validate_now(state: RunState) -> None:
             val = validate(trainee, self.data, train, dist.device, precision=self.precision)
@@ -274,6 +290,7 @@ class Run:
         loop.run(optimizer, total, self.state,
                  batches=lambda: self.data.sample_batch(mixture, train.batch_size, train.seq_len, self.generator),
                  lr_of=lambda step: lr_at(step, total, peak, warmup, train.min_lr_ratio),
+                 head_scale_of=(lambda step: head_lr_scale(stage, step)) if split_head else None,
                  hooks=Hooks(log=log, validate=validate_now,
                              checkpoint=(lambda _: self.checkpoint(optimizer, trainee)) if ckpt_every else None))
         dist.unwrap(ddp, model)
