@@ -54,3 +54,19 @@ def test_default_size_fits_the_flop_budget():
     f = study_flops("default")
     assert 3 * f["seed"] <= 40e12
     assert f["grow"] - f["base"] < f["finetune"] - f["base"]
+
+
+def test_verdict_rules_on_hand_made_seeds():
+    from growlm.experiments.continual import STUDY
+    from growlm.experiments.framework import summarise
+
+    forget = {GROW: [0.01, 0.02, 0.015], FINETUNE: [0.2, 0.25, 0.22], COMPOSE: [0.05, 0.04, 0.06]}
+    zh = {GROW: [3.0, 3.1, 3.05], FINETUNE: [2.95, 3.0, 3.0], COMPOSE: [4.0, 4.1, 4.0]}  # composed: ZH far worse
+    seeds = {s: [{"arm": a, "forget_heldout": forget[a][s], "heldout_bpc_zh": zh[a][s]} for a in forget]
+             for s in range(3)}
+    rows = verdict({"rows": summarise(STUDY, seeds)})
+    assert [(r[0].split()[0], r[3]) for r in rows] == [("Growing", "reproduced"),
+                                                        ("Adding", "not reproduced at this scale")]
+    seeds = {s: [{**r, "forget_heldout": 0.3} if r["arm"] == GROW else r for r in rows_]
+             for s, rows_ in seeds.items()}  # growth forgetting more than fine-tuning
+    assert verdict({"rows": summarise(STUDY, seeds)})[0][3] == "not reproduced at this scale"

@@ -83,3 +83,26 @@ def test_default_size_fits_the_flop_budget():
     f = study_flops("default")
     assert 3 * f["seed"] <= 40e12
     assert len(f["arms"]) == 10
+
+
+def _summary(values: dict[tuple[str, str], list[float]]) -> dict:
+    from growlm.experiments.framework import summarise
+    from growlm.experiments.insertion_spike import STUDY
+
+    seeds = {s: [{"init": i, "head": h, "spike": v[s]} for (i, h), v in values.items()] for s in range(3)}
+    return {"rows": summarise(STUDY, seeds)}
+
+
+def test_verdict_rules_on_hand_made_seeds():
+    values = {("fresh", "restarted"): [0.5, 0.6, 0.55], ("fresh", "warmed up"): [0.1, 0.2, 0.15],
+              ("fresh", "frozen"): [0.2, 0.25, 0.3], (NO_BLOCK, "restarted"): [0.4, 0.5, 0.45],
+              ("identity", "restarted"): [0.0, 0.02, -0.01]}
+    rows = verdict(_summary(values))
+    assert [v for *_, v in rows] == ["reproduced"] * 3
+    assert "head's learning rate" in rows[0][0] and "new, untrained layer" in rows[1][0] and "Identity" in rows[2][0]
+    # a frozen head that spikes as much as the restarted one: the restart is not the cause; nor is the block when
+    # the no-block control spikes as much; an identity block that still spikes has not removed it
+    values[("fresh", "frozen")] = [0.52, 0.58, 0.56]
+    values[(NO_BLOCK, "restarted")] = [0.52, 0.58, 0.56]
+    values[("identity", "restarted")] = [0.3, 0.32, 0.31]
+    assert [v for *_, v in verdict(_summary(values))] == ["not reproduced at this scale"] * 3

@@ -2,7 +2,7 @@
 study behind ``growlm compose-study`` and ``growlm demo``.
 
 How a study plugs in: see ``growlm.experiments.framework``. Studies: ``substrates`` (1), ``grown-vs-monolithic`` (2),
-``depth`` (5), and any other study module of this package.
+``insertion-spike`` (3), ``depth`` (5), ``continual`` (6), and any other study module of this package.
 """
 
 from growlm.experiments.compose import (
