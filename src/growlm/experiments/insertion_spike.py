@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import torch
 
@@ -65,7 +66,7 @@ def insertion_stage(init: str, head: str, shape: str) -> dict:
     return st
 
 
-def pre_insertion_loss(run_dir, window: int) -> float:
+def pre_insertion_loss(run_dir: Path, window: int) -> float:
     """Mean training loss of the base run's last ``window`` steps (its metrics log every step)."""
     from growlm.metrics import read_metrics
 
@@ -75,7 +76,7 @@ def pre_insertion_loss(run_dir, window: int) -> float:
     return sum(losses[-window:]) / window
 
 
-def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str) -> tuple[list[float], object]:
+def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str) -> tuple[list[float], Path]:
     """Insert per ``stage_raw`` into the base model and train that stage; (per-step losses, its model directory).
 
     The trainer's parts run it (optimiser groups, warm-up + cosine, ``head_lr_scale``), started from the base's saved
@@ -225,8 +226,6 @@ STUDY = register(Study(
 
 def study_flops(shape: str = "default") -> dict:
     """Training FLOPs of one seed as the study runs it: the base once, then every arm's insertion stage."""
-    from pathlib import Path
-
     ctx = SeedContext(seed=0, quick=shape == "quick", work=Path("."))
     base = plan(ctx, [{"name": f"grow-{i + 1}", "add": 1, "train_newest": 1, "steps": BASE_STEPS[shape]}
                       for i in range(2)])
