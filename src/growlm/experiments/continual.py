@@ -17,9 +17,10 @@ OLD, NEW = ("en", "ru"), "zh"
 BASE = "base (EN+RU)"
 GROW = "(a) grow 1 block + replay"
 COMPOSE = "(b) ZH expert, logit average"
+# composition methods of the base with the ZH expert, where this checkout has them (posterior: training-free weights)
+COMPOSED = {"average": COMPOSE, "posterior": "(b) ZH expert, posterior mixture"}
 EXPERT = "ZH expert alone"
 FINETUNE = "(c) fine-tune all + replay"
-ARMS = (BASE, GROW, COMPOSE, EXPERT, FINETUNE)
 
 MIXTURES = {"old": {lang: 1.0 for lang in OLD},
             "new": {NEW: 1 - REPLAY, **{lang: REPLAY / len(OLD) for lang in OLD}},
@@ -59,8 +60,15 @@ def forgetting(row: dict, base: dict) -> dict:
     return out
 
 
-def composed_dir(ctx: SeedContext, base_dir: Path, expert_dir: Path, raw: dict) -> Path:
-    """The base and the Chinese expert composed by logit averaging, validated and saved (reused if saved)."""
+def arms() -> list[str]:
+    """The rows of one seed, in order (the composition methods this checkout has)."""
+    from growlm.compose import METHODS
+
+    return [BASE, GROW, *(label for m, label in COMPOSED.items() if m in METHODS), FINETUNE, EXPERT]
+
+
+def composed_dir(ctx: SeedContext, method: str, base_dir: Path, expert_dir: Path, raw: dict) -> Path:
+    """The base and the Chinese expert composed by ``method``, validated and saved (reused if saved)."""
     import torch
 
     from growlm.checkpoint import load_model, save_model
@@ -68,9 +76,9 @@ def composed_dir(ctx: SeedContext, base_dir: Path, expert_dir: Path, raw: dict) 
     from growlm.growth import Recipe
     from growlm.train import open_data, validate
 
-    out = ctx.work / "composed-average"
+    out = ctx.work / f"composed-{method}"
     if not (out / "model.json").exists():
-        composed = compose([load_model(base_dir), load_model(expert_dir)], method="average", names=["base", "zh"])
+        composed = compose([load_model(base_dir), load_model(expert_dir)], method=method, names=["base", "zh"])
         t = Recipe.from_dict(raw).train
         val = validate(composed, open_data(raw["data"]["path"], raw["substrate"]["vocab"]), t, torch.device("cpu"))
         save_model(composed, out, extra=val)
@@ -78,6 +86,8 @@ def composed_dir(ctx: SeedContext, base_dir: Path, expert_dir: Path, raw: dict) 
 
 
 def run(ctx: SeedContext) -> list[dict]:
+    from growlm.compose import METHODS
+
     p = plans(ctx)
     grow_run = train(ctx, p["grow"], "grow")
     finetune_run = train(ctx, p["finetune"], "finetune")
@@ -88,11 +98,12 @@ def run(ctx: SeedContext) -> list[dict]:
     expert = {"arm": EXPERT, **measure(ctx, last_stage(expert_run), p["expert"]), **plan_flops(p["expert"])}
     expert["added_flops"] = expert["train_flops"]
     rows = [base]
-    for arm, raw, model_dir in ((GROW, p["grow"], last_stage(grow_run)),
-                                (COMPOSE, p["base"], composed_dir(ctx, base_dir, last_stage(expert_run), p["base"])),
+    composed = [(label, p["base"], composed_dir(ctx, m, base_dir, last_stage(expert_run), p["base"]))
+                for m, label in COMPOSED.items() if m in METHODS]
+    for arm, raw, model_dir in ((GROW, p["grow"], last_stage(grow_run)), *composed,
                                 (FINETUNE, p["finetune"], last_stage(finetune_run))):
         row = {"arm": arm, **measure(ctx, model_dir, raw)}
-        if arm == COMPOSE:  # the base's training and the expert's
+        if arm in COMPOSED.values():  # the base's training and the expert's
             row.update(train_flops=base_flops["train_flops"] + expert["train_flops"],
                        tokens=base_flops["tokens"] + expert["tokens"], added_flops=expert["train_flops"])
         else:
@@ -114,10 +125,11 @@ def verdict(summary: dict) -> list[tuple[str, str, str, str]]:
     """Growth (and composition) against whole-model fine-tuning: less forgetting of EN/RU at comparable ZH bpc."""
     rows = []
     ft_forget, ft_zh = cell(summary, "forget_heldout", arm=FINETUNE), cell(summary, "heldout_bpc_zh", arm=FINETUNE)
-    for arm, claim in ((GROW, "Growing new layers adds a language with less forgetting than fine-tuning the whole "
-                              "model (v1 discussion: growth enables continual learning)"),
-                       (COMPOSE, "Adding a new expert by composition adds a language with less forgetting than "
-                                 "fine-tuning the whole model (v1 discussion)")):
+    claims = [(GROW, "Growing new layers adds a language with less forgetting than fine-tuning the whole model (v1 "
+                     "discussion: growth enables continual learning)")]
+    claims += [(label, f"Adding a new expert ({label.split(', ')[1]}) adds a language with less forgetting than "
+                       "fine-tuning the whole model (v1 discussion)") for label in COMPOSED.values()]
+    for arm, claim in claims:
         forget, zh = cell(summary, "forget_heldout", arm=arm), cell(summary, "heldout_bpc_zh", arm=arm)
         if not (forget and ft_forget and zh and ft_zh):
             continue
@@ -162,7 +174,8 @@ STUDY = register(Study(
            f"{NEW_STEPS['default']} steps on new data: (a) one new top block and the head on ZH with {REPLAY:.0%} "
            "replay of EN+RU (the base's blocks frozen); (c) every block and the head on the same mixture; (b) a "
            "ZH-only expert of the same shape grown from scratch on the same substrate (2 stages, the same steps in "
-           "all), composed with the base by logit averaging (no training after); 'ZH expert alone' for reference",
+           "all), composed with the base by logit averaging (and, where growlm.compose has it, by the training-free "
+           "posterior mixture); nothing trained after composing; 'ZH expert alone' for reference",
            "forget_SPLIT_LANG: the old language's bpc after minus the base's (> 0: forgotten; the base row is 0); "
            "forget_SPLIT: the mean over EN and RU; val = validation split, held-out = the shipped texts",
            FLOPS_NOTE),
