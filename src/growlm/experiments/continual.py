@@ -4,6 +4,7 @@ composing a Chinese expert, or by fine-tuning the whole model; how much of the o
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 from growlm.experiments.common import last_stage, measure, plan, plan_flops, train
@@ -93,6 +94,11 @@ def run(ctx: SeedContext) -> list[dict]:
     finetune_run = train(ctx, p["finetune"], "finetune")
     expert_run = train(ctx, p["expert"], "zh-expert")
     base_dir = grow_run / "stages" / "stage-01"  # the base, as (a) and (c) both grew it
+    same = [json.loads((r / "stages" / "stage-01" / "model.json").read_text(encoding="utf-8"))["val_bpc"]
+            for r in (grow_run, finetune_run)]
+    if same[0] != same[1]:  # the trainer is deterministic on CPU; say so where it was not
+        ctx.log(f"continual seed {ctx.seed}: (a) and (c) grew different bases (val bpc {same[0]} vs {same[1]}); "
+                "forgetting is measured from (a)'s")
     base_flops = plan_flops(p["base"])
     base = {"arm": BASE, **measure(ctx, base_dir, p["base"]), **base_flops, "added_flops": 0.0}
     expert = {"arm": EXPERT, **measure(ctx, last_stage(expert_run), p["expert"]), **plan_flops(p["expert"])}
