@@ -79,12 +79,16 @@ def pre_insertion_loss(run_dir: Path, window: int) -> float:
 def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str) -> tuple[list[float], Path]:
     """Insert per ``stage_raw`` into the base model and train that stage; (per-step losses, its model directory).
 
-    The trainer's parts run it (optimiser groups, warm-up + cosine, ``head_lr_scale``), started from the base's saved
-    model so every arm shares it, with one data stream and one init seed for every arm of a seed."""
-    from growlm import growth
+    The trainer's loop runs it (``growlm.loop``: head optimiser groups, warm-up + cosine, ``head_lr_scale``),
+    started from the base's saved model so every arm shares it, with one data stream and one init seed for every arm
+    of a seed; every step's loss is logged."""
+    from dataclasses import replace
+
+    from growlm import flops, growth
     from growlm.checkpoint import load_model, save_model
     from growlm.growth import Recipe
-    from growlm.train import autocast, build_optimizer, head_lr_scale, lr_at, open_data, set_lr, validate
+    from growlm.loop import Hooks, Loop, RunState, build_optimizer, lr_at
+    from growlm.train import head_lr_scale, open_data, validate
 
     out = ctx.work / "arms" / name
     curve_path = ctx.work / "arms" / f"{name}.curve.json"
@@ -101,22 +105,17 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
     mixture = data.mixture(None)
     generator = torch.Generator().manual_seed(t.seed + 1)  # the same batches for every arm
     optimizer = build_optimizer(model, t, device, split_head=True)
-    params = [p for p in model.parameters() if p.requires_grad]
     total = recipe.stage_steps(stage)
     warmup = t.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
-    curve = []
-    for step in range(total):
-        set_lr(optimizer, lr_at(step, total, stage.lr or t.lr, warmup, t.min_lr_ratio), head_lr_scale(stage, step))
-        x, y = data.sample_batch(mixture, t.batch_size, t.seq_len, generator)
-        with autocast(t, device):
-            loss = model(x, y)
-        loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        curve.append(round(float(loss.detach()), 5))
-    val = validate(model, data, t, device)
+    precision = flops.resolve_precision(t.precision, device)
+    curve: list[float] = []
+    Loop(model, replace(t, log_every=1), precision=precision).run(
+        optimizer, total, RunState(stage_started=True),
+        batches=lambda: data.sample_batch(mixture, t.batch_size, t.seq_len, generator),
+        lr_of=lambda step: lr_at(step, total, stage.lr or t.lr, warmup, t.min_lr_ratio),
+        head_scale_of=lambda step: head_lr_scale(stage, step),
+        hooks=Hooks(log=lambda _, s: curve.append(round(s.loss, 5))))
+    val = validate(model, data, t, device, precision=precision)
     save_model(model, out, extra={"stage_name": stage.name, "depth": len(model.blocks), **val})
     curve_path.write_text(json.dumps(curve), encoding="utf-8")
     return curve, out
