@@ -3,7 +3,8 @@
 Takes a trained model (default: the depth-3 stage of the demo run), stacks one block started
 ``fresh`` (random, as in the paper), ``identity`` (output projections zeroed) or ``copy`` (of
 the block below), and trains only that block and the head for a few steps on the same batches.
-Reports the validation loss before insertion, right after it, and the training loss curve.
+Reports the validation loss before insertion, right after it, and the training loss curve. The
+controlled study (inits x head schedules, seeds, recovery) is `growlm experiment insertion-spike`.
 
     python benchmarks/insertion_spike.py --model runs/demo/grow/stages/stage-02 --steps 60
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import torch
 
 from growlm.checkpoint import load_model
 from growlm.growth import Recipe, Stage, begin_stage
-from growlm.train import build_optimizer, lr_at, open_data, validate
+from growlm.loop import Hooks, Loop, RunState, build_optimizer, lr_at
+from growlm.train import open_data, validate
 
 
 def main() -> None:
@@ -40,17 +43,13 @@ def main() -> None:
         opt = build_optimizer(model, train, torch.device("cpu"))
         gen = torch.Generator().manual_seed(train.seed)
         mix = data.mixture(None)
-        curve = []
-        for step in range(args.steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, args.steps, args.lr, train.warmup_steps, train.min_lr_ratio)
-            x, y = data.sample_batch(mix, train.batch_size, train.seq_len, gen)
-            loss = model(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], train.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            curve.append(round(float(loss.detach()), 4))
+        curve: list[float] = []
+        # growlm's own loop (fp32, every step logged), as a growth stage runs it
+        Loop(model, replace(train, log_every=1)).run(
+            opt, args.steps, RunState(stage_started=True),
+            batches=lambda d=data, m=mix, g=gen: d.sample_batch(m, train.batch_size, train.seq_len, g),
+            lr_of=lambda step: lr_at(step, args.steps, args.lr, train.warmup_steps, train.min_lr_ratio),
+            hooks=Hooks(log=lambda _, s, c=curve: c.append(round(s.loss, 4))))
         end = validate(model, data, train, torch.device("cpu"))["val_loss"]
         out["inits"][init] = {"val_before_insertion": before, "val_right_after": after,
                               "spike": round(after - before, 4), "train_loss_first_steps": curve[:5],
