@@ -16,12 +16,15 @@ Methods (``method=``), all of which give logits [B, T, V]:
 - ``adapter``: gated fusion of the experts' logits, equal to ``average`` at step 0
   (see ``LogitAdapter`` for its parameter count);
 - ``router``: per-token softmax gates from the experts' final hidden states
-  (Branch-Train-MiX style), equal to ``average`` at step 0; (sum_i C_i + 1) * N parameters.
+  (Branch-Train-MiX style), equal to ``average`` at step 0; (sum_i C_i + 1) * N parameters;
+- ``posterior``: a mixture of distributions whose weights are each expert's posterior given the text so
+  far (``window`` > 0: the last ``window`` tokens only); no parameters, nothing to train (``posterior_log_weights``).
 
 Cost: ``average`` and ``router`` compute the loss without any [B, T, V] tensor
 (the weighted heads are one linear over the concatenated hidden states, fed to
 ``chunked_cross_entropy``); ``prob`` and ``adapter`` hold N + 1 float32 logit
-tensors [B, T, V] (``adapter`` a few more for its features), fine at demo sizes.
+tensors [B, T, V] (``adapter`` a few more for its features), fine at demo sizes; ``posterior`` as ``prob``, plus
+one [B, N, V] log-probability row and [B, N, T] float64 running sums in its generation cache.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from growlm.losses import IGNORE_INDEX, chunked_cross_entropy
 from growlm.model import GrowLM, KVCache, generate
 from growlm.substrate import Substrate, SubstrateMismatchError
 
-METHODS = ("average", "prob", "adapter", "router")
+METHODS = ("average", "prob", "adapter", "router", "posterior")
 MIN_LOG_WEIGHT = -30.0  # trainable gates start at log w; a zero weight becomes exp(-30), not -inf
 
 
@@ -89,6 +92,43 @@ def check_compatible(experts: list[nn.Module], names: list[str] | None = None) -
                 "only safe for experts trained on the same substrate fingerprint")
 
 
+def posterior_log_weights(prefix: torch.Tensor, log_prior: torch.Tensor, positions: torch.Tensor,
+                          window: int = 0) -> torch.Tensor:
+    """Normalised log posterior weights [B, N, T] of N experts at ``positions`` [T] (float64).
+
+    ``prefix[b, k, t]`` is expert k's summed log-probability of tokens 1..t of row b (the tokens before
+    position t that it predicted: sum_{s<t} log p_k(x_{s+1} | x_{<=s})), so at position t
+    log w_k = log prior_k + prefix[t] - prefix[max(0, t - window)] (window 0: prefix[t], the whole text), then
+    normalised with logsumexp over the experts. Position 0 gets the prior.
+    """
+    cur = prefix[..., positions]
+    if window > 0:
+        cur = cur - prefix[..., (positions - window).clamp(min=0)]
+    logw = log_prior.to(torch.float64)[None, :, None] + cur
+    return logw - logw.logsumexp(1, keepdim=True)
+
+
+class PosteriorState:
+    """What ``posterior`` composition carries between incremental calls of one generation.
+
+    ``prefix[b, k, t]``: expert k's summed log-probability of tokens 1..t (float64; written up to ``pos`` - 1);
+    ``last`` [B, N, V]: the experts' log-probabilities at position ``pos`` - 1, which score the next token given.
+    """
+
+    def __init__(self, batch: int, n: int, max_len: int, device):
+        self.prefix = torch.zeros(batch, n, max_len, dtype=torch.float64, device=device)
+        self.last: torch.Tensor | None = None
+        self.pos = 0  # positions seen
+
+
+class ComposedCaches(list):
+    """One list of KV caches per expert (``caches[i]``), plus the posterior's running state (None otherwise)."""
+
+    def __init__(self, per_expert: list[list[KVCache]], posterior: PosteriorState | None = None):
+        super().__init__(per_expert)
+        self.posterior = posterior
+
+
 class LogitAdapter(nn.Module):
     """Gated fusion of N experts' logits, equal to the weighted average at initialisation.
 
@@ -128,12 +168,20 @@ class ComposedLM(nn.Module):
     kind = "composed"  # how ``growlm.checkpoint`` names this model class in model.json
 
     def __init__(self, experts: list[GrowLM], method: str = "average", weights: list[float] | None = None, *,
-                 rank: int = 8, train_heads: bool = False, names: list[str] | None = None):
+                 rank: int = 8, train_heads: bool = False, window: int = 0, names: list[str] | None = None):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown composition method {method!r}; valid methods are {list(METHODS)}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise ValueError(f"posterior window must be an integer >= 0 (0 = the whole text so far), got {window!r}")
+        if window and method != "posterior":
+            raise ValueError(f"window={window} applies to method 'posterior' only, not {method!r}")
+        if method == "posterior" and train_heads:
+            raise ValueError("method 'posterior' is training-free: its weights come from the experts' own "
+                             "probabilities, so there are no heads to fine-tune with it; use train_heads with "
+                             "'average', 'prob', 'adapter' or 'router'")
         check_compatible(list(experts), names)
-        self.method, self.rank, self.train_heads = method, int(rank), bool(train_heads)
+        self.method, self.rank, self.train_heads, self.window = method, int(rank), bool(train_heads), window
         self.weights = normalise_weights(weights, len(experts))
         self.experts = nn.ModuleList(experts)
         first = experts[0]
@@ -186,6 +234,14 @@ class ComposedLM(nn.Module):
                 m.requires_grad_(True)
         self.train_heads = bool(train_heads)
 
+    def training_refusal(self) -> str | None:
+        """Why fine-tuning this model makes no sense (None when it does): ``posterior`` has nothing to train."""
+        if self.method == "posterior":
+            return ("this composed model uses method 'posterior', which is training-free (each expert's weight is its "
+                    "posterior given the text so far): it has no parameters to fine-tune; compose with 'adapter' or "
+                    "'router' (or --train-heads with 'average') for a trainable fusion")
+        return None
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimiser should see."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -232,6 +288,8 @@ class ComposedLM(nn.Module):
             if self.method == "prob":
                 logw = self.mix.log().to(logits[0].device)
                 out = torch.stack([lg.float().log_softmax(-1) + logw[i] for i, lg in enumerate(logits)]).logsumexp(0)
+            elif self.method == "posterior":
+                out = self._posterior(logits, idx, getattr(caches, "posterior", None), pos)
             else:
                 out = self.adapter(logits)
         if targets is None:
@@ -239,11 +297,58 @@ class ComposedLM(nn.Module):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
 
+    @torch.no_grad()
+    def posterior_weights(self, idx: torch.Tensor) -> torch.Tensor:
+        """The ``posterior`` method's expert weights [B, T, N] at each position of idx [B, T] (float64, rows sum 1)."""
+        if self.method != "posterior":
+            raise ValueError(f"posterior_weights is for method 'posterior'; this model's method is {self.method!r}")
+        logits = [e(idx) for e in self.experts]
+        return self._posterior(logits, idx, None, 0, weights=True).exp().transpose(1, 2)
+
+    def _posterior(self, logits: list[torch.Tensor], idx: torch.Tensor, state: PosteriorState | None,
+                   pos: int, weights: bool = False) -> torch.Tensor:
+        """log sum_k w_k(t) p_k(. | x_<=t), w = the experts' posteriors given the text (``posterior_log_weights``);
+        ``weights``: log w [B, N, T] instead."""
+        B, T = idx.shape
+        lp = torch.stack(logits, 1).float().log_softmax(-1)  # [B, N, T, V]
+        ll = lp[:, :, :-1].gather(-1, idx[:, None, 1:, None].expand(-1, lp.shape[1], -1, -1))[..., 0]  # [B, N, T-1]
+        ll = ll.to(torch.float64)  # ll[..., s]: log p_k of token pos+s+1 (s < T-1)
+        if state is None:
+            if pos:
+                raise ValueError(f"posterior composition at pos={pos} needs the caches of new_caches() (its running "
+                                 "sums live there); without caches, give the whole text from position 0")
+            prefix = F.pad(ll.cumsum(-1), (1, 0))  # [B, N, T]
+        else:
+            if pos != state.pos or (pos and state.last is None):
+                raise ValueError(f"posterior caches hold {state.pos} positions, but this call starts at pos={pos}; "
+                                 "feed positions in order from 0")
+            if pos + T > state.prefix.shape[-1]:
+                raise ValueError(f"posterior caches hold {state.prefix.shape[-1]} positions; cannot write up to "
+                                 f"{pos + T}")
+            if pos:  # the token at pos, scored by the log-probabilities kept from position pos - 1
+                first = state.last.gather(-1, idx[:, None, :1].expand(-1, lp.shape[1], -1))  # [B, N, 1]
+                ll = torch.cat([first.to(torch.float64), ll], -1)  # log p of tokens pos..pos+T-1
+                start = state.prefix[..., pos - 1:pos]
+            else:
+                ll = F.pad(ll, (1, 0))  # position 0: nothing before it
+                start = torch.zeros_like(state.prefix[..., :1])
+            state.prefix[..., pos:pos + T] = start + ll.cumsum(-1)
+            state.last, state.pos = lp[:, :, -1].detach(), pos + T
+            prefix = state.prefix
+        positions = torch.arange(pos, pos + T, device=idx.device)  # pos = 0 without state
+        logw = posterior_log_weights(prefix, self.mix.log(), positions, self.window)  # [B, N, T]
+        if weights:
+            return logw
+        return (lp + logw.to(lp.dtype)[..., None]).logsumexp(1)  # [B, T, V]
+
     # -- generation ---------------------------------------------------------------------
 
-    def new_caches(self, batch: int, max_len: int) -> list[list[KVCache]]:
-        """Empty KV caches: one list (one cache per block) for each expert."""
-        return [e.new_caches(batch, max_len) for e in self.experts]
+    def new_caches(self, batch: int, max_len: int) -> ComposedCaches:
+        """Empty caches: one list (one KV cache per block) for each expert; ``posterior`` adds its running sums."""
+        state = None
+        if self.method == "posterior":
+            state = PosteriorState(batch, len(self.experts), max_len, self.experts[0].head.weight.device)
+        return ComposedCaches([e.new_caches(batch, max_len) for e in self.experts], state)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -257,7 +362,7 @@ class ComposedLM(nn.Module):
     def save_meta(self) -> dict:
         """The JSON description written by ``growlm.checkpoint.save_model``."""
         return {"kind": self.kind, "method": self.method, "weights": self.weights,
-                "options": {"rank": self.rank, "train_heads": self.train_heads},
+                "options": {"rank": self.rank, "train_heads": self.train_heads, "window": self.window},
                 "experts": [e.save_meta() for e in self.experts], "vocab_size": self.vocab_size,
                 "substrate": self.substrate_spec, "substrate_fingerprint": self.substrate_fingerprint,
                 "substrate_content_sha256": getattr(self.experts[0], "substrate_content", "")}
@@ -279,7 +384,7 @@ class ComposedLM(nn.Module):
             experts.append(GrowLM.from_saved(f"{d} (expert {i})", em, sub_state, substrate))
         opts = meta.get("options", {})
         model = cls(experts, meta["method"], meta.get("weights"), rank=opts.get("rank", 8),
-                    train_heads=opts.get("train_heads", False))
+                    train_heads=opts.get("train_heads", False), window=opts.get("window", 0))
         rest = {k: v for k, v in state.items() if not k.startswith("experts.")}
         try:
             missing, unexpected = model.load_state_dict(rest, strict=False)
@@ -297,7 +402,7 @@ register_kind(ComposedLM)
 
 def compose(experts: list[GrowLM], method: str = "average", weights: list[float] | None = None,
             **opts) -> ComposedLM:
-    """Combine experts on one substrate into a ``ComposedLM`` (opts: rank, train_heads, names)."""
+    """Combine experts on one substrate into a ``ComposedLM`` (opts: rank, train_heads, window, names)."""
     return ComposedLM(list(experts), method, weights, **opts)
 
 

@@ -332,6 +332,9 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
     and RNG states) every ``train.ckpt_every`` steps, and the result to ``out/model``. ``resume`` continues from
     the checkpoint bit-identically; it must be given the same starting model and settings.
     """
+    refusal = getattr(model, "training_refusal", lambda: None)()
+    if refusal:
+        raise ValueError(f"cannot fine-tune: {refusal}")
     out = Path(out)
     tune_allocator()
     device = next(model.parameters()).device

@@ -1,4 +1,4 @@
-"""``growlm compose EXPERT_RUN... --method ... --out DIR``: combine experts that share a substrate."""
+"""``growlm compose EXPERT_RUN... --method ... [--window N] --out DIR``: combine experts that share a substrate."""
 
 from __future__ import annotations
 
@@ -24,10 +24,12 @@ def run(args: argparse.Namespace) -> int:
     inputs = [p for e in args.experts for p in (e, resolve_model_dir(e))]
     check_not_input(args.out, inputs, "--out")
     check_model_output(args.out, "composed")  # before any model is loaded
+    if args.window and args.method != "posterior":
+        raise ValueError(f"--window applies to --method posterior only, not {args.method!r}")
     model = compose_from_runs(args.experts, args.method, parse_weights(args.weights), rank=args.rank,
-                              train_heads=args.train_heads)
+                              train_heads=args.train_heads, window=args.window)
     out = save_model(model, args.out)
-    print(json.dumps({"method": model.method, "weights": [round(w, 6) for w in model.weights],
+    print(json.dumps({"method": model.method, "weights": [round(w, 6) for w in model.weights], "window": model.window,
                       "experts": [str(p) for p in args.experts],
                       "depths": [len(e.blocks) for e in model.experts],
                       "substrate_fingerprint": model.substrate_fingerprint,
@@ -36,12 +38,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("compose", help="combine experts on one substrate (logit averaging, adapter, router)")
+    p = sub.add_parser("compose", help="combine experts on one substrate (logit averaging, probability mixing, "
+                                       "posterior weighting, adapter, router)")
     p.add_argument("experts", nargs="+", metavar="EXPERT_RUN", help="model or run directories (same substrate)")
-    p.add_argument("--method", default="average", choices=["average", "prob", "adapter", "router"],
-                   help="average: weighted logits (the paper); prob: mixture of distributions; adapter/router: "
+    p.add_argument("--method", default="average", choices=["average", "prob", "posterior", "adapter", "router"],
+                   help="average: weighted logits (the paper); prob: mixture of distributions; posterior: mixture "
+                        "weighted by each expert's posterior given the text so far (training-free); adapter/router: "
                         "trainable fusion, equal to average until fine-tuned")
-    p.add_argument("--weights", help="comma-separated expert weights, normalised to sum 1 (default: equal)")
+    p.add_argument("--weights", help="comma-separated expert weights, normalised to sum 1 (default: equal); the "
+                   "prior for posterior")
+    p.add_argument("--window", type=int, default=0, help="posterior: weigh the experts by their probabilities of "
+                   "the last N tokens only (default 0: the whole text so far)")
     p.add_argument("--rank", type=int, default=8, help="adapter: rank of the shared logit projection")
     p.add_argument("--train-heads", action="store_true", help="leave the experts' LM heads trainable")
     p.add_argument("--out", required=True, help="directory for the composed model: new, empty or an earlier "

@@ -20,7 +20,7 @@ import torch
 
 from growlm.checkpoint import load_model, save_model
 from growlm.compose import METHODS, compose
-from growlm.fields import AT_LEAST_1, POSITIVE, check_fields
+from growlm.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
 from growlm.growth import RECIPE_DIR, Recipe
 from growlm.train import finetune, grow, open_data, validate
 
@@ -37,6 +37,7 @@ class ComposeOptions:
     finetune_lr: float | dict | None = None  # one rate, or one per method
     rank: int = 8
     train_heads: bool = False  # fine-tune the experts' LM heads too (the paper's "output layer")
+    window: int = 0  # posterior: weigh experts by the last `window` tokens (0 = the whole text so far)
 
 
 COMPOSE_OPTIONS = {f.name for f in fields(ComposeOptions)}
@@ -54,11 +55,14 @@ def load_compose_recipe(name_or_path: str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in {path}; valid keys are {sorted(COMPOSE_KEYS)}")
     opts = check_fields(ComposeOptions, data.get("compose", {}), "compose",
-                        {"finetune_steps": AT_LEAST_1, "finetune_lr": POSITIVE, "rank": AT_LEAST_1})
+                        {"finetune_steps": AT_LEAST_1, "finetune_lr": POSITIVE, "rank": AT_LEAST_1,
+                         "window": AT_LEAST_0})
     for key in ("methods", "finetune"):
         unknown = set(opts.get(key, [])) - set(METHODS)
         if unknown:
             raise ValueError(f"[compose] {key} names unknown method(s) {sorted(unknown)}; valid are {list(METHODS)}")
+    if "posterior" in opts.get("finetune", []):
+        raise ValueError("[compose] finetune names 'posterior', which is training-free (no parameters to fine-tune)")
     missing = set(opts.get("finetune", [])) - set(opts.get("methods", ["average"]))
     if missing:
         raise ValueError(f"[compose] finetune names {sorted(missing)}, which methods does not list")
@@ -123,6 +127,7 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
         heads = bool(opts.get("train_heads", False)) and tuned
         members = [copy.deepcopy(m) if heads else m for _, m in experts]  # fine-tuned heads stay out of the rest
         composed = compose(members, method=method, rank=opts.get("rank", 8), train_heads=heads,
+                           window=opts.get("window", 0) if method == "posterior" else 0,
                            names=[n for n, _ in experts])
         label = f"{method}({'+'.join(n for n, _ in experts)})"
         save_model(composed, out / f"composed-{method}")

@@ -1,0 +1,68 @@
+"""Study 4 (composition) end to end at its quick shape."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from growlm.experiments import run_study
+
+
+@pytest.fixture(scope="module")
+def study(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("composition")
+    summary = run_study("composition", out / "s", seeds=1, quick=True, data=str(tiny_data), log=lambda *a: None)
+    return summary, out / "s"
+
+
+def test_composition_quick_rows_and_verdict(study):
+    from growlm.experiments.composition import COMPOSITIONS, EXPERTS, STUDY, methods
+
+    summary, out = study
+    raw = json.loads((out / "seed-0.json").read_text())["rows"]
+    keys = {(r["experts"], r["method"]) for r in raw}
+    labels = [label for label, _, _ in methods("quick")]
+    assert labels == ["average", "prob", "posterior", "posterior (window 4)", "adapter + fine-tune",
+                      "router + fine-tune"]
+    assert keys == {(e, "expert") for e in EXPERTS} | {(c, m) for c in COMPOSITIONS for m in labels}
+    experts = {r["experts"]: r for r in raw if r["method"] == "expert"}
+    for r in raw:
+        for lang in ("en", "ru", "zh"):
+            for split in ("val", "heldout"):
+                assert math.isfinite(r[f"{split}_bpc_{lang}"]) and r[f"{split}_bpc_{lang}"] > 0, r
+        if r["method"] == "expert":
+            assert r["train_flops"] > 0 and "gap_val" not in r
+            continue
+        members = [experts[n] for n in COMPOSITIONS[r["experts"]]]
+        for split in ("val", "heldout"):  # the gap is recomputed from the row's own numbers
+            worst = max(r[f"{split}_bpc_{lang}"] / min(m[f"{split}_bpc_{lang}"] for m in members) - 1
+                        for lang in ("en", "ru", "zh"))
+            assert r[f"gap_{split}"] == pytest.approx(worst, abs=1e-4)
+        assert (r["train_flops"] > 0) == r["method"].endswith("fine-tune")
+    verdicts = STUDY.verdict(summary)
+    assert len(verdicts) == 2
+    assert all(v[3] in ("reproduced", "not reproduced at this scale") for v in verdicts)
+    assert "posterior (window 4) of en+ru, en+zh" in verdicts[1][2]
+    rule = {r["method"]: r for r in raw if r["experts"] == "en+ru, en+zh"}
+    assert (verdicts[1][3] == "reproduced") == (max(rule["posterior"]["gap_val"],
+                                                      rule["posterior"]["gap_heldout"]) <= 0.02)
+
+
+def test_composition_quick_models_behave(study, tiny_data):
+    """On the quick experts: posterior weights are a distribution, identical experts average to the expert."""
+    from growlm.checkpoint import load_model
+    from growlm.compose import compose
+    from growlm.experiments.common import last_stage
+
+    _, out = study
+    work = out / "work" / "quick-seed-0"
+    a, b = (load_model(last_stage(work / f"expert-{n}")).eval() for n in ("en-ru", "en-zh"))
+    x = torch.randint(0, a.cfg.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
+    w = compose([a, b], "posterior").posterior_weights(x)
+    assert w.shape == (2, 10, 2) and torch.allclose(w.sum(-1), torch.ones(2, 10, dtype=w.dtype))
+    assert torch.allclose(w[:, 0], torch.full((2, 2), 0.5, dtype=w.dtype))  # position 0: the prior
+    with torch.no_grad():
+        assert torch.allclose(compose([a, load_model(last_stage(work / "expert-en-ru")).eval()])(x), a(x), atol=1e-5)
