@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
@@ -226,3 +227,159 @@ def test_compose_from_runs_and_cli(pair, tmp_path, capsys):
         assert torch.allclose(load_model(tmp_path / "out")(x), compose(pair)(x), atol=ATOL)
     with pytest.raises(ValueError, match="comma-separated"):
         cmd.parse_weights("a,b")
+
+
+# -- posterior: experts weighted by their posterior given the text so far ---------------------------------------
+
+
+def near(values: list[float]):
+    """Equal within float32 log-probabilities' precision."""
+    return pytest.approx(values, rel=1e-5)
+
+
+def constant_expert(sub: Substrate, probs: dict[int, float], seed: int = 0) -> GrowLM:
+    """An expert whose next-token distribution ignores the text: probs on the given ids, the rest spread evenly."""
+    e = expert(sub, seed, 1)
+    V = sub.vocab_size
+    rest = (1.0 - sum(probs.values())) / (V - len(probs))
+    p = torch.full((V,), rest)
+    for i, q in probs.items():
+        p[i] = q
+    with torch.no_grad():
+        e.head.weight.zero_()
+        e.head.bias.copy_(p.log())
+    return e
+
+
+@pytest.fixture()
+def known(glyph):
+    """Two experts with known probabilities: A gives token 1 0.5 and token 2 0.25, B gives 0.1 and 0.6."""
+    return [constant_expert(glyph, {1: 0.5, 2: 0.25}, 1), constant_expert(glyph, {1: 0.1, 2: 0.6}, 2)]
+
+
+def test_posterior_weights_by_hand(known):
+    x = torch.tensor([[0, 1, 1, 2]])
+    pa, pb = {1: 0.5, 2: 0.25}, {1: 0.1, 2: 0.6}
+    # w_A(t) = prior_A * prod_{s<t} pA(x_{s+1}) / sum over experts
+    lik_a, lik_b = [1.0, 0.5, 0.5 * 0.5, 0.5 * 0.5 * 0.25], [1.0, 0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.6]
+    want = torch.tensor([[a / (a + b), b / (a + b)] for a, b in zip(lik_a, lik_b)], dtype=torch.float64)
+    m = compose(known, "posterior")
+    w = m.posterior_weights(x)[0]  # [T, N]
+    assert torch.allclose(w, want, atol=1e-6)
+    assert w[1].tolist() == near([5 / 6, 1 / 6]) and w[2].tolist() == near([25 / 26, 1 / 26])
+    # the prior multiplies in: weights 1:3 at position 0, then 1*0.5 : 3*0.1 at position 1
+    w = compose(known, "posterior", [1, 3]).posterior_weights(x)[0]
+    assert w[0].tolist() == near([0.25, 0.75]) and w[1].tolist() == near([0.5 / 0.8, 0.3 / 0.8])
+    # the output is the log of the weighted mixture of the two distributions
+    with torch.no_grad():
+        out = m(x)[0]  # [T, V]
+    for t in range(4):
+        for tok in (1, 2, 7):
+            p = want[t, 0] * pa.get(tok, known_rest(pa)) + want[t, 1] * pb.get(tok, known_rest(pb))
+            assert out[t, tok].exp().item() == pytest.approx(p.item(), rel=1e-4)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(4), atol=1e-4)
+
+
+def known_rest(p: dict[int, float], V: int = 16384) -> float:
+    return (1.0 - sum(p.values())) / (V - len(p))
+
+
+def test_posterior_window_forgets_older_tokens(known):
+    x = torch.tensor([[0, 1, 1, 2]])
+    w1 = compose(known, "posterior", window=1).posterior_weights(x)[0]
+    # window 1: only the last token counts: at t = 3 that is x_3 = 2, pA 0.25 vs pB 0.6
+    assert w1[3].tolist() == near([0.25 / 0.85, 0.6 / 0.85])
+    assert w1[2].tolist() == near([0.5 / 0.6, 0.1 / 0.6])
+    w2 = compose(known, "posterior", window=2).posterior_weights(x)[0]
+    assert w2[3].tolist() == near([0.125 / 0.185, 0.06 / 0.185])  # x_2 x_3: 0.5*0.25 vs 0.1*0.6
+    whole = compose(known, "posterior").posterior_weights(x)[0]
+    assert torch.allclose(compose(known, "posterior", window=3).posterior_weights(x)[0], whole)  # all 3 tokens
+    assert torch.allclose(compose(known, "posterior", window=50).posterior_weights(x)[0], whole)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="window"):
+            compose(known, "posterior", window=bad)
+    with pytest.raises(ValueError, match="applies to method .posterior. only"):
+        compose(known, "average", window=4)
+
+
+def test_posterior_long_text_does_not_underflow(known):
+    # 60 tokens that both experts find unlikely (about 1.5e-5 each): the products of their probabilities are
+    # ~1e-289, zero in float32, so a direct product would give 0/0; in log space the weights stay exact
+    x = torch.tensor([[0] + [7] * 60])
+    ra, rb = known_rest({1: 0.5, 2: 0.25}), known_rest({1: 0.1, 2: 0.6})
+    assert torch.tensor(ra, dtype=torch.float32) ** 60 == 0
+    w = compose(known, "posterior", [0.3, 0.7]).posterior_weights(x)[0]
+    assert torch.isfinite(w).all() and torch.allclose(w.sum(-1), torch.ones(61, dtype=w.dtype))
+    log_ratio = math.log(0.3 / 0.7) + 60 * math.log(ra / rb)  # log(w_A / w_B) at the last position
+    assert math.log(w[-1, 0].item()) - math.log(w[-1, 1].item()) == pytest.approx(log_ratio, abs=1e-4)
+    with torch.no_grad():
+        out = compose(known, "posterior", [0.3, 0.7])(x)
+    assert torch.isfinite(out).all()
+    wa = 1 / (1 + math.exp(-log_ratio))
+    assert out[0, -1, 2].exp().item() == pytest.approx(wa * 0.25 + (1 - wa) * 0.6, rel=1e-4)
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_posterior_incremental_equals_full_forward(pair, window):
+    m = compose(pair, "posterior", [0.3, 0.7], window=window)
+    x, _ = batch(pair[0].cfg.vocab_size, B=2, T=12)
+    with torch.no_grad():
+        full = m(x)  # [B, T, V]
+        caches = m.new_caches(2, 12)
+        parts = [m(x[:, :5], caches=caches, pos=0)]  # a prompt, then one token at a time, then a chunk of 3
+        for t in range(5, 9):
+            parts.append(m(x[:, t:t + 1], caches=caches, pos=t))
+        parts.append(m(x[:, 9:], caches=caches, pos=9))
+        assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+        assert not torch.allclose(full, compose(pair, "prob", [0.3, 0.7])(x), atol=1e-3)  # the weights moved
+        with pytest.raises(ValueError, match="feed positions in order"):
+            m(x[:, :1], caches=caches, pos=4)
+        with pytest.raises(ValueError, match="needs the caches"):
+            m(x[:, :1], pos=3)
+    greedy = m.generate(x[:, :4], 6, temperature=0, use_cache=True)
+    assert torch.equal(greedy, m.generate(x[:, :4], 6, temperature=0, use_cache=False))
+
+
+def test_posterior_save_load_keeps_window(pair, tmp_path):
+    m = compose(pair, "posterior", [0.2, 0.8], window=5)
+    save_model(m, tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "model.json").read_text())
+    assert meta["method"] == "posterior" and meta["options"]["window"] == 5
+    back = load_model(tmp_path / "p")
+    assert back.method == "posterior" and back.window == 5 and back.weights == near([0.2, 0.8])
+    x, _ = batch(pair[0].cfg.vocab_size, T=10)
+    with torch.no_grad():
+        assert torch.equal(back(x), m(x))
+
+
+def test_posterior_has_nothing_to_train(pair, tiny_data, tmp_path):
+    from growlm.growth import TrainSpec
+    from growlm.train import finetune, open_data
+
+    with pytest.raises(ValueError, match="training-free"):
+        compose(pair, "posterior", train_heads=True)
+    m = compose(pair, "posterior")
+    assert m.param_counts()["trainable"] == 0 and m.training_refusal() and compose(pair).training_refusal() is None
+    with pytest.raises(ValueError, match="cannot fine-tune.*training-free"):
+        finetune(m, open_data(tiny_data, "compact"), tmp_path / "ft", 2, TrainSpec(batch_size=2, seq_len=8))
+    assert not (tmp_path / "ft").exists()
+
+
+def test_posterior_cli(pair, tmp_path, capsys):
+    from growlm.commands import compose as cmd
+
+    save_model(pair[0], tmp_path / "a" / "model")
+    save_model(pair[1], tmp_path / "b" / "model")
+    parser = argparse.ArgumentParser()
+    cmd.add_parser(parser.add_subparsers())
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    args = parser.parse_args(["compose", *runs, "--method", "posterior", "--window", "4", "--out", str(tmp_path / "o")])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "posterior" and summary["window"] == 4 and summary["params"]["trainable"] == 0
+    x, _ = batch(pair[0].cfg.vocab_size)
+    with torch.no_grad():
+        assert torch.allclose(load_model(tmp_path / "o")(x), compose(pair, "posterior", window=4)(x), atol=ATOL)
+    args = parser.parse_args(["compose", *runs, "--window", "4", "--out", str(tmp_path / "o2")])
+    with pytest.raises(ValueError, match="--window applies to --method posterior"):
+        args.func(args)
