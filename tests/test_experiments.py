@@ -155,6 +155,9 @@ finetune_steps = 3
     ("train_heads = 1", r"\[compose\] train_heads must be true or false"),
     ('methods = ["avg"]', r"\[compose\] methods names unknown method\(s\) \['avg'\]"),
     ('finetune = ["router"]', r"\[compose\] finetune names \['router'\], which methods does not list"),
+    ('methods = ["posterior"]\nfinetune = ["posterior"]', r"\[compose\] finetune names 'posterior', which is "
+     "training-free"),
+    ("window = -1", r"\[compose\] window must be >= 0, got -1"),
 ])
 def test_composition_recipe_values_are_checked(compose, message, tmp_path):
     from growlm.experiments import load_compose_recipe
