@@ -309,7 +309,7 @@ class ComposedLM(nn.Module):
                    pos: int, weights: bool = False) -> torch.Tensor:
         """log sum_k w_k(t) p_k(. | x_<=t), w = the experts' posteriors given the text (``posterior_log_weights``);
         ``weights``: log w [B, N, T] instead."""
-        B, T = idx.shape
+        T = idx.shape[1]
         lp = torch.stack(logits, 1).float().log_softmax(-1)  # [B, N, T, V]
         ll = lp[:, :, :-1].gather(-1, idx[:, None, 1:, None].expand(-1, lp.shape[1], -1, -1))[..., 0]  # [B, N, T-1]
         ll = ll.to(torch.float64)  # ll[..., s]: log p_k of token pos+s+1 (s < T-1)

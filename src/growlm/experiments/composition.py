@@ -176,9 +176,9 @@ def _notes() -> tuple[str, ...]:
         "below 0 means better than every member on every language",
         "train_flops: expert rows: the growth plan's training FLOPs (the backward covers only what trains); composed "
         "rows: what the composition itself trained (0 for the training-free methods)",
-        "size: at d_model 64, seq_len 64, batch 16 (compact vocabulary) an expert trains 3.41 TFLOP and a fine-tune "
-        "about 0.2 TFLOP, so a seed trains ~11 TFLOP and 3 seeds ~34 TFLOP; read train_flops for the shape this "
-        "run used",
+        "size (common.plan_flops, growlm.flops): at d_model 64, seq_len 64, batch 16 (compact vocabulary) an expert "
+        "trains 3.41 TFLOP and the four fine-tunes 1.49 TFLOP together (adapter 0.23 / 0.35, router 0.37 / 0.55 for "
+        "two / three experts), so a seed trains 11.7 TFLOP and 3 seeds 35 TFLOP; train_flops gives the shape run",
         "bpc: bits per character (lower is better); val = validation split of the training corpus, held-out = the "
         "shipped texts no training source contains; posterior's context is one scoring window (seq_len tokens)",
     )
