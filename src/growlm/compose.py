@@ -108,6 +108,15 @@ def posterior_log_weights(prefix: torch.Tensor, log_prior: torch.Tensor, positio
     return logw - logw.logsumexp(1, keepdim=True)
 
 
+def log_mix(terms: list[torch.Tensor]) -> torch.Tensor:
+    """log sum_k exp(terms_k), elementwise over N tensors of one shape (several times faster on CPU than a
+    logsumexp across a stacked dimension of [B, T, V] tensors)."""
+    out = terms[0]
+    for t in terms[1:]:
+        out = torch.logaddexp(out, t)
+    return out
+
+
 class PosteriorState:
     """What ``posterior`` composition carries between incremental calls of one generation.
 
@@ -287,7 +296,7 @@ class ComposedLM(nn.Module):
             logits = [e.head(h) for e, h in zip(self.experts, hs)]  # N x [B, T, V]
             if self.method == "prob":
                 logw = self.mix.log().to(logits[0].device)
-                out = torch.stack([lg.float().log_softmax(-1) + logw[i] for i, lg in enumerate(logits)]).logsumexp(0)
+                out = log_mix([lg.float().log_softmax(-1) + logw[i] for i, lg in enumerate(logits)])
             elif self.method == "posterior":
                 out = self._posterior(logits, idx, getattr(caches, "posterior", None), pos)
             else:
@@ -339,7 +348,7 @@ class ComposedLM(nn.Module):
         logw = posterior_log_weights(prefix, self.mix.log(), positions, self.window)  # [B, N, T]
         if weights:
             return logw
-        return (lp + logw.to(lp.dtype)[..., None]).logsumexp(1)  # [B, T, V]
+        return log_mix(list((lp + logw.to(lp.dtype)[..., None]).unbind(1)))  # [B, T, V]
 
     # -- generation ---------------------------------------------------------------------
 
