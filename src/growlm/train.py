@@ -323,14 +323,15 @@ def _weights_digest(model: torch.nn.Module) -> str:
 
 def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: int, train: TrainSpec,
              lr: float | None = None, mixture: dict[str, float] | None = None, progress: bool = True,
-             log=print, resume: bool = False) -> dict:
+             log=print, resume: bool = False, validation: bool = True) -> dict:
     """Fine-tune the trainable parameters of any growlm language model (e.g. a composed one).
 
     The model only needs ``forward(idx, targets) -> loss``; the steps run through ``growlm.loop`` like a growth
     stage. Validation runs before the first step (so the starting loss is on record) and after the last; metrics
     go to ``out/metrics.jsonl``, the plan to ``out/plan.json``, a checkpoint (the trainable parameters, optimiser
     and RNG states) every ``train.ckpt_every`` steps, and the result to ``out/model``. ``resume`` continues from
-    the checkpoint bit-identically; it must be given the same starting model and settings.
+    the checkpoint bit-identically; it must be given the same starting model and settings. ``validation=False``
+    skips both validations, for callers that score the model themselves (before and after are then None).
     """
     refusal = getattr(model, "training_refusal", lambda: None)()
     if refusal:
@@ -368,10 +369,12 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
                 log(f"{out} stopped before its first checkpoint: starting it from the beginning")
             metrics.truncate(0)
             atomic_write_text(out / "plan.json", json.dumps(plan, indent=1, default=str))
-            before = validate(model, data, train, device, precision=precision)
-            metrics.write({"type": "val", "step": 0, "tokens": 0, **before})
+            before = validate(model, data, train, device, precision=precision) if validation else None
+            if before:
+                metrics.write({"type": "val", "step": 0, "tokens": 0, **before})
             log(f"fine-tuning {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
-                f"{steps} steps; step-0 val loss {before['val_loss']:.4f}, bits/char {before['val_bpc']}")
+                f"{steps} steps" + (f"; step-0 val loss {before['val_loss']:.4f}, bits/char {before['val_bpc']}"
+                                    if before else ""))
 
         def write_log(st: RunState, s: StepLog) -> None:
             metrics.write({"type": "train", "step": st.step, "tokens": st.tokens, "loss": round(s.loss, 5),
@@ -391,8 +394,9 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
             optimizer, steps, state, batches=lambda: data.sample_batch(mix, train.batch_size, train.seq_len, generator),
             lr_of=lambda step: lr_at(step, steps, peak, warmup, train.min_lr_ratio),
             hooks=Hooks(log=write_log, checkpoint=checkpoint if train.ckpt_every else None))
-        after = validate(model, data, train, device, precision=precision)
-        metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})
+        after = validate(model, data, train, device, precision=precision) if validation else None
+        if after:
+            metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})
         save_model(model, out / "model")
     finally:
         rundir.close()

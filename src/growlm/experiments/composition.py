@@ -17,7 +17,7 @@ from growlm.experiments.framework import SeedContext, Study, cell, fmt, register
 from growlm.experiments.heldout import LANGUAGES, heldout_bpc
 
 DEPTH = {"default": 2, "quick": 1}  # growth stages per expert, one block each
-STAGE_STEPS = {"default": 250, "quick": 2}
+STAGE_STEPS = {"default": 200, "quick": 2}
 FINETUNE_STEPS = {"default": 40, "quick": 2}
 FINETUNE_LR = {"adapter": 3e-4, "router": 3e-3}  # the adapter's per-token scales need a small rate (compose-demo)
 WINDOW = {"default": 16, "quick": 4}  # the sliding-window posterior's tokens (seq_len is 64 / 16)
@@ -116,7 +116,8 @@ def run(ctx: SeedContext) -> list[dict]:
                 else:
                     ctx.log(f"-- fine-tune {method} ({label})")
                     finetune(model, data, out, steps, spec, lr=FINETUNE_LR[method],
-                             mixture={lang: 1.0 for lang in LANGUAGES}, progress=False, log=lambda *a, **k: None)
+                             mixture={lang: 1.0 for lang in LANGUAGES}, progress=False, log=lambda *a, **k: None,
+                             validation=False)  # scored below, as every other row
             row = {"experts": label, "method": row_label, **score(ctx, model, data, raw)}
             row.update(gaps(row, [by_name[n] for n in names]))
             row["train_flops"] = flops
@@ -177,8 +178,9 @@ def _notes() -> tuple[str, ...]:
         "train_flops: expert rows: the growth plan's training FLOPs (the backward covers only what trains); composed "
         "rows: what the composition itself trained (0 for the training-free methods)",
         "size (common.plan_flops, growlm.flops): at d_model 64, seq_len 64, batch 16 (compact vocabulary) an expert "
-        "trains 3.41 TFLOP and the four fine-tunes 1.49 TFLOP together (adapter 0.23 / 0.35, router 0.37 / 0.55 for "
-        "two / three experts), so a seed trains 11.7 TFLOP and 3 seeds 35 TFLOP; train_flops gives the shape run",
+        "trains 2.73 TFLOP and the four fine-tunes 1.49 TFLOP together (adapter 0.23 / 0.35, router 0.37 / 0.55 for "
+        "two / three experts), so a seed trains 9.7 TFLOP and 3 seeds 29 TFLOP; scoring the 15 models of a seed "
+        "(forward only, N experts each) costs about 2.5 TFLOP more; train_flops gives the shape run",
         "bpc: bits per character (lower is better); val = validation split of the training corpus, held-out = the "
         "shipped texts no training source contains; posterior's context is one scoring window (seq_len tokens)",
     )
