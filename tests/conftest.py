@@ -101,3 +101,36 @@ def tiny_recipe(tiny_data, tmp_path):
         return p
 
     return make
+
+
+@pytest.fixture(scope="session")
+def kill_after_checkpoint():
+    """``kill(cli_args, run, key, at)``: start ``python -m growlm.cli *cli_args`` writing to ``run`` and SIGKILL it
+    once its checkpoint's ``run[key]`` reaches ``at``; returns whether it was killed before finishing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from growlm.checkpoint import find_checkpoint
+
+    def kill(cli_args: list[str], run: Path, key: str, at: int, timeout: float = 240) -> bool:
+        proc = subprocess.Popen([sys.executable, "-m", "growlm.cli", *cli_args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline and proc.poll() is None:
+                ckpt = find_checkpoint(run)
+                try:
+                    step = json.loads((ckpt / "state.json").read_text())["run"][key] if ckpt else 0
+                except (OSError, ValueError):  # caught mid-swap: look again
+                    step = 0
+                if step >= at:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    return True
+                time.sleep(0.005)
+            return False
+        finally:
+            proc.wait()
+
+    return kill

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from growlm.checkpoint import find_checkpoint, save_model
+from growlm.checkpoint import save_model
 from growlm.cli import main
 from growlm.growth import TrainSpec
 from growlm.loop import Hooks, Loop, RunState, micro_batch
@@ -67,29 +61,15 @@ def composed(tmp_path) -> Path:
     return out
 
 
-def test_finetune_resumes_bit_identically_after_sigkill(composed, tiny_data, tmp_path):
+def test_finetune_resumes_bit_identically_after_sigkill(composed, tiny_data, tmp_path, kill_after_checkpoint):
     args = ["finetune", str(composed), "--data", str(tiny_data), "--steps", "40", "--ckpt-every", "3",
             "--batch-size", "4", "--seq-len", "16", "--val-tokens", "256", "--no-progress"]
     ref = tmp_path / "ref"
     assert main([*args, "--out", str(ref)]) == 0
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "growlm.cli", *args, "--out", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, killed = time.time() + 240, False
-    while time.time() < deadline and proc.poll() is None:
-        ckpt = find_checkpoint(run)
-        try:
-            step = json.loads((ckpt / "state.json").read_text())["run"]["stage_step"] if ckpt else 0
-        except (OSError, ValueError):  # caught mid-swap: look again
-            step = 0
-        if step >= 9:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert killed, "the fine-tune finished before it could be killed"
+    assert kill_after_checkpoint([*args, "--out", str(run)], run, "stage_step", 9), \
+        "the fine-tune finished before it could be killed"
     assert not (run / "model").exists()
     assert main([*args, "--out", str(run), "--resume"]) == 0
     a, b = load_file(str(ref / "model" / "model.safetensors")), load_file(str(run / "model" / "model.safetensors"))

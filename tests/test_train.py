@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -57,29 +53,15 @@ def test_tiny_growth_run(tiny_recipe, tmp_path):
     assert sorted(p.name for p in (run / "stages").iterdir()) == ["stage-00", "stage-01", "stage-02"]
 
 
-def test_resume_after_kill_is_bit_identical(tiny_recipe, tmp_path):
+def test_resume_after_kill_is_bit_identical(tiny_recipe, tmp_path, kill_after_checkpoint):
     recipe = tiny_recipe(steps=12, ckpt_every=2)
     ref = tmp_path / "ref"
     grow(recipe, ref, **QUIET)
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "growlm.cli", "grow", str(recipe), "--out", str(run), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    killed_mid_run = False
-    while time.time() < deadline and proc.poll() is None:
-        ckpt = find_checkpoint(run)
-        try:
-            step = json.loads((ckpt / "state.json").read_text())["run"]["step"] if ckpt else 0
-        except (OSError, ValueError):  # caught mid-swap: look again
-            step = 0
-        if step >= 16:  # inside the LoRA phase: adapters and optimiser state must survive
-            os.kill(proc.pid, signal.SIGKILL)
-            killed_mid_run = True
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert killed_mid_run, "the run finished before it could be killed"
+    # killed inside the LoRA phase (global step 16): adapters and optimiser state must survive
+    assert kill_after_checkpoint(["grow", str(recipe), "--out", str(run), "--no-progress"], run, "step", 16, 120), \
+        "the run finished before it could be killed"
     assert not (run / "model").exists()
     grow(Recipe.load(run / "plan.json"), run, resume=True, **QUIET)
     assert_same_weights(ref, run)
