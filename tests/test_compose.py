@@ -383,3 +383,19 @@ def test_posterior_cli(pair, tmp_path, capsys):
     args = parser.parse_args(["compose", *runs, "--window", "4", "--out", str(tmp_path / "o2")])
     with pytest.raises(ValueError, match="--window applies to --method posterior"):
         args.func(args)
+
+
+@pytest.mark.parametrize("method", ["average", "prob", "adapter", "router", "posterior"])
+def test_last_logits_equal_the_last_position_and_run_the_heads_on_it_only(pair, method):
+    model = ComposedLM(pair, method).eval()
+    x, _ = batch(model.vocab_size, T=9)
+    shapes = []
+    hooks = [e.head.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))) for e in model.experts]
+    with torch.no_grad():
+        last = model.last_logits(x)
+        for h in hooks:
+            h.remove()
+        full = model(x)[:, -1]
+    assert torch.allclose(last, full, atol=ATOL)
+    t = 9 if method == "posterior" else 1  # posterior's weights need every position's probabilities
+    assert shapes == [(2, t, model.vocab_size)] * 2

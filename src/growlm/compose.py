@@ -283,28 +283,38 @@ class ComposedLM(nn.Module):
         w = torch.cat(cols, dim=1)  # [V, sum C_i + n_bias]; a copy of the heads, made once per call
         return chunked_cross_entropy(x.reshape(-1, x.shape[-1]), w, None, targets.reshape(-1), chunk=loss_chunk)
 
+    def _mix(self, hs: list[torch.Tensor], idx: torch.Tensor, caches, pos: int) -> torch.Tensor:
+        """The composed logits [B, T, V] from the experts' hidden states hs (N x [B, T, C]) starting at position pos."""
+        if self.method in ("average", "router"):
+            g = self._gates(hs)  # [B, T, N]
+            return sum(g[..., i:i + 1] * e.head(h) for i, (e, h) in enumerate(zip(self.experts, hs)))
+        logits = [e.head(h) for e, h in zip(self.experts, hs)]  # N x [B, T, V]
+        if self.method == "prob":
+            logw = self.mix.log().to(logits[0].device)
+            return log_mix([lg.float().log_softmax(-1) + logw[i] for i, lg in enumerate(logits)])
+        if self.method == "posterior":
+            return self._posterior(logits, idx, getattr(caches, "posterior", None), pos)
+        return self.adapter(logits)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 caches: list[list[KVCache]] | None = None, pos: int = 0, loss_chunk: int = 4096):
         """Logits [B, T, V] when ``targets`` is None, else the mean cross-entropy; caches: one list per expert."""
         hs = [e.hidden_states(idx, caches[i] if caches else None, pos) for i, e in enumerate(self.experts)]
-        if self.method in ("average", "router"):
-            g = self._gates(hs)  # [B, T, N]
-            if targets is not None:
-                return self._linear_loss(hs, g, targets, loss_chunk)
-            out = sum(g[..., i:i + 1] * e.head(h) for i, (e, h) in enumerate(zip(self.experts, hs)))
-        else:
-            logits = [e.head(h) for e, h in zip(self.experts, hs)]  # N x [B, T, V]
-            if self.method == "prob":
-                logw = self.mix.log().to(logits[0].device)
-                out = log_mix([lg.float().log_softmax(-1) + logw[i] for i, lg in enumerate(logits)])
-            elif self.method == "posterior":
-                out = self._posterior(logits, idx, getattr(caches, "posterior", None), pos)
-            else:
-                out = self.adapter(logits)
+        if targets is not None and self.method in ("average", "router"):
+            return self._linear_loss(hs, self._gates(hs), targets, loss_chunk)
+        out = self._mix(hs, idx, caches, pos)
         if targets is None:
             return out
         return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
+
+    def last_logits(self, idx: torch.Tensor, caches: list[list[KVCache]] | None = None, pos: int = 0) -> torch.Tensor:
+        """Logits [B, V] of the token after idx [B, T] (what generation samples from): the heads run on the last
+        position only, except for ``posterior``, whose weights need every position's probabilities."""
+        hs = [e.hidden_states(idx, caches[i] if caches else None, pos) for i, e in enumerate(self.experts)]
+        if self.method != "posterior":
+            hs, idx, pos = [h[:, -1:] for h in hs], idx[:, -1:], pos + idx.shape[1] - 1
+        return self._mix(hs, idx, caches, pos)[:, -1]
 
     @torch.no_grad()
     def posterior_weights(self, idx: torch.Tensor) -> torch.Tensor:
