@@ -60,3 +60,14 @@ def test_a_quick_summary_is_no_evidence(tmp_path):
 def test_the_report_needs_its_docs_directory(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         write_results(tmp_path / "nope" / "results.md")
+
+
+def test_substrate_stats_table_names_each_lift_and_its_variance(tmp_path):
+    (tmp_path / "data").mkdir()
+    rows = [{"kind": "binary", "vocab": "bmp65k", "d_model": 1024, "options": {"lift": lift}, "rank": 16,
+             "explained_variance": {"256": 1.0, "512": 1.0, "1024": 1.0}, "distinct_after_layer_norm": n,
+             "fingerprint": "ab" * 32} for lift, n in (("balanced", 65536), ("repeat", 65535))]
+    (tmp_path / "data" / "substrate_stats.json").write_text(json.dumps({"rows": rows, "commit": "c0ffee"}))
+    text = render(tmp_path)
+    assert "| binary | bmp65k | 1024 | 16 | 65536 | lift=balanced | 1.0 / 1.0 / 1.0 | abababababab |" in text
+    assert "| binary | bmp65k | 1024 | 16 | 65535 | lift=repeat | 1.0 / 1.0 / 1.0 | abababababab |" in text

@@ -111,14 +111,25 @@ def _provenance_line(d: dict, default_cmd: str) -> str:
     return f"commit `{d.get('commit', 'not recorded')}`; machine: {machine}; command: `{d.get('command', default_cmd)}`"
 
 
+def _substrate_row(r: dict) -> dict:
+    """One substrate_stats row for a table: options and explained variance spelled out, hashes shortened."""
+    row = {k: v for k, v in r.items() if k not in ("options", "explained_variance", "content_sha256", "fingerprint")}
+    row["options"] = ", ".join(f"{k}={v}" for k, v in (r.get("options") or {}).items()) or "-"
+    ev = r.get("explained_variance") or {}
+    row["explained variance (top 256 / 512 / 1024)"] = " / ".join(str(ev.get(k, "-")) for k in ("256", "512", "1024"))
+    row["fingerprint"] = str(r.get("fingerprint", ""))[:12]
+    return row
+
+
 def benchmark_sections(docs: Path) -> list[str]:
     out: list[str] = []
     p = docs / "data" / "substrate_stats.json"
     out += ["## Substrates: rank, explained variance, distinct rows after the first norm", ""]
     if p.is_file():
         d = json.loads(p.read_text(encoding="utf-8"))
-        rows = d.get("results") or d.get("substrates") or []
-        out += _records(rows) if isinstance(rows, list) else [f"```json\n{json.dumps(rows, indent=1)}\n```"]
+        rows = d.get("rows") or d.get("results") or d.get("substrates") or []
+        out += _records([_substrate_row(r) for r in rows]) if isinstance(rows, list) else \
+            [f"```json\n{json.dumps(rows, indent=1)}\n```"]
         out += ["", _provenance_line(d, "python benchmarks/substrate_stats.py")]
     else:
         out.append("not run yet: `python benchmarks/substrate_stats.py --threads 2 --out "
