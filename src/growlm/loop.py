@@ -104,6 +104,44 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, head_scale: float = 1.0)
         g["lr"] = lr * head_scale if g.get("head") else lr
 
 
+# what ``[train] compile = "auto"`` does on each device type, measured (benchmarks/compile_speed.py)
+COMPILE_AUTO = {"cuda": True, "cpu": False}
+
+
+def resolve_compile(setting: str | bool, device: torch.device) -> bool:
+    """Whether ``[train] compile`` (auto | true | false) compiles on ``device``; auto follows ``COMPILE_AUTO``."""
+    value = str(setting).lower()
+    if value not in ("auto", "true", "false"):
+        raise ValueError(f"compile must be auto, true or false, got {setting!r}")
+    if value == "auto":
+        return COMPILE_AUTO.get(device.type, False)
+    return value == "true"
+
+
+@contextlib.contextmanager
+def compiled_blocks(model: torch.nn.Module, on: bool = True):
+    """Run ``model.blocks`` under ``torch.compile`` (inductor) inside the ``with``, each block in place.
+
+    Each block is compiled as a module (``nn.Module.compile``), so parameter names and the state dict do not
+    change, one graph serves every block of the same shape whatever the depth, and the head's chunked loss
+    stays eager (``growlm.losses``). Dynamo's caches are cleared on entry: a graph traced before the model
+    grew, gained or merged LoRA adapters, or moved its frozen split is never reused. Blocks run eager again
+    on exit.
+    """
+    if not on:
+        yield
+        return
+    torch.compiler.reset()
+    blocks = list(model.blocks)
+    for b in blocks:
+        b.compile()
+    try:
+        yield
+    finally:
+        for b in blocks:
+            vars(b).pop("_compiled_call_impl", None)  # what nn.Module.compile set: back to the plain call
+
+
 def micro_batch(batch_size: int, grad_accum: int, world: int) -> int:
     """Sequences per micro-batch: the global batch split over processes and accumulation steps (must divide)."""
     micro = batch_size // (grad_accum * world)

@@ -24,7 +24,7 @@ from growlm.data import TokenData, default_tokens
 from growlm.evaluate.bpc import score_split
 from growlm.fileio import atomic_write_text
 from growlm.growth import Recipe, Stage, TrainSpec
-from growlm.loop import Hooks, Loop, RunState, StepLog, build_optimizer, lr_at
+from growlm.loop import Hooks, Loop, RunState, StepLog, build_optimizer, compiled_blocks, lr_at, resolve_compile
 from growlm.loop import autocast as loop_autocast
 from growlm.metrics import MetricsLog
 from growlm.model import Config, GrowLM
@@ -263,8 +263,7 @@ class Run:
             dist.load_optimizer_state(optimizer, self.opt_state)
             self.opt_state = None
         wrapped = ddp
-        if dist.device.type == "cuda" and str(train.compile).lower() in ("auto", "true"):
-            wrapped = torch.compile(ddp)
+        compiled = resolve_compile(train.compile, dist.device)
         # model FLOPs per token in this stage's setting, and the machine's peak for the precision in use
         loop = Loop(wrapped, train, dist, self.precision, progress=self.progress, desc=f"stage {si} {stage.name}",
                     flops_per_token=flops.step_flops(model, train.seq_len).total,
@@ -283,16 +282,18 @@ class Run:
                     * head_lr_scale(stage, state.stage_step - 1)} if split_head else {}
 
         def validate_now(state: RunState) -> None:
-            val = validate(trainee, self.data, train, dist.device, precision=self.precision)
+            with torch.compiler.set_stance("force_eager"):  # other shapes than training's: no compiling for them
+                val = validate(trainee, self.data, train, dist.device, precision=self.precision)
             self.metrics.write({"type": "val", "step": state.step, "tokens": state.tokens, "stage": si,
                                 "depth": len(model.blocks), **val})
 
-        loop.run(optimizer, total, self.state,
-                 batches=lambda: self.data.sample_batch(mixture, train.batch_size, train.seq_len, self.generator),
-                 lr_of=lambda step: lr_at(step, total, peak, warmup, train.min_lr_ratio),
-                 head_scale_of=(lambda step: head_lr_scale(stage, step)) if split_head else None,
-                 hooks=Hooks(log=log, validate=validate_now,
-                             checkpoint=(lambda _: self.checkpoint(optimizer, trainee)) if ckpt_every else None))
+        with compiled_blocks(trainee, compiled):  # this stage's blocks, compiled afresh (never an earlier graph)
+            loop.run(optimizer, total, self.state,
+                     batches=lambda: self.data.sample_batch(mixture, train.batch_size, train.seq_len, self.generator),
+                     lr_of=lambda step: lr_at(step, total, peak, warmup, train.min_lr_ratio),
+                     head_scale_of=(lambda step: head_lr_scale(stage, step)) if split_head else None,
+                     hooks=Hooks(log=log, validate=validate_now,
+                                 checkpoint=(lambda _: self.checkpoint(optimizer, trainee)) if ckpt_every else None))
         dist.unwrap(ddp, model)
 
 
