@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 
 from growlm import Config, GrowLM, lora
 from growlm.growth import Recipe, TrainSpec
-from growlm.loop import compiled_blocks, resolve_compile
+from growlm.loop import compiled_blocks, cpp_compiler, resolve_compile
 from growlm.train import Run, grow
 
 QUIET = dict(progress=False, log=lambda *a: None)
+needs_cxx = pytest.mark.skipif(cpp_compiler() is None, reason="inductor on CPU needs a C++ compiler")
 slow = pytest.mark.skipif(os.environ.get("GROWLM_SLOW_TESTS") != "1", reason="set GROWLM_SLOW_TESTS=1 (compiles)")
 TOL = 1e-4  # compiled vs eager: inductor fuses and reorders float32 sums (measured differences ~1e-6)
 
@@ -43,7 +44,15 @@ def test_resolve_compile_settings():
         TrainSpec(compile="sometimes")
 
 
+def test_compile_true_without_a_cpp_compiler_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        resolve_compile("true", torch.device("cpu"))
+    assert resolve_compile("auto", torch.device("cpu")) is False
+
+
 @slow
+@needs_cxx
 def test_compiled_blocks_match_eager_and_never_reuse_a_stale_graph():
     torch.manual_seed(0)
     cfg = Config.from_preset("tiny", vocab_size=64, d_model=16, n_head=2, n_layer=2, block_size=8)
@@ -93,6 +102,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+@needs_cxx
 def test_compile_true_runs_a_growth_stage_on_cpu(tiny_data, tmp_path, monkeypatch):
     """The fast end-to-end part: one grow stage of the trainer with compile = true runs its blocks compiled."""
     recipe = tmp_path / "one.toml"
@@ -147,6 +157,7 @@ class Crash(Exception):
 
 
 @slow
+@needs_cxx
 def test_compiled_three_stage_run_matches_eager_and_resumes_exactly(tiny_recipe, tmp_path, monkeypatch):
     base = tiny_recipe(steps=6, ckpt_every=2)
     eager, comp = tmp_path / "eager", tmp_path / "compiled"

@@ -103,7 +103,7 @@ class TrainSpec:
     val_tokens: int = 32768  # validation tokens per language
     ckpt_every: int = 100  # 0 = only at stage ends
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: str | bool = "auto"  # auto (on CUDA) | true | false
+    compile: str | bool = "auto"  # auto (CUDA yes, CPU no: growlm.loop.COMPILE_AUTO) | true | false
     loss_chunk: int = 0  # rows per chunk of the head's loss; 0 = automatic
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated model) | "fsdp" (FSDP2, each block sharded)
     activation_checkpointing: bool = False  # recompute each trained block in backward: less memory, ~1/3 more compute

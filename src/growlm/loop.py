@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,14 +110,26 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, head_scale: float = 1.0)
 COMPILE_AUTO = {"cuda": True, "cpu": False}
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor builds CPU kernels with ($CXX, else g++), or None where there is none."""
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
 def resolve_compile(setting: str | bool, device: torch.device) -> bool:
-    """Whether ``[train] compile`` (auto | true | false) compiles on ``device``; auto follows ``COMPILE_AUTO``."""
+    """Whether ``[train] compile`` (auto | true | false) compiles on ``device``; auto follows ``COMPILE_AUTO``.
+
+    Compiling on CPU needs a C++ compiler: ``true`` without one is refused, ``auto`` then stays eager."""
     value = str(setting).lower()
     if value not in ("auto", "true", "false"):
         raise ValueError(f"compile must be auto, true or false, got {setting!r}")
-    if value == "auto":
-        return COMPILE_AUTO.get(device.type, False)
-    return value == "true"
+    on = COMPILE_AUTO.get(device.type, False) if value == "auto" else value == "true"
+    if on and device.type == "cpu" and cpp_compiler() is None:
+        if value == "auto":
+            return False
+        raise ValueError(f"[train] compile = true on CPU needs a C++ compiler for inductor "
+                         f"({os.environ.get('CXX') or 'g++'} was not found): install one (or point $CXX at it), "
+                         "or set compile = false")
+    return on
 
 
 @contextlib.contextmanager
