@@ -165,8 +165,8 @@ def test_compiled_three_stage_run_matches_eager_and_resumes_exactly(tiny_recipe,
     grow(compiled(base, "true"), comp, **QUIET)
     we, wc = weights(eager), weights(comp)
     assert we.keys() == wc.keys()
-    for k in we:  # 18 AdamW steps over grow, LoRA, grow-with-identity-init
-        torch.testing.assert_close(wc[k], we[k], atol=1e-3, rtol=1e-3)
+    for k in we:  # 18 AdamW steps over grow, LoRA, grow-with-identity-init: measured max difference 5e-7
+        torch.testing.assert_close(wc[k], we[k], atol=1e-5, rtol=1e-4)
 
     real = Run.checkpoint
 
