@@ -144,6 +144,10 @@ steps = 3
     monkeypatch.setattr("growlm.train.compiled_blocks", spy)
     grow(recipe, tmp_path / "run", **QUIET)
     assert seen == [(True, 2)]  # the stage compiled, with the frozen block 0 and the new block 1
+    from torch._dynamo.utils import counters  # cleared when the stage compiled afresh
+
+    # block 0's no-grad graph and block 1's training graph; mid-stage validation (other shapes) compiled none
+    assert counters["stats"]["unique_graphs"] == 2
     grow(compiled(recipe, "false"), tmp_path / "eager", **QUIET)
     assert seen[-1] == (False, 2)
     wc, we = weights(tmp_path / "run"), weights(tmp_path / "eager")

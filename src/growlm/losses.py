@@ -101,7 +101,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gh, gw, gb, None, None, None, None, None
 
 
-@torch.compiler.disable  # inductor's CPU code for this loop made a step ~20x slower: compiled callers break here
 def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``h @ weight.T + bias`` against ``targets``; h [N, C], targets [N].

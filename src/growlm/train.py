@@ -9,6 +9,7 @@ inner loop is ``train_stage``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -282,7 +283,8 @@ class Run:
                     * head_lr_scale(stage, state.stage_step - 1)} if split_head else {}
 
         def validate_now(state: RunState) -> None:
-            with torch.compiler.set_stance("force_eager"):  # other shapes than training's: no compiling for them
+            # other shapes than training's: the compiled blocks run eager rather than compile for them
+            with torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext():
                 val = validate(trainee, self.data, train, dist.device, precision=self.precision)
             self.metrics.write({"type": "val", "step": state.step, "tokens": state.tokens, "stage": si,
                                 "depth": len(model.blocks), **val})
