@@ -141,11 +141,12 @@ steps = 3
         seen.append((on, len(model.blocks)))
         return real(model, on)
 
+    from torch._dynamo.utils import counters
+
     monkeypatch.setattr("growlm.train.compiled_blocks", spy)
+    counters.clear()  # dynamo's global statistics: count this run's graphs only
     grow(recipe, tmp_path / "run", **QUIET)
     assert seen == [(True, 2)]  # the stage compiled, with the frozen block 0 and the new block 1
-    from torch._dynamo.utils import counters  # cleared when the stage compiled afresh
-
     # block 0's no-grad graph and block 1's training graph; mid-stage validation (other shapes) compiled none
     assert counters["stats"]["unique_graphs"] == 2
     grow(compiled(recipe, "false"), tmp_path / "eager", **QUIET)
