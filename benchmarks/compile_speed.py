@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -119,7 +120,13 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"unknown settings {sorted(bad)}; valid: {SETTINGS}")
     load_before = os.getloadavg()
     results = [run(s, args) for s in settings]
-    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+    from growlm.experiments.framework import provenance
+
+    prov = provenance()
+    report = {"commit": prov["commit"], "dirty": prov["dirty"],
+              "command": " ".join(["python benchmarks/compile_speed.py", *(sys.argv[1:] if argv is None else argv)]),
+              "machine": {"cpu": prov["machine"], "platform": platform.platform(), "cpus": os.cpu_count(),
+                          "threads": torch.get_num_threads(),
                           "torch": torch.__version__, "loadavg_before": [round(v, 2) for v in load_before],
                           "loadavg_after": [round(v, 2) for v in os.getloadavg()]},
               "shape": {"d_model": args.d_model, "n_head": args.n_head, "vocab": args.vocab, "seq": args.seq,

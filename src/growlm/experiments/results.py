@@ -145,6 +145,21 @@ def benchmark_sections(docs: Path) -> list[str]:
                    f"{d.get('threads', '?')} threads. Raw: [growth_speed.json](growth_speed.json)")
     else:
         out.append("not run yet: `python benchmarks/growth_speed.py`")
+    p = docs / "compile_speed.json"
+    out += ["", "## torch.compile on CPU: eager against compiled steps", ""]
+    if p.is_file():
+        d = json.loads(p.read_text(encoding="utf-8"))
+        out += _records([{"setting": r["setting"], "timed pairs": r.get("timed_pairs"),
+                          "first compiled step (s)": (r.get("warmup_compiled_steps_s") or ["-"])[0],
+                          "eager step median (s)": r["eager_step_s"]["median"],
+                          "compiled step median (s)": r["compiled_step_s"]["median"],
+                          "eager / compiled, median (min-max)": "{median} ({min}-{max})".format(
+                              **r["speedup_eager_over_compiled"])} for r in d.get("results", [])])
+        out += ["", f"shape {json.dumps(d.get('shape', {}))}; "
+                + _provenance_line(d, "python benchmarks/compile_speed.py")
+                + ". Raw: [compile_speed.json](compile_speed.json)"]
+    else:
+        out.append("not run yet: `python benchmarks/compile_speed.py > docs/compile_speed.json`")
     p = docs / "residual_init.json"
     out += ["", "## Residual-write initialisation scaled for the depth after insertion vs the final depth", ""]
     if p.is_file():
