@@ -1,10 +1,10 @@
-"""The training loop: run a growth plan stage by stage, single process or under torchrun.
+"""Growth runs and fine-tunes: run a growth plan stage by stage, single process or under torchrun.
 
-Parts, each swappable: ``growlm.parallel.Distributed`` (process group, DDP or FSDP2),
-``build_optimizer``/``lr_at`` (AdamW, warmup + cosine), ``validate`` (loss and
-bits per character per language), ``growlm.checkpoint`` (atomic, exact
-resume) and ``growlm.metrics`` (JSON lines). ``grow`` ties them together; the
-inner loop is ``train_stage``.
+Parts, each swappable: ``growlm.loop`` (the optimisation loop: AdamW, warmup + cosine,
+accumulation, clipping, hooks), ``growlm.parallel.Distributed`` (process group, DDP or FSDP2),
+``validate`` (loss and bits per character per language), ``growlm.checkpoint`` (atomic, exact
+resume) and ``growlm.metrics`` (JSON lines). ``Run`` keeps the stage bookkeeping and hands each
+stage to the loop (``train_stage``); ``finetune`` does the same for any model.
 """
 
 from __future__ import annotations
