@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from growlm.experiments.common import last_stage, plan, plan_flops, size, train
-from growlm.experiments.framework import SeedContext, Study, cell, fmt, register
+from growlm.experiments.framework import SeedContext, Study, cell, register
 from growlm.experiments.heldout import LANGUAGES, heldout_bpc
 
 DEPTH = {"default": 2, "quick": 1}  # growth stages per expert, one block each
@@ -138,8 +138,14 @@ def _gap_text(summary: dict, experts: str, method: str) -> tuple[str, float | No
                                                                           method=method)
     if not (v and h):
         return "not measured", None
-    return (f"worst-language gap to the best expert {fmt(v, 4)} (validation), {fmt(h, 4)} (held-out)",
+    return (f"worst-language gap to the best expert {_pct(v)} (validation), {_pct(h)} (held-out)",
             max(v["mean"], h["mean"]))
+
+
+def _pct(c: dict) -> str:
+    """A gap cell (a fraction) as ``+x.xx% ± y.yy%``."""
+    half = f" ± {100 * (c['ci95'][1] - c['mean']):.2f}%" if c.get("ci95") else ""
+    return f"{100 * c['mean']:+.2f}%{half}"
 
 
 def verdict(summary: dict) -> list[tuple[str, str, str, str]]:
