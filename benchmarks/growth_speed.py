@@ -188,7 +188,12 @@ def main() -> None:
                                                             / summary[m]["flop_bound_speed_vs_mono"], 3)
         results.append({"d_model": d, "depth": depth, "vocab": args.vocab, "batch": args.batch, "seq": args.seq,
                         "summary": summary, "runs": runs})
-    print(json.dumps({"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    from growlm.experiments.framework import provenance
+
+    prov = provenance()
+    print(json.dumps({"commit": prov["commit"], "dirty": prov["dirty"],
+                      "command": " ".join(["python benchmarks/growth_speed.py", *sys.argv[1:]]),
+                      "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "precision": args.precision, "peak": peak, "rounds": args.rounds, "steps": args.steps,
                       "machine": flops._cpu_key().split("|")[0] if device == "cpu" else peak.get("name"),
                       "python": platform.python_version(), "results": results}, indent=1))
