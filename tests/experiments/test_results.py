@@ -71,3 +71,13 @@ def test_substrate_stats_table_names_each_lift_and_its_variance(tmp_path):
     text = render(tmp_path)
     assert "| binary | bmp65k | 1024 | 16 | 65536 | lift=balanced | 1.0 / 1.0 / 1.0 | abababababab |" in text
     assert "| binary | bmp65k | 1024 | 16 | 65535 | lift=repeat | 1.0 / 1.0 / 1.0 | abababababab |" in text
+
+
+def test_growth_speed_table_reads_the_benchmarks_summary(tmp_path):
+    spread = {"median": 1.4, "min": 1.3, "max": 1.5}
+    d = {"commit": "c0ffee", "results": [{"d_model": 64, "depth": 2, "summary": {"grow": {
+        "speed_vs_mono": spread, "flop_bound_speed_vs_mono": 1.1, "speed_over_flop_bound": 1.27}}}]}
+    (tmp_path / "growth_speed.json").write_text(json.dumps(d))
+    text = render(tmp_path)
+    assert "d_model 64, depth 2:" in text
+    assert "| grow | 1.4 (1.3-1.5) | 1.1 | 1.27 | - | - | - | - | - |" in text

@@ -121,6 +121,23 @@ def _substrate_row(r: dict) -> dict:
     return row
 
 
+def _spread(c) -> str:
+    """A benchmark's ``{median, min, max}`` as ``median (min-max)``; a plain value as itself."""
+    if isinstance(c, dict) and "median" in c:
+        return f"{c['median']} ({c['min']}-{c['max']})"
+    return "-" if c is None else str(c)
+
+
+def _speed_row(mode: str, v: dict) -> dict:
+    """One growth_speed mode (medians over rounds, min-max in brackets)."""
+    return {"mode": mode, "speed vs mono": _spread(v.get("speed_vs_mono")),
+            "FLOP-bound speed vs mono": _spread(v.get("flop_bound_speed_vs_mono")),
+            "speed / FLOP bound": _spread(v.get("speed_over_flop_bound")), "MFU": _spread(v.get("mfu")),
+            "tokens/s": _spread(v.get("tok_per_s")), "peak MiB": _spread(v.get("peak_mib")),
+            "minor faults / step": _spread(v.get("minor_faults_per_step")),
+            "kernel time share": _spread(v.get("kernel_time_share"))}
+
+
 def benchmark_sections(docs: Path) -> list[str]:
     out: list[str] = []
     p = docs / "data" / "substrate_stats.json"
@@ -140,7 +157,8 @@ def benchmark_sections(docs: Path) -> list[str]:
         d = json.loads(p.read_text(encoding="utf-8"))
         for r in d.get("results", []):
             shape = ", ".join(f"{k} {v}" for k, v in r.items() if not isinstance(v, (dict, list)))
-            out += [f"{shape}:", "", *_records(r.get("modes", [])), ""]
+            modes = r.get("modes") or [_speed_row(m, v) for m, v in (r.get("summary") or {}).items()]
+            out += [f"{shape}:", "", *_records(modes), ""]
         out.append(_provenance_line(d, "python benchmarks/growth_speed.py") + f"; torch {d.get('torch', '?')}, "
                    f"{d.get('threads', '?')} threads. Raw: [growth_speed.json](growth_speed.json)")
     else:
