@@ -304,7 +304,8 @@ def markdown_table(summary: dict) -> str:
 
 
 def plot_summary(summary: dict, path: Path) -> None:
-    """The first metrics against ``plot_x`` (one line per arm) or one point per group, with 95% interval error bars."""
+    """The first metrics against ``plot_x`` (one line per arm) or one point per group, with 95% interval error bars;
+    the commit, machine and command that made the data are printed under the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,6 +341,8 @@ def plot_summary(summary: dict, path: Path) -> None:
                           ha="right", fontsize=7)
         ax.set_title(m, fontsize=9)
     fig.suptitle(f"{summary['title']} ({summary['seeds']} seeds, 95% t-intervals)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.text(0.005, 0.005, f"commit {str(summary.get('commit', '?'))[:12]}{' (dirty)' if summary.get('dirty') else ''}"
+             f"; {summary.get('machine', '?')}; `{summary.get('command', '?')}`", fontsize=6, color="0.35")
     atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
