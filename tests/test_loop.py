@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,24 @@ def test_finetune_resume_refuses_other_settings(composed, tiny_data, tmp_path, c
     (tmp_path / "ft" / "model" / "model.json").unlink()  # as if it had stopped after its checkpoint
     assert main([*[a if a != "4" else "5" for a in args[:8]], *args[8:], "--resume"]) == 2
     assert "another model or with other settings" in capsys.readouterr().err
+
+
+def test_finetune_under_torchrun_matches_one_process(composed, tiny_data, tmp_path):
+    """DDP over 2 gloo processes (1 micro-batch each) gives one process's fine-tune, fp32 both."""
+    args = ["finetune", str(composed), "--data", str(tiny_data), "--steps", "4", "--ckpt-every", "2",
+            "--batch-size", "4", "--seq-len", "16", "--val-tokens", "256", "--no-progress", "--precision", "fp32"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    torchrun = shutil.which("torchrun") or "torchrun"
+    res = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29547", "-m", "growlm.cli", *args, "--out",
+                          str(tmp_path / "two")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "on 2 processes" in res.stderr
+    a = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    start = load_file(str(composed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    assert (a["router.weight"] - start["router.weight"]).abs().max() > 1e-3  # it trained, far beyond the tolerance
+    assert (tmp_path / "two" / "checkpoints" / "latest" / "state.json").is_file()

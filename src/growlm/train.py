@@ -342,15 +342,23 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
     out = Path(out)
     tune_allocator()
     device = next(model.parameters()).device
+    dist = Distributed.setup(device.type, train.parallel)  # one process, or every rank of a torchrun
+    if dist.world > 1 and train.parallel != "ddp":
+        raise ValueError(f"fine-tuning runs under DDP across processes; parallel = {train.parallel!r} is for growth "
+                         "runs (it shards a model's blocks)")
+    model.to(dist.device)
+    device, log = dist.device, log if dist.main else (lambda *a, **k: None)
     plan = {"tool": "finetune", "steps": steps, "lr": lr or train.lr, "mixture": mixture, "train": asdict(train),
             "start_weights": _weights_digest(model)}
     fingerprint = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
-    rundir = RunDir(out, "finetune", resume=resume)  # claimed (empty or an earlier fine-tune's) and locked
+    rundir = RunDir(out, "finetune", resume=resume, enabled=dist.main)  # claimed and locked by the writing rank
     try:
-        metrics = MetricsLog(out / "metrics.jsonl")
+        dist.barrier()
+        metrics = MetricsLog(out / "metrics.jsonl", enabled=dist.main)
         generator = torch.Generator().manual_seed(train.seed)
         optimizer = build_optimizer(model, train, device)
-        precision = flops.resolve_precision(train.precision, device)
+        # "auto" is a measurement: every rank takes rank 0's decision
+        precision = dist.agree(flops.resolve_precision(train.precision, device))
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         state, ckpt = RunState(stage_started=True), find_checkpoint(out) if resume else None
         if ckpt is not None:
@@ -371,36 +379,43 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
             if resume:
                 log(f"{out} stopped before its first checkpoint: starting it from the beginning")
             metrics.truncate(0)
-            atomic_write_text(out / "plan.json", json.dumps(plan, indent=1, default=str))
+            if dist.main:
+                atomic_write_text(out / "plan.json", json.dumps(plan, indent=1, default=str))
             before = validate(model, data, train, device, precision=precision) if validation else None
             if before:
                 metrics.write({"type": "val", "step": 0, "tokens": 0, **before})
             log(f"fine-tuning {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
                 f"{steps} steps" + (f"; step-0 val loss {before['val_loss']:.4f}, bits/char {before['val_bpc']}"
-                                    if before else ""))
+                                    if before else "") + (f" on {dist.world} processes" if dist.world > 1 else ""))
 
         def write_log(st: RunState, s: StepLog) -> None:
             metrics.write({"type": "train", "step": st.step, "tokens": st.tokens, "loss": round(s.loss, 5),
                            "lr": s.lr, "tok_per_s": round(s.tokens_per_s, 1), "time": round(s.seconds, 3)})
 
         def checkpoint(st: RunState) -> None:
-            weights = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-            save_checkpoint(out / "checkpoints" / "latest", weights, optimizer,
-                            {"run": asdict(st), "plan_fingerprint": fingerprint, "before": before,
-                             "metrics_offset": metrics.offset(),
-                             "substrate_fingerprint": getattr(model, "substrate_fingerprint", "")},
-                            _rng_state(generator, device))
+            dist.barrier()
+            if dist.main:  # the replicas hold the same weights and optimiser state: rank 0 writes them
+                weights = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+                save_checkpoint(out / "checkpoints" / "latest", weights, optimizer,
+                                {"run": asdict(st), "plan_fingerprint": fingerprint, "before": before,
+                                 "metrics_offset": metrics.offset(),
+                                 "substrate_fingerprint": getattr(model, "substrate_fingerprint", "")},
+                                _rng_state(generator, device))
+            dist.barrier()
 
         mix = data.mixture(mixture)
         peak, warmup = lr or train.lr, min(train.warmup_steps, steps // 10)
-        Loop(model, train, precision=precision, progress=progress, desc="fine-tune").run(
+        wrapped = dist.wrap(model, precision)  # DDP across processes, the model itself in one
+        Loop(wrapped, train, dist, precision, progress=progress, desc="fine-tune").run(
             optimizer, steps, state, batches=lambda: data.sample_batch(mix, train.batch_size, train.seq_len, generator),
             lr_of=lambda step: lr_at(step, steps, peak, warmup, train.min_lr_ratio),
             hooks=Hooks(log=write_log, checkpoint=checkpoint if train.ckpt_every else None))
         after = validate(model, data, train, device, precision=precision) if validation else None
         if after:
             metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})
-        save_model(model, out / "model")
+        if dist.main:
+            save_model(model, out / "model")
+        dist.barrier()
     finally:
         rundir.close()
     return {"before": before, "after": after, "model": str(out / "model")}
