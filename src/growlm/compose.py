@@ -283,6 +283,10 @@ class ComposedLM(nn.Module):
         w = torch.cat(cols, dim=1)  # [V, sum C_i + n_bias]; a copy of the heads, made once per call
         return chunked_cross_entropy(x.reshape(-1, x.shape[-1]), w, None, targets.reshape(-1), chunk=loss_chunk)
 
+    def _hidden_states(self, idx: torch.Tensor, caches, pos: int) -> list[torch.Tensor]:
+        """Each expert's final hidden states [B, T, C_i] of idx at position pos (its own KV caches, if given)."""
+        return [e.hidden_states(idx, caches[i] if caches else None, pos) for i, e in enumerate(self.experts)]
+
     def _mix(self, hs: list[torch.Tensor], idx: torch.Tensor, caches, pos: int) -> torch.Tensor:
         """The composed logits [B, T, V] from the experts' hidden states hs (N x [B, T, C]) starting at position pos."""
         if self.method in ("average", "router"):
@@ -299,7 +303,7 @@ class ComposedLM(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 caches: list[list[KVCache]] | None = None, pos: int = 0, loss_chunk: int = 4096):
         """Logits [B, T, V] when ``targets`` is None, else the mean cross-entropy; caches: one list per expert."""
-        hs = [e.hidden_states(idx, caches[i] if caches else None, pos) for i, e in enumerate(self.experts)]
+        hs = self._hidden_states(idx, caches, pos)
         if targets is not None and self.method in ("average", "router"):
             return self._linear_loss(hs, self._gates(hs), targets, loss_chunk)
         out = self._mix(hs, idx, caches, pos)
@@ -311,7 +315,7 @@ class ComposedLM(nn.Module):
     def last_logits(self, idx: torch.Tensor, caches: list[list[KVCache]] | None = None, pos: int = 0) -> torch.Tensor:
         """Logits [B, V] of the token after idx [B, T] (what generation samples from): the heads run on the last
         position only, except for ``posterior``, whose weights need every position's probabilities."""
-        hs = [e.hidden_states(idx, caches[i] if caches else None, pos) for i, e in enumerate(self.experts)]
+        hs = self._hidden_states(idx, caches, pos)
         if self.method != "posterior":
             hs, idx, pos = [h[:, -1:] for h in hs], idx[:, -1:], pos + idx.shape[1] - 1
         return self._mix(hs, idx, caches, pos)[:, -1]

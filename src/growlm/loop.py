@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from growlm import flops
 from growlm.growth import TrainSpec
 from growlm.parallel import Distributed
 
@@ -222,7 +223,7 @@ class Loop:
             if hooks.log and (state.step % train.log_every == 0 or last):
                 now = time.perf_counter()
                 tps = (state.tokens - tok_last) / max(1e-9, now - t_last)
-                mfu = tps * self.flops_per_token / self.peak_flops if self.peak_flops > 0 else 0.0
+                mfu = flops.mfu(tps * self.flops_per_token, self.peak_flops)
                 log = StepLog(loss=self.dist.mean(sum(losses) / len(losses)), lr=lr, tokens_per_s=tps, mfu=mfu,
                               seconds=now - t0)
                 t_last, tok_last, losses = now, state.tokens, []

@@ -263,24 +263,21 @@ class Run:
         if self.opt_state is not None:
             dist.load_optimizer_state(optimizer, self.opt_state)
             self.opt_state = None
-        wrapped = ddp
         compiled = resolve_compile(train.compile, dist.device)
         # model FLOPs per token in this stage's setting, and the machine's peak for the precision in use
-        loop = Loop(wrapped, train, dist, self.precision, progress=self.progress, desc=f"stage {si} {stage.name}",
+        loop = Loop(ddp, train, dist, self.precision, progress=self.progress, desc=f"stage {si} {stage.name}",
                     flops_per_token=flops.step_flops(model, train.seq_len).total,
                     peak_flops=flops.peak_flops(dist.device, self.precision) * dist.world)
-        ckpt_every = train.ckpt_every
 
         def log(state: RunState, s: StepLog) -> None:
             self.metrics.write({"type": "train", "step": state.step, "tokens": state.tokens, "stage": si,
-                                "depth": len(model.blocks), "loss": round(s.loss, 5), "lr": s.lr, **head_lr(state),
+                                "depth": len(model.blocks), "loss": round(s.loss, 5), "lr": s.lr, **head_lr(state, s),
                                 "tok_per_s": round(s.tokens_per_s, 1), "flops_per_token": loop.flops_per_token,
                                 "model_flops_per_s": round(s.tokens_per_s * loop.flops_per_token, 1),
                                 "mfu": round(s.mfu, 4), "time": round(time.perf_counter() - self.t0, 3)})
 
-        def head_lr(state: RunState) -> dict:  # the rate of the step just taken, where the head has its own
-            return {"head_lr": lr_at(state.stage_step - 1, total, peak, warmup, train.min_lr_ratio)
-                    * head_lr_scale(stage, state.stage_step - 1)} if split_head else {}
+        def head_lr(state: RunState, s: StepLog) -> dict:  # the rate of the step just taken, where the head has its own
+            return {"head_lr": s.lr * head_lr_scale(stage, state.stage_step - 1)} if split_head else {}
 
         def validate_now(state: RunState) -> None:
             # other shapes than training's: the compiled blocks run eager rather than compile for them
@@ -294,8 +291,8 @@ class Run:
                      batches=lambda: self.data.sample_batch(mixture, train.batch_size, train.seq_len, self.generator),
                      lr_of=lambda step: lr_at(step, total, peak, warmup, train.min_lr_ratio),
                      head_scale_of=(lambda step: head_lr_scale(stage, step)) if split_head else None,
-                     hooks=Hooks(log=log, validate=validate_now,
-                                 checkpoint=(lambda _: self.checkpoint(optimizer, trainee)) if ckpt_every else None))
+                     hooks=Hooks(log=log, validate=validate_now, checkpoint=(
+                         (lambda _: self.checkpoint(optimizer, trainee)) if train.ckpt_every else None)))
         dist.unwrap(ddp, model)
 
 
