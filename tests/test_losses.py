@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -76,6 +77,30 @@ def test_large_logits_stay_finite_and_exact():
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-4)
     for g, r in zip(_grads(loss, (h, w, b)), _grads(ref, (h, w, b))):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_targets_whose_probability_underflows_keep_an_exact_loss(bias, monkeypatch):
+    """The loss is -log softmax[target]; rows where that probability underflows float32 are redone in log space."""
+    import growlm.losses as losses
+
+    h, w, b, t = _inputs(bias=bias)
+    with torch.no_grad():
+        w.mul_(40.0)  # logits in the hundreds: most targets sit hundreds of nats below the row's best
+    probs = F.softmax(F.linear(h, w, b), 1).gather(1, t.clamp(min=0)[:, None])[:, 0]
+    assert int((probs < losses._TINY).sum()) > N // 2  # the recomputed path is the common one here
+    loss = chunked_cross_entropy(h, w, b, t, chunk=9)
+    ref = F.cross_entropy(F.linear(h, w, b), t, ignore_index=IGNORE_INDEX)
+    assert torch.isfinite(loss) and float(loss.detach()) > 100
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-4)
+    for g, r in zip(_grads(loss, (h, w, b)), _grads(ref, (h, w, b))):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the low-precision matmul's recomputation too
+        low = chunked_cross_entropy(h, w, b, t, chunk=9)
+    low, ref = float(low.detach()), float(ref.detach())
+    assert math.isfinite(low) and abs(low - ref) < 0.02 * ref
+    monkeypatch.setattr(losses, "_TINY", 0.0)  # without the recomputation, log(0) = -inf reaches the loss
+    assert not torch.isfinite(chunked_cross_entropy(h, w, b, t, chunk=9))
 
 
 def test_bf16_autocast_matches_autocast_reference():

@@ -7,8 +7,9 @@ same pass, the gradients of the hidden states, the weight and the bias, which
 the backward only scales. Peak memory is one chunk of logits.
 
 A chunk's [rows, V] logits are memory-bound to walk over, so they are walked
-over few times and never copied: the bias rides in the matmul, log-softmax runs
-in place, its exp in place is the softmax, the one-hot touches one entry per
+over few times and never copied: the bias rides in the matmul, the softmax runs
+in place and is the gradient, the loss is -log of its target entries (rows whose
+target probability underflows are redone in log space), the one-hot touches one entry per
 row, and the per-row scale (1 / valid targets, 0 for ignored ones) is applied on
 the narrow side of the two gradient matmuls (``benchmarks/chunked_loss.py``).
 """
@@ -19,6 +20,7 @@ import torch
 
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in float32; 256 rows at V = 65536)
+_TINY = 1e-30  # a target probability below this is recomputed in log space (float32 underflows near 1e-38)
 
 
 def _chunk_rows(vocab: int, chunk: int | None) -> int:
@@ -30,6 +32,27 @@ def _compute_dtype(h: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(h.device.type):
         return torch.get_autocast_dtype(h.device.type)
     return h.dtype
+
+
+def _softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim of a float32 [rows, V] tensor: in place on CPU, else into a new tensor."""
+    if logits.is_cpu:
+        return torch.ops.aten._softmax.out(logits, 1, False, out=logits)
+    return logits.softmax(1)
+
+
+def _target_log_probs(probs: torch.Tensor, targets: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                      b: torch.Tensor | None) -> torch.Tensor:
+    """log p[target] per row from the softmax; rows whose probability underflows are recomputed from h exactly."""
+    p = probs.gather(1, targets[:, None])[:, 0]
+    logp = p.log()
+    tiny = p < _TINY
+    if bool(tiny.any()):  # rare (a target more than ~69 nats below the row's best): log_softmax of those rows
+        rows = tiny.nonzero()[:, 0]
+        z = (h[rows] @ w.t()).float()
+        z = z if b is None else z + b
+        logp[rows] = z.log_softmax(1).gather(1, targets[rows][:, None])[:, 0]
+    return logp
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -60,16 +83,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 else:  # low precision matmul, then float32 logits (the bias added in float32, in the same pass)
                     torch.mm(hc, w.t(), out=low[:n])
                     logits.copy_(low[:n]) if b is None else torch.add(low[:n], b, out=logits)
-                # log-probabilities as F.cross_entropy computes them, one fused kernel; in place on CPU (tested
-                # bit-identical there), elsewhere into a fresh tensor the caching allocator hands back
-                logp = torch.log_softmax(logits, 1, out=logits) if logits.is_cpu else logits.log_softmax(1)
-                picked = logp.gather(1, tc[:, None])[:, 0]
-                total -= (picked * vc).sum()
                 if not (need_h or need_w or need_b):
+                    # log-probabilities as F.cross_entropy computes them, one fused kernel; in place on CPU
+                    # (tested bit-identical there), elsewhere into a fresh tensor the caching allocator hands back
+                    logp = torch.log_softmax(logits, 1, out=logits) if logits.is_cpu else logits.log_softmax(1)
+                    total -= (logp.gather(1, tc[:, None])[:, 0] * vc).sum()
                     continue
-                # d loss / d logits = scale * (softmax - onehot): softmax in place, the one-hot on n entries,
-                # and the per-row scale (1/n_valid, 0 for ignored targets) applied on the narrow side of each matmul
-                g = logp.exp_()
+                # the softmax, one fused kernel (in place on CPU, tested bit-identical): it is the gradient's main
+                # term, and the loss is -log of its target entries, so no second pass turns log-probs into probs
+                g = _softmax_(logits)
+                total -= (_target_log_probs(g, tc, hc, w, b) * vc).sum()
+                # d loss / d logits = scale * (softmax - onehot): the one-hot on n entries, and the per-row scale
+                # (1/n_valid, 0 for ignored targets) applied on the narrow side of each matmul
                 g[torch.arange(n, device=g.device), tc] -= 1.0
                 scale = vc.to(torch.float32) / n_valid  # [n]
                 if need_b:
