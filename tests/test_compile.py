@@ -2,13 +2,16 @@
 compiled run resumed from a checkpoint ends on the weights of the uninterrupted compiled run.
 
 Compiling is the cost of these tests (g++ builds inductor's kernels), so the shapes are the smallest that still
-have a frozen prefix and the chunked loss. The fast part runs one grow stage of the trainer compiled and eager;
-the 3-stage runs (LoRA, identity-init growth, resume) and the stale-graph check need GROWLM_SLOW_TESTS=1.
+have a frozen prefix and the chunked loss. The fast part runs one grow stage of the trainer, and a fine-tune of
+a composed model, compiled and eager; the 3-stage runs (LoRA, identity-init growth, resume) and the
+stale-graph check need GROWLM_SLOW_TESTS=1.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,13 @@ import torch
 from safetensors.torch import load_file
 
 from growlm import Config, GrowLM, lora
+from growlm.checkpoint import save_model
+from growlm.cli import main
+from growlm.compose import ComposedLM, compose
 from growlm.growth import Recipe, TrainSpec
-from growlm.loop import compiled_blocks, cpp_compiler, resolve_compile
-from growlm.train import Run, grow
+from growlm.loop import compiled_blocks, cpp_compiler, model_blocks, resolve_compile
+from growlm.substrate import Substrate
+from growlm.train import Run, finetune, grow, open_data
 
 QUIET = dict(progress=False, log=lambda *a: None)
 needs_cxx = pytest.mark.skipif(cpp_compiler() is None, reason="inductor on CPU needs a C++ compiler")
@@ -155,6 +162,62 @@ steps = 3
     assert wc.keys() == we.keys() and not any(".lora_" in k or "_orig_mod" in k for k in wc)
     for k in wc:  # 3 AdamW steps
         torch.testing.assert_close(wc[k], we[k], atol=TOL, rtol=TOL)
+
+
+def composed_router() -> ComposedLM:
+    """Two 1-block experts (frozen) under a router, the same weights at every call."""
+    sub = Substrate.build("glyph", "compact", 32)
+    experts = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        experts.append(GrowLM(Config.from_preset("tiny", vocab_size=sub.vocab_size, d_model=32, n_head=2, n_layer=1,
+                                                 block_size=16), sub))
+    return compose(experts, "router")
+
+
+@needs_cxx
+def test_finetune_honours_compile(tiny_data, tmp_path, monkeypatch):
+    """``finetune`` compiles as a growth stage does when ``compile = true``: a composed model's expert blocks (frozen:
+    one no-grad graph serves both) run compiled during the steps and eager for validation, and the router it trains
+    matches the eager fine-tune's."""
+    from torch._dynamo.utils import counters
+
+    seen = []
+    real = compiled_blocks
+
+    def spy(model, on=True):
+        seen.append((on, len(model_blocks(model))))
+        return real(model, on)
+
+    monkeypatch.setattr("growlm.train.compiled_blocks", spy)
+    data = open_data(tiny_data, "compact")
+    train = TrainSpec(batch_size=4, seq_len=16, lr=1e-2, warmup_steps=1, val_tokens=128, ckpt_every=0,
+                      precision="fp32", compile="true")
+    counters.clear()  # dynamo's global statistics: count this fine-tune's graphs only
+    comp = finetune(composed_router(), data, tmp_path / "compiled", 3, train, progress=False, log=lambda *a: None)
+    assert seen == [(True, 2)]  # both experts' blocks
+    assert counters["stats"]["unique_graphs"] == 1  # the training steps' graph; validation compiled none
+    eager = finetune(composed_router(), data, tmp_path / "eager", 3, replace(train, compile="false"), progress=False,
+                     log=lambda *a: None)
+    assert seen[-1] == (False, 2)
+    assert comp["before"] == eager["before"]  # eager validation of the same starting model
+    wc, we = load_file(f"{comp['model']}/model.safetensors"), load_file(f"{eager['model']}/model.safetensors")
+    start = composed_router().state_dict()
+    assert wc.keys() == we.keys()
+    for k in wc:
+        torch.testing.assert_close(wc[k], we[k], atol=TOL, rtol=TOL)
+    assert (wc["router.weight"] - start["router.weight"]).abs().max() > 100 * TOL  # it trained, beyond the tolerance
+
+
+def test_finetune_cli_passes_compile(tiny_data, tmp_path):
+    """``growlm finetune --compile`` is the fine-tune's ``[train] compile`` (its plan records it)."""
+    model = save_model(composed_router(), tmp_path / "m" / "model")
+    args = ["finetune", str(model), "--data", str(tiny_data), "--steps", "1", "--batch-size", "2", "--seq-len", "16",
+            "--val-tokens", "64", "--ckpt-every", "0", "--precision", "fp32", "--no-progress"]
+    assert main([*args, "--compile", "false", "--out", str(tmp_path / "ft")]) == 0
+    assert json.loads((tmp_path / "ft" / "plan.json").read_text())["train"]["compile"] == "false"
+    with pytest.raises(SystemExit):
+        main([*args, "--compile", "yes", "--out", str(tmp_path / "bad")])
 
 
 class Crash(Exception):

@@ -133,9 +133,16 @@ def resolve_compile(setting: str | bool, device: torch.device) -> bool:
     return on
 
 
+def model_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of ``model``: its own ``blocks``, or every expert's in a composed model."""
+    return [b for m in model.modules() if isinstance(getattr(m, "blocks", None), torch.nn.ModuleList)
+            for b in m.blocks]
+
+
 @contextlib.contextmanager
 def compiled_blocks(model: torch.nn.Module, on: bool = True):
-    """Run ``model.blocks`` under ``torch.compile`` (inductor) inside the ``with``, each block in place.
+    """Run the blocks of ``model`` (``model_blocks``) under ``torch.compile`` (inductor) inside the ``with``,
+    each block in place.
 
     Each block is compiled as a module (``nn.Module.compile``), so parameter names and the state dict do not
     change, one graph serves every block of the same shape whatever the depth, and the head's chunked loss
@@ -147,7 +154,7 @@ def compiled_blocks(model: torch.nn.Module, on: bool = True):
         yield
         return
     torch.compiler.reset()
-    blocks = list(model.blocks)
+    blocks = model_blocks(model)
     for b in blocks:
         b.compile()
     try:
@@ -155,6 +162,7 @@ def compiled_blocks(model: torch.nn.Module, on: bool = True):
     finally:
         for b in blocks:
             vars(b).pop("_compiled_call_impl", None)  # what nn.Module.compile set: back to the plain call
+
 
 
 def micro_batch(batch_size: int, grad_accum: int, world: int) -> int:

@@ -327,11 +327,12 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
     """Fine-tune the trainable parameters of any growlm language model (e.g. a composed one).
 
     The model only needs ``forward(idx, targets) -> loss``; the steps run through ``growlm.loop`` like a growth
-    stage. Validation runs before the first step (so the starting loss is on record) and after the last; metrics
-    go to ``out/metrics.jsonl``, the plan to ``out/plan.json``, a checkpoint (the trainable parameters, optimiser
-    and RNG states) every ``train.ckpt_every`` steps, and the result to ``out/model``. ``resume`` continues from
-    the checkpoint bit-identically; it must be given the same starting model and settings. ``validation=False``
-    skips both validations, for callers that score the model themselves (before and after are then None).
+    stage, with its blocks compiled as a stage's are when ``train.compile`` says so. Validation (eager) runs before
+    the first step (so the starting loss is on record) and after the last; metrics go to ``out/metrics.jsonl``, the
+    plan to ``out/plan.json``, a checkpoint (the trainable parameters, optimiser and RNG states) every
+    ``train.ckpt_every`` steps, and the result to ``out/model``. ``resume`` continues from the checkpoint
+    bit-identically; it must be given the same starting model and settings. ``validation=False`` skips both
+    validations, for callers that score the model themselves (before and after are then None).
     """
     refusal = getattr(model, "training_refusal", lambda: None)()
     if refusal:
@@ -345,6 +346,7 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
                          "runs (it shards a model's blocks)")
     model.to(dist.device)
     device, log = dist.device, log if dist.main else (lambda *a, **k: None)
+    compiled = resolve_compile(train.compile, device)  # refused (compile = true, no C++ compiler) before any file
     plan = {"tool": "finetune", "steps": steps, "lr": lr or train.lr, "mixture": mixture, "train": asdict(train),
             "start_weights": _weights_digest(model)}
     fingerprint = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
@@ -403,10 +405,13 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
         mix = data.mixture(mixture)
         peak, warmup = lr or train.lr, min(train.warmup_steps, steps // 10)
         wrapped = dist.wrap(model, precision)  # DDP across processes, the model itself in one
-        Loop(wrapped, train, dist, precision, progress=progress, desc="fine-tune").run(
-            optimizer, steps, state, batches=lambda: data.sample_batch(mix, train.batch_size, train.seq_len, generator),
-            lr_of=lambda step: lr_at(step, steps, peak, warmup, train.min_lr_ratio),
-            hooks=Hooks(log=write_log, checkpoint=checkpoint if train.ckpt_every else None))
+        # the blocks (each expert's, in a composed model) compile afresh; validation, outside, runs eager
+        with compiled_blocks(model, compiled):
+            Loop(wrapped, train, dist, precision, progress=progress, desc="fine-tune").run(
+                optimizer, steps, state,
+                batches=lambda: data.sample_batch(mix, train.batch_size, train.seq_len, generator),
+                lr_of=lambda step: lr_at(step, steps, peak, warmup, train.min_lr_ratio),
+                hooks=Hooks(log=write_log, checkpoint=checkpoint if train.ckpt_every else None))
         after = validate(model, data, train, device, precision=precision) if validation else None
         if after:
             metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})

@@ -84,7 +84,7 @@ def _finetune(args: argparse.Namespace) -> int:
     vocab = read_json(resolve_model_dir(args.model) / "model.json")["substrate"]["vocab"]
     data = open_data(args.data, vocab)
     train = TrainSpec(batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, val_tokens=args.val_tokens,
-                      ckpt_every=args.ckpt_every, precision=args.precision)
+                      ckpt_every=args.ckpt_every, precision=args.precision, compile=args.compile)
     res = finetune(model, data, args.out, args.steps, train, progress=not args.no_progress, resume=args.resume,
                    log=lambda *a: print(*a, file=sys.stderr))
     print(json.dumps(res, indent=1))
@@ -121,6 +121,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps (0: none); resumable")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 where this machine's bf16 matmul is measurably faster, else fp32")
+    p.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                   help="torch.compile the model's blocks for the steps, as [train] compile (auto: on CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in --out exactly "
                    "(same model and settings)")
     p.add_argument("--no-progress", action="store_true")
