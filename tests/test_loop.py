@@ -15,6 +15,7 @@ from growlm.checkpoint import save_model
 from growlm.cli import main
 from growlm.growth import TrainSpec
 from growlm.loop import Hooks, Loop, RunState, micro_batch
+from growlm.metrics import read_metrics
 from growlm.model import Config, GrowLM
 from growlm.substrate import Substrate
 
@@ -110,3 +111,9 @@ def test_finetune_under_torchrun_matches_one_process(composed, tiny_data, tmp_pa
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     assert (a["router.weight"] - start["router.weight"]).abs().max() > 1e-3  # it trained, far beyond the tolerance
     assert (tmp_path / "two" / "checkpoints" / "latest" / "state.json").is_file()
+    # validation, split between the ranks and summed, reports one process's numbers (4 decimals; thread counts differ)
+    vals = [[r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["type"] == "val"] for run in ("one", "two")]
+    assert [v["step"] for v in vals[0]] == [v["step"] for v in vals[1]] == [0, 4]
+    for a, b in zip(*vals):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-4)
+        assert b["val_bpc"] == pytest.approx(a["val_bpc"], abs=2e-4)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from growlm.checkpoint import find_checkpoint, load_checkpoint
 from growlm.growth import Recipe
+from growlm.metrics import read_metrics
 from growlm.train import grow
 
 QUIET = dict(progress=False, log=lambda *a, **k: None, device="cpu")
@@ -55,6 +56,13 @@ def test_fsdp_matches_one_process_and_its_checkpoints_resume_exactly(tiny_recipe
     assert res.returncode == 0, res.stderr[-3000:]
     close(one, tmp_path / "fsdp", atol=1e-5)
     close(tmp_path / "fsdp", tmp_path / "stopped", atol=0)
+    # stage-end validation, split between the ranks and summed, reports one process's numbers (to 4 decimals)
+    ends = [[r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "stage_end"]
+            for run in (one, tmp_path / "fsdp")]
+    assert len(ends[0]) == len(ends[1]) == 3
+    for a, b in zip(*ends):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-4)
+        assert b["val_bpc"] == pytest.approx(a["val_bpc"], abs=2e-4)
 
     copy = tmp_path / "stopped-copy"
     state, ckpt_weights, opt, _ = load_checkpoint(find_checkpoint(copy))

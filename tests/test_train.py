@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,35 @@ def test_two_processes_match_one(tiny_recipe, tmp_path):
     wa, wb = weights(one), weights(two)
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+VALIDATE_WORKER = Path(__file__).parent / "validate_worker.py"
+
+
+def test_two_processes_split_validation_and_report_one_process_numbers(tiny_data, tmp_path):
+    """Under torchrun each rank scores its own share of the validation windows (whole batches, every other one),
+    and the per-window sums give every rank the one-process numbers, window for window."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread in every process: the same kernels
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    res = subprocess.run([sys.executable, str(VALIDATE_WORKER), str(tiny_data), str(one)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun = shutil.which("torchrun") or "torchrun"
+    res = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29553", str(VALIDATE_WORKER), str(tiny_data),
+                          str(two)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = json.loads((one / "rank-0.json").read_text())
+    ranks = [json.loads((two / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["val"] == ranks[1]["val"] == ref["val"]
+    assert set(ref["val"]["val_bpc"]) == {"en", "ru", "zh"}
+    assert ranks[0]["rows"] + ranks[1]["rows"] == ref["rows"] >= 12  # every window scored once, several batches
+    assert all(3 * r["rows"] >= ref["rows"] for r in ranks)  # about half each
+    for lang, nats in ref["nats"].items():
+        a, b = ranks[0]["nats"][lang], ranks[1]["nats"][lang]
+        assert all(x == 0.0 or y == 0.0 for x, y in zip(a, b)) and any(a) and any(b)
+        assert [x + y for x, y in zip(a, b)] == nats  # bit for bit the one-process windows
 
 
 def test_head_lr_scale_freezes_then_ramps():

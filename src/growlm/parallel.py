@@ -2,8 +2,9 @@
 
 The training loop sees only ``Distributed``: ``wrap`` the model, ``no_sync`` around the
 micro-batches that must not reduce gradients yet, ``mean``/``mean_dict`` for logged metrics,
-``barrier``, ``full_state`` for checkpoints and ``unwrap`` at a stage end. torchrun sets the
-environment; ``parallel`` (the recipe's ``[train] parallel``) picks how processes share the model:
+``all_sum`` for validation's per-window losses, ``barrier``, ``full_state`` for checkpoints and
+``unwrap`` at a stage end. torchrun sets the environment; ``parallel`` (the recipe's
+``[train] parallel``) picks how processes share the model:
 
 * ``ddp``: DistributedDataParallel, every process holds the whole model;
 * ``fsdp``: FSDP2. A stage trains a *sharded copy* of the model (``shard``): ``fully_shard`` on
@@ -117,6 +118,14 @@ class Distributed:
         t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
         torch_dist.all_reduce(t)
         return {k: v / self.world for k, v in zip(values, t.tolist())}
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Elementwise sum of ``values`` over processes, in float64 (every rank gets it); ``values`` in one process."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch_dist.all_reduce(t)
+        return t.tolist()
 
     def agree(self, value):
         """Rank 0's ``value`` on every rank (a decision that must not differ between processes, e.g. a measured

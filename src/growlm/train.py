@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from growlm.loop import Hooks, Loop, RunState, StepLog, build_optimizer, compile
 from growlm.loop import autocast as loop_autocast
 from growlm.metrics import MetricsLog
 from growlm.model import Config, GrowLM
-from growlm.parallel import Distributed
+from growlm.parallel import Distributed, is_sharded
 from growlm.rundir import RunDir
 from growlm.substrate import Substrate, SubstrateSpec, Vocabulary
 
@@ -56,10 +56,15 @@ def autocast(train: TrainSpec, device: torch.device, precision: str | None = Non
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: torch.device,
-             batch: int = 16, precision: str | None = None) -> dict:
+             batch: int = 16, precision: str | None = None, dist: Distributed | None = None) -> dict:
     """Validation loss (nats/token, mean over languages) and bits per character per language, counted as
     ``growlm eval --tasks ppl`` counts them (``growlm.evaluate.bpc``): windows of seq_len, whole documents
-    within val_tokens. A split (or cap) shorter than one full window is refused, as ``growth.preflight`` does."""
+    within val_tokens. A split (or cap) shorter than one full window is refused, as ``growth.preflight`` does.
+
+    Under torchrun (``dist``, called on every rank) each process scores every world-th batch of windows and the
+    per-window losses are summed over processes: every rank returns one process's numbers. A sharded (FSDP) model
+    runs its forwards in lockstep, so there every rank scores every window."""
+    share = (dist.rank, dist.world) if dist is not None and dist.world > 1 and not is_sharded(model) else (0, 1)
     bpc, losses = {}, []
     for lang in data.languages:
         n = data.tokens(lang, "val").size
@@ -69,7 +74,9 @@ def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: 
                              f"{train.val_tokens}), fewer than seq_len + 1 = {train.seq_len + 1}; lower seq_len or "
                              "raise val_tokens (--val-tokens)")
         s = score_split(model, data, lang, train.seq_len, train.val_tokens, batch, device,
-                        lambda: autocast(train, device, precision))
+                        lambda: autocast(train, device, precision), share=share)
+        if share[1] > 1:  # each window's nats from the one rank that scored it, 0 from the others: exact sums
+            s = replace(s, window_nats=dist.all_sum(s.window_nats))
         losses.append(s.nats_per_token)
         bpc[lang] = round(s.bits_per_char, 4)
     return {"val_loss": round(sum(losses) / len(losses), 4), "val_bpc": bpc,
@@ -232,7 +239,8 @@ class Run:
                          f"{self.recipe.stage_steps(stage)} steps")
             self.train_stage(si, stage)
             growth.end_stage(self.model, stage)
-            val = validate(self.model, self.data, self.train, self.dist.device, precision=self.precision)
+            val = validate(self.model, self.data, self.train, self.dist.device, precision=self.precision,
+                           dist=self.dist)
             depth = len(self.model.blocks)
             self.metrics.write({"type": "stage_end", "stage": si, "name": stage.name, "step": self.state.step,
                                 "tokens": self.state.tokens, "depth": depth, **val})
@@ -282,7 +290,7 @@ class Run:
         def validate_now(state: RunState) -> None:
             # other shapes than training's: the compiled blocks run eager rather than compile for them
             with torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext():
-                val = validate(trainee, self.data, train, dist.device, precision=self.precision)
+                val = validate(trainee, self.data, train, dist.device, precision=self.precision, dist=dist)
             self.metrics.write({"type": "val", "step": state.step, "tokens": state.tokens, "stage": si,
                                 "depth": len(model.blocks), **val})
 
@@ -380,7 +388,7 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
             metrics.truncate(0)
             if dist.main:
                 atomic_write_text(out / "plan.json", json.dumps(plan, indent=1, default=str))
-            before = validate(model, data, train, device, precision=precision) if validation else None
+            before = validate(model, data, train, device, precision=precision, dist=dist) if validation else None
             if before:
                 metrics.write({"type": "val", "step": 0, "tokens": 0, **before})
             log(f"fine-tuning {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
@@ -412,7 +420,7 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
                 batches=lambda: data.sample_batch(mix, train.batch_size, train.seq_len, generator),
                 lr_of=lambda step: lr_at(step, steps, peak, warmup, train.min_lr_ratio),
                 hooks=Hooks(log=write_log, checkpoint=checkpoint if train.ckpt_every else None))
-        after = validate(model, data, train, device, precision=precision) if validation else None
+        after = validate(model, data, train, device, precision=precision, dist=dist) if validation else None
         if after:
             metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})
         if dist.main:

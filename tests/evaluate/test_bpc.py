@@ -94,6 +94,19 @@ def test_windows_predict_every_token_once_from_its_own_window(tiny_model, tok):
     assert other == pytest.approx(nats, rel=1e-5)
 
 
+def test_shares_of_a_stream_sum_to_the_whole(tiny_model, tok):
+    """Processes split validation with ``share``: whole batches each, and the elementwise sum is the whole list."""
+    ids = [tok.eos_id] + tok.encode("held-out text, scored in shares by several processes. " * 6) + [tok.eos_id]
+    whole, counts = score_stream(tiny_model, ids, window=8, batch=2)
+    parts = [score_stream(tiny_model, ids, window=8, batch=2, share=(i, 3)) for i in range(3)]
+    assert all(c == counts for _, c in parts)  # every share knows every window's length
+    assert [sum(col) for col in zip(*(n for n, _ in parts))] == whole  # exactly: one share scored each window
+    assert [sum(1 for v in n if v) for n, _ in parts] == [sum(1 for k in range(len(whole)) if k // 2 % 3 == i)
+                                                         for i in range(3)]  # batch k of 2 windows: share k % 3
+    with pytest.raises(ValueError, match=r"share must be \(i, n\) with 0 <= i < n, got \(2, 2\)"):
+        score_stream(tiny_model, ids, window=8, share=(2, 2))
+
+
 def test_training_validation_equals_eval_ppl(tiny_model, tok, small_corpus, small_data):
     """The same model and split give one number, whichever path computes it (issue: 2.862 vs 3.372)."""
     data = TokenData.open(small_data)

@@ -71,13 +71,19 @@ def _row_nats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]
 @torch.no_grad()
 def score_stream(model: nn.Module, ids: Sequence[int] | np.ndarray | torch.Tensor, window: int, batch: int = 16,
                  device: torch.device | str | None = None,
-                 precision: Callable[[], AbstractContextManager] | None = None) -> tuple[list[float], list[int]]:
+                 precision: Callable[[], AbstractContextManager] | None = None,
+                 share: tuple[int, int] = (0, 1)) -> tuple[list[float], list[int]]:
     """(nats, tokens) of each non-overlapping window of ``window`` predicted tokens over ``ids``.
 
     ``precision`` makes the context the forward runs in (training passes its autocast); the model is put in
-    eval mode for the call and restored."""
+    eval mode for the call and restored. ``share = (i, n)`` scores only the batches k with k % n == i and gives
+    the other windows 0 nats: the elementwise sum of the n shares is the whole list, each window computed in the
+    same batch as without shares (how processes split validation, ``growlm.train.validate``)."""
     if window < 1 or batch < 1:
         raise ValueError(f"window and batch must be >= 1, got window={window}, batch={batch}")
+    part, parts = share
+    if not 0 <= part < parts:
+        raise ValueError(f"share must be (i, n) with 0 <= i < n, got {share}")
     ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     if ids.numel() < 2:
         raise ValueError(f"nothing to score: {ids.numel()} token(s), need at least 2")
@@ -88,17 +94,19 @@ def score_stream(model: nn.Module, ids: Sequence[int] | np.ndarray | torch.Tenso
     rows = [(ids[:n_full * window].view(n_full, window), ids[1:n_full * window + 1].view(n_full, window))]
     if n_full * window + 1 < ids.numel():  # the shorter last window
         rows.append((ids[n_full * window:-1][None], ids[n_full * window + 1:][None]))
+    batches = [(xs[i:i + batch], ys[i:i + batch]) for xs, ys in rows for i in range(0, xs.shape[0], batch)]
     nats: list[float] = []
     tokens: list[int] = []
     was_training = model.training
     model.eval()
     try:
-        for xs, ys in rows:
-            for i in range(0, xs.shape[0], batch):
-                x, y = xs[i:i + batch].to(device), ys[i:i + batch].to(device)
-                with (precision or contextlib.nullcontext)():
-                    nats += _row_nats(model, x, y)
-                tokens += [y.shape[1]] * x.shape[0]
+        for k, (x, y) in enumerate(batches):
+            tokens += [y.shape[1]] * x.shape[0]
+            if k % parts != part:
+                nats += [0.0] * x.shape[0]
+                continue
+            with (precision or contextlib.nullcontext)():
+                nats += _row_nats(model, x.to(device), y.to(device))
     finally:
         model.train(was_training)
     return nats, tokens
@@ -162,8 +170,9 @@ def split_stream(data, lang: str, max_tokens: int | None = None, max_documents: 
 def score_split(model: nn.Module, data, lang: str, window: int, max_tokens: int | None = None, batch: int = 16,
                 device: torch.device | str | None = None,
                 precision: Callable[[], AbstractContextManager] | None = None,
-                max_documents: int | None = None) -> TextScore:
-    """Score ``lang``'s validation split of prepared token files (training validation, ``--ppl-data DIR``)."""
+                max_documents: int | None = None, share: tuple[int, int] = (0, 1)) -> TextScore:
+    """Score ``lang``'s validation split of prepared token files (training validation, ``--ppl-data DIR``);
+    ``share`` as in ``score_stream``."""
     ids, chars, docs = split_stream(data, lang, max_tokens, max_documents)
-    nats, tokens = score_stream(model, ids, window, batch, device, precision)
+    nats, tokens = score_stream(model, ids, window, batch, device, precision, share)
     return TextScore(nats, tokens, chars, docs)
