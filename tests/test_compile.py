@@ -209,6 +209,15 @@ def test_finetune_honours_compile(tiny_data, tmp_path, monkeypatch):
     assert (wc["router.weight"] - start["router.weight"]).abs().max() > 100 * TOL  # it trained, beyond the tolerance
 
 
+def test_finetune_compile_true_without_a_cpp_compiler_is_refused_before_any_file(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    train = TrainSpec(batch_size=2, seq_len=16, val_tokens=64, compile="true")
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        finetune(composed_router(), open_data(tiny_data, "compact"), tmp_path / "ft", 1, train, progress=False,
+                 log=lambda *a: None)
+    assert not (tmp_path / "ft").exists()
+
+
 def test_finetune_cli_passes_compile(tiny_data, tmp_path):
     """``growlm finetune --compile`` is the fine-tune's ``[train] compile`` (its plan records it)."""
     model = save_model(composed_router(), tmp_path / "m" / "model")

@@ -164,7 +164,6 @@ def compiled_blocks(model: torch.nn.Module, on: bool = True):
             vars(b).pop("_compiled_call_impl", None)  # what nn.Module.compile set: back to the plain call
 
 
-
 def micro_batch(batch_size: int, grad_accum: int, world: int) -> int:
     """Sequences per micro-batch: the global batch split over processes and accumulation steps (must divide)."""
     micro = batch_size // (grad_accum * world)
