@@ -111,13 +111,43 @@ def one(mode: str, d_model: int, depth: int, vocab: int, batch: int, seq: int, s
     med = statistics.median(times)
     user, kern = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
     peak_hw = flops.peak_flops(device, precision)
-    return {"mode": mode, "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
+    breakdown = _breakdown(step, 2, peak_hw) if device == "cpu" else {}  # after the timed part: it cannot skew it
+    return {**breakdown, "mode": mode, "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
             "step_s_max": round(max(times), 4), "tok_per_s": round(batch * seq / med, 1),
             "flops_per_token": fl.total, "mfu": round(fl.total * batch * seq / med / peak_hw, 4),
             "peak_mib": round(peak, 1), "rss_before_timed_mib": round(base_rss, 1),
             "minor_faults_per_step": round((r1.ru_minflt - r0.ru_minflt) / steps, 1),
             "kernel_time_share": round(kern / max(1e-9, user + kern), 4),
             "allocator_tuned": tuned, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
+
+
+GEMMS = {"aten::mm": (0, 1), "aten::addmm": (1, 2), "aten::addmm_": (1, 2), "aten::bmm": (0, 1),
+         "aten::baddbmm": (1, 2)}  # op -> positions of its [.., M, K] and [.., K, N] operands
+
+
+def _breakdown(step, n_steps: int, peak: float) -> dict:
+    """Where a step's time goes, from the profiler: the matrix multiplies' share of the time and the fraction of
+    peak they reach on their own (the ceiling of the step's MFU at these shapes), and the largest other ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(n_steps):
+            step()
+    total = gemm_us = gemm_flops = 0.0
+    other: dict[str, float] = {}
+    for e in prof.key_averages(group_by_input_shape=True):
+        total += e.self_cpu_time_total
+        if e.key in GEMMS and e.input_shapes:
+            a, b = (e.input_shapes[i] for i in GEMMS[e.key])
+            batch = a[0] if len(a) == 3 else 1
+            gemm_flops += 2.0 * batch * a[-2] * a[-1] * b[-1] * e.count
+            gemm_us += e.self_cpu_time_total
+        else:
+            other[e.key] = other.get(e.key, 0.0) + e.self_cpu_time_total
+    top = sorted(other.items(), key=lambda kv: -kv[1])[:5]
+    return {"gemm_time_share": round(gemm_us / total, 3), "gemm_mfu": round(gemm_flops / (gemm_us * 1e-6) / peak, 3),
+            "gemm_flops_per_step": gemm_flops / n_steps,
+            "top_other_ms_per_step": {k: round(v / 1e3 / n_steps, 2) for k, v in top}}
 
 
 def _spread(values: list[float]) -> dict:
@@ -183,6 +213,9 @@ def main() -> None:
                           "peak_mib": _spread([r["peak_mib"] for r in ok]),
                           "minor_faults_per_step": _spread([r["minor_faults_per_step"] for r in ok]),
                           "kernel_time_share": _spread([r["kernel_time_share"] for r in ok])}
+            if all("gemm_mfu" in r for r in ok):
+                summary[m]["gemm_mfu"] = _spread([r["gemm_mfu"] for r in ok])
+                summary[m]["gemm_time_share"] = _spread([r["gemm_time_share"] for r in ok])
             if summary[m]["flop_bound_speed_vs_mono"]:
                 summary[m]["speed_over_flop_bound"] = round(summary[m]["speed_vs_mono"]["median"]
                                                             / summary[m]["flop_bound_speed_vs_mono"], 3)

@@ -71,6 +71,20 @@ def test_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
     assert flops.cpu_peak()["fp32"] == 1e9 and not calls  # read from the cache file, not measured again
 
 
+def test_a_capped_instruction_set_is_another_machine(monkeypatch, tmp_path):
+    """A peak measured with the matmul library capped (e.g. ONEDNN_MAX_CPU_ISA=AVX2) is not reused uncapped."""
+    monkeypatch.setenv("GROWLM_CACHE", str(tmp_path))
+    for k in flops.ISA_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(flops, "measure_matmul", lambda dtype, n=0, seconds=0: 1e9)
+    flops.cpu_peak()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(flops, "measure_matmul", lambda dtype, n=0, seconds=0: 2e9)
+    assert flops.cpu_peak()["fp32"] == 2e9  # measured afresh under the cap
+    keys = list(json.loads((tmp_path / "machine" / "peak.json").read_text()))
+    assert len(keys) == 2 and any("ONEDNN_MAX_CPU_ISA=AVX2" in k for k in keys)
+
+
 def test_precision_auto_follows_the_measurement(monkeypatch):
     monkeypatch.setattr(flops, "cpu_peak", lambda: {"fp32": 100e9, "bf16": 1e9})
     assert flops.resolve_precision("auto", "cpu") == "fp32"

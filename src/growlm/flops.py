@@ -165,6 +165,9 @@ def counted_flops(model: nn.Module, seq_len: int, vocab: int, device: torch.devi
 # --------------------------------------------------------------------------- peak
 
 
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def _cache_file() -> Path:
     root = Path(os.environ.get("GROWLM_CACHE", Path.home() / ".cache" / "growlm"))
     return root / "machine" / "peak.json"
@@ -179,7 +182,10 @@ def _cpu_key() -> str:
                 break
     except OSError:
         pass
-    return f"{name}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    # what the kernels may use: torch's vector ISA, and the matmul libraries' caps when the user set them
+    isa = [torch.backends.cpu.get_cpu_capability()]
+    isa += [f"{k}={os.environ[k]}" for k in ISA_ENV if os.environ.get(k)]
+    return f"{name}|threads={torch.get_num_threads()}|torch={torch.__version__}|isa={','.join(isa)}"
 
 
 def measure_matmul(dtype: torch.dtype, n: int = MEASURE_N, seconds: float = 0.5, device: str = "cpu") -> float:
