@@ -10,9 +10,11 @@ Attention counts QK^T and AV over the causal context, (T + 1) / 2 keys per query
 on average. Norms, activations and the optimiser are not counted (standard MFU).
 
 ``peak_flops`` is the denominator: on CPU it is measured once per machine (a
-square fp32 matmul on torch's threads, and bf16 next to it), cached in the user
-cache directory; on CUDA it comes from a table of known accelerators (dense,
-no sparsity), or is measured for an unknown one.
+square fp32 matmul on torch's threads, and bf16 next to it, repeats interleaved,
+best of each), cached in the user cache directory; a measurement taken while the
+machine was loaded is taken again by the next few processes, keeping the best.
+On CUDA it comes from a table of known accelerators (dense, no sparsity), or is
+measured for an unknown one.
 """
 
 from __future__ import annotations
@@ -209,6 +211,8 @@ def measure_matmul(dtype: torch.dtype, n: int = MEASURE_N, seconds: float = 0.5,
 
 
 _MEMO: dict[str, dict] = {}
+BUSY_LOAD = 0.75  # load average per core above which a peak measurement may read low
+MAX_BUSY_MEASUREMENTS = 3  # on a machine that is always busy, stop measuring again after this many
 
 
 def cpu_peak(refresh: bool = False) -> dict:
@@ -224,16 +228,16 @@ def cpu_peak(refresh: bool = False) -> dict:
             cached = json.loads(path.read_text())
         except (OSError, ValueError):
             cached = {}  # unreadable cache: measure again
-    if not refresh and key in cached:
+    if not refresh and key in cached and not _remeasure(cached[key]):
         _MEMO[str(path), key] = cached[key]
         return cached[key]
-    fp32 = measure_matmul(torch.float32, seconds=1.0)
-    # bf16 is probed small first: without AMX it can be ~100x slower than fp32, and a 2048^3 probe takes minutes
-    small = PROBE_N
-    bf16 = measure_matmul(torch.bfloat16, small, seconds=0.2)
-    if bf16 > measure_matmul(torch.float32, small, seconds=0.2):
-        bf16 = measure_matmul(torch.bfloat16, seconds=1.0)
-    entry = {"fp32": fp32, "bf16": bf16, "n": MEASURE_N, "threads": torch.get_num_threads(), "source": "measured"}
+    load = _load_per_core()
+    entry = _measure_peaks()
+    old = cached.get(key) if not refresh else None
+    if old:  # noise only ever lowers a best time: the peak is the best of every measurement
+        entry = {**entry, "fp32": max(entry["fp32"], old["fp32"]), "bf16": max(entry["bf16"], old["bf16"])}
+    entry["busy_measurements"] = (old or {}).get("busy_measurements", 0) + (load > BUSY_LOAD)
+    entry["busy"] = load > BUSY_LOAD
     cached[key] = _MEMO[str(path), key] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +245,32 @@ def cpu_peak(refresh: bool = False) -> dict:
     except OSError:
         pass  # a read-only home: the measurement still serves this process
     return entry
+
+
+def _load_per_core() -> float:
+    """The 1-minute load average per usable core (0 where the OS does not say)."""
+    try:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return os.getloadavg()[0] / cores
+    except OSError:
+        return 0.0
+
+
+def _remeasure(entry: dict) -> bool:
+    """A peak measured while other work loaded the machine is measured again by later processes (a few times)."""
+    return bool(entry.get("busy")) and entry.get("busy_measurements", 0) < MAX_BUSY_MEASUREMENTS
+
+
+def _measure_peaks() -> dict:
+    """fp32 and bf16 matmul peaks, their repeats interleaved so that passing load hits both alike."""
+    # bf16 is probed small first: without AMX it can be ~100x slower than fp32, and a 2048^3 probe takes minutes
+    fp32, bf16 = 0.0, measure_matmul(torch.bfloat16, PROBE_N, seconds=0.2)
+    big_bf16 = bf16 > measure_matmul(torch.float32, PROBE_N, seconds=0.2)
+    for _ in range(3):
+        fp32 = max(fp32, measure_matmul(torch.float32, seconds=0.35))
+        if big_bf16:
+            bf16 = max(bf16, measure_matmul(torch.bfloat16, seconds=0.35))
+    return {"fp32": fp32, "bf16": bf16, "n": MEASURE_N, "threads": torch.get_num_threads(), "source": "measured"}
 
 
 def gpu_peak(device: torch.device) -> dict:
