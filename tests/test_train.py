@@ -71,6 +71,36 @@ def test_resume_after_kill_is_bit_identical(tiny_recipe, tmp_path, kill_after_ch
     assert steps == sorted(set(steps))  # resumed logs continue, no duplicated steps
 
 
+def test_resume_goes_on_in_the_precision_auto_chose_at_the_start(tiny_recipe, tmp_path, monkeypatch):
+    """precision = "auto" is decided by measuring; a resumed run keeps the first decision, or it would not be exact."""
+    import growlm.flops as flops
+    import growlm.train as train_mod
+
+    recipe = tiny_recipe(steps=4, ckpt_every=2)
+    choice = {"now": "fp32"}
+    monkeypatch.setattr(flops, "resolve_precision", lambda setting, device: choice["now"])
+    ref = tmp_path / "ref"
+    grow(recipe, ref, **QUIET)
+
+    run, real, calls = tmp_path / "run", train_mod.Run.checkpoint, []
+
+    def stop_after_two(self, *a, **k):  # the process dies after its second checkpoint (global step 4, stage 1)
+        real(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod.Run, "checkpoint", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        grow(recipe, run, **QUIET)
+    monkeypatch.setattr(train_mod.Run, "checkpoint", real)
+    choice["now"] = "bf16"  # the machine now measures bf16 as faster (another machine, or a busy first measurement)
+    said = []
+    grow(recipe, run, resume=True, progress=False, log=said.append)
+    assert any("going on in fp32" in str(m) for m in said)
+    assert_same_weights(ref, run)
+
+
 def test_resume_refuses_another_plan_and_a_broken_checkpoint(tiny_recipe, tmp_path):
     run = tmp_path / "run"
     grow(tiny_recipe(steps=4), run, **QUIET)

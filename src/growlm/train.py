@@ -94,6 +94,16 @@ def open_data(path: str | Path, vocab_name: str) -> TokenData:
     return data
 
 
+def resumed_precision(setting: str, saved: dict, now: str, log) -> str:
+    """The precision a resumed run goes on in: with ``auto``, the one it trained in (``saved["precision"]``), not
+    this process's measurement, which a busy or other machine can flip (exact resume)."""
+    was = saved.get("precision")
+    if setting != "auto" or was is None or was == now:
+        return now
+    log(f"precision auto: going on in {was}, as the run trained so far (this machine would now choose {now})")
+    return was
+
+
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
     rng = {"torch": torch.get_rng_state(), "data": generator.get_state()}
     if device.type == "cuda":
@@ -183,6 +193,7 @@ class Run:
             raise ValueError(f"checkpoint {ckpt} was made on substrate {state['substrate']}, "
                              f"the plan gives {self.substrate.spec.to_dict()}")
         self.state = RunState(**state["run"])
+        self.precision = resumed_precision(self.train.precision, state, self.precision, self.log)
         meta = {"config": state["config"], "substrate": state["substrate"],
                 "substrate_fingerprint": state["substrate_fingerprint"]}
         stage = self.recipe.stages[self.state.stage] if self.state.stage < len(self.recipe.stages) else None
@@ -215,7 +226,8 @@ class Run:
         if self.dist.main:
             state = {"run": asdict(self.state), "recipe_fingerprint": self.recipe.fingerprint(),
                      "config": self.model.cfg.to_dict(), "substrate": self.substrate.spec.to_dict(),
-                     "substrate_fingerprint": self.substrate.fingerprint, "metrics_offset": self.metrics.offset()}
+                     "substrate_fingerprint": self.substrate.fingerprint, "metrics_offset": self.metrics.offset(),
+                     "precision": self.precision}
             save_checkpoint(self.out / "checkpoints" / "latest", weights, opt, state,
                             _rng_state(self.generator, self.dist.device))
         self.dist.barrier()
@@ -381,6 +393,7 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
             _restore_rng(rng, generator, device)
             metrics.truncate(int(saved["metrics_offset"]))
             state, before = RunState(**saved["run"]), saved["before"]
+            precision = resumed_precision(train.precision, saved, precision, log)
             log(f"resuming the fine-tune in {out} at step {state.stage_step} of {steps}")
         else:
             if resume:
@@ -405,7 +418,7 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
                 weights = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
                 save_checkpoint(out / "checkpoints" / "latest", weights, optimizer,
                                 {"run": asdict(st), "plan_fingerprint": fingerprint, "before": before,
-                                 "metrics_offset": metrics.offset(),
+                                 "metrics_offset": metrics.offset(), "precision": precision,
                                  "substrate_fingerprint": getattr(model, "substrate_fingerprint", "")},
                                 _rng_state(generator, device))
             dist.barrier()
