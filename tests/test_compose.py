@@ -120,6 +120,22 @@ def test_loss_matches_cross_entropy_of_logits(pair, method):
         assert m(x, y).item() == pytest.approx(ref.item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("method,window", [(m, 0) for m in METHODS] + [("posterior", 3)])
+def test_token_nll_equals_the_full_logits_per_position(pair, method, window):
+    """Scoring without [B, T, V] tensors: each position's -log p equals the full logits' cross-entropy there,
+    also for targets that are not the text's next tokens (the posterior's weights come from the text)."""
+    m = compose(pair, method, [0.3, 0.7], window=window) if method == "posterior" else compose(pair, method, [0.3, 0.7])
+    x, _ = batch(pair[0].cfg.vocab_size, B=3, T=10)
+    y = torch.randint(0, pair[0].cfg.vocab_size, x.shape, generator=torch.Generator().manual_seed(5))
+    y[1, 4] = -100
+    with torch.no_grad():
+        logits = m(x).float()
+        ref = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="none")  # [B, T]
+    got = m.token_nll(x, y)
+    assert got.shape == y.shape and float(got[1, 4]) == 0.0
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_save_load_identical_logits(pair, method, tmp_path):
     m = compose(pair, method, [0.25, 0.75])

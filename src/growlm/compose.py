@@ -22,7 +22,9 @@ Methods (``method=``), all of which give logits [B, T, V]:
 
 Cost: ``average`` and ``router`` compute the loss without any [B, T, V] tensor
 (the weighted heads are one linear over the concatenated hidden states, fed to
-``chunked_cross_entropy``); ``prob`` and ``adapter`` hold N + 1 float32 logit
+``chunked_cross_entropy``); so do ``prob`` and ``posterior`` when scored without a gradient
+(``token_nll``: only each expert's log-probability of the target and of the text's next token is
+needed, read chunk by chunk). Otherwise ``prob`` and ``adapter`` hold N + 1 float32 logit
 tensors [B, T, V] (``adapter`` a few more for its features), fine at demo sizes; ``posterior`` as ``prob``, plus
 one [B, N, V] log-probability row and [B, N, T] float64 running sums in its generation cache.
 """
@@ -37,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from growlm.checkpoint import CheckpointError, load_model, register_kind
-from growlm.losses import IGNORE_INDEX, chunked_cross_entropy
+from growlm.losses import IGNORE_INDEX, chunked_cross_entropy, token_log_probs
 from growlm.model import GrowLM, KVCache, generate
 from growlm.substrate import Substrate, SubstrateMismatchError
 
@@ -270,9 +272,8 @@ class ComposedLM(nn.Module):
             return self.mix.to(hs[0].dtype).expand(*hs[0].shape[:2], -1)
         return self.router(torch.cat(hs, dim=-1)).softmax(-1)
 
-    def _linear_loss(self, hs: list[torch.Tensor], g: torch.Tensor, targets: torch.Tensor,
-                     loss_chunk: int) -> torch.Tensor:
-        """CE of sum_i g_i (h_i W_i^T + b_i) as one linear over [g_i h_i ..., g_i ...]: no [B, T, V] tensor."""
+    def _joint_head(self, hs: list[torch.Tensor], g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum_i g_i (h_i W_i^T + b_i) as one linear: inputs [B*T, sum C_i + n_bias] and weight [V, same]."""
         feats = [g[..., i:i + 1] * h for i, h in enumerate(hs)]
         cols = [e.head.weight for e in self.experts]
         for i, e in enumerate(self.experts):
@@ -281,7 +282,41 @@ class ComposedLM(nn.Module):
                 cols.append(e.head.bias[:, None])
         x = torch.cat(feats, dim=-1)  # [B, T, sum C_i + n_bias]
         w = torch.cat(cols, dim=1)  # [V, sum C_i + n_bias]; a copy of the heads, made once per call
-        return chunked_cross_entropy(x.reshape(-1, x.shape[-1]), w, None, targets.reshape(-1), chunk=loss_chunk)
+        return x.reshape(-1, x.shape[-1]), w
+
+    def _linear_loss(self, hs: list[torch.Tensor], g: torch.Tensor, targets: torch.Tensor,
+                     loss_chunk: int) -> torch.Tensor:
+        """CE of sum_i g_i (h_i W_i^T + b_i) (``_joint_head``): no [B, T, V] tensor."""
+        x, w = self._joint_head(hs, g)
+        return chunked_cross_entropy(x, w, None, targets.reshape(-1), chunk=loss_chunk)
+
+    @torch.no_grad()
+    def token_nll(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """-log p(targets) [B, T] at every position of idx [B, T] (float32, no gradient; 0 where ignored).
+
+        ``average``, ``router``, ``prob`` and ``posterior`` never hold a [B, T, V] tensor: each needs only the
+        experts' log-probabilities of the target (and ``posterior`` of the text's next token), read chunk by
+        chunk (``growlm.losses.token_log_probs``); ``adapter`` fuses whole logits."""
+        hs = self._hidden_states(idx, None, 0)
+        valid = targets != IGNORE_INDEX
+        y = targets.clamp(min=0)
+        B, T = idx.shape
+        if self.method in ("average", "router"):
+            x, w = self._joint_head(hs, self._gates(hs))
+            return -token_log_probs(x, w, None, y.reshape(-1)).view(B, T) * valid
+        if self.method == "adapter":
+            lp = self._mix(hs, idx, None, 0).float().log_softmax(-1)
+            return -lp.gather(-1, y[..., None])[..., 0] * valid
+        # prob, posterior: log sum_k w_k p_k(y); the posterior's w_k from each expert's log p of the text so far
+        ids = torch.stack([y, F.pad(idx[:, 1:], (0, 1))]).view(2, -1)  # targets, and the text's next tokens
+        lp = torch.stack([token_log_probs(h.reshape(B * T, -1), e.head.weight, e.head.bias, ids).view(2, B, T)
+                          for e, h in zip(self.experts, hs)], 2)  # [2, B, N, T]
+        if self.method == "prob":
+            logw = self.mix.log().to(lp)[None, :, None]
+        else:
+            prefix = F.pad(lp[1, ..., :-1].to(torch.float64).cumsum(-1), (1, 0))  # [B, N, T]
+            logw = posterior_log_weights(prefix, self.mix.log(), torch.arange(T, device=idx.device), self.window)
+        return -(lp[0] + logw.to(lp.dtype)).logsumexp(1) * valid
 
     def _hidden_states(self, idx: torch.Tensor, caches, pos: int) -> list[torch.Tensor]:
         """Each expert's final hidden states [B, T, C_i] of idx at position pos (its own KV caches, if given)."""
@@ -303,6 +338,9 @@ class ComposedLM(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 caches: list[list[KVCache]] | None = None, pos: int = 0, loss_chunk: int = 4096):
         """Logits [B, T, V] when ``targets`` is None, else the mean cross-entropy; caches: one list per expert."""
+        if targets is not None and caches is None and pos == 0 and self.method in ("prob", "posterior") and not (
+                torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+            return self.token_nll(idx, targets).sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
         hs = self._hidden_states(idx, caches, pos)
         if targets is not None and self.method in ("average", "router"):
             return self._linear_loss(hs, self._gates(hs), targets, loss_chunk)

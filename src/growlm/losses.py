@@ -41,7 +41,7 @@ def _softmax_(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(1)
 
 
-def _target_log_probs(probs: torch.Tensor, targets: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+def _log_probs_from_softmax(probs: torch.Tensor, targets: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
                       b: torch.Tensor | None) -> torch.Tensor:
     """log p[target] per row from the softmax; rows whose probability underflows are recomputed from h exactly."""
     p = probs.gather(1, targets[:, None])[:, 0]
@@ -55,44 +55,73 @@ def _target_log_probs(probs: torch.Tensor, targets: torch.Tensor, h: torch.Tenso
     return logp
 
 
+class _HeadChunks:
+    """The head's float32 logits of h [N, C], one chunk of rows at a time, in one reused buffer."""
+
+    def __init__(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk: int):
+        self.h, self.chunk, self.dt = h, chunk, _compute_dtype(h)
+        self.w = weight.to(self.dt)  # cast once, not per chunk
+        self.b = bias.float() if bias is not None else None
+        rows, V = min(chunk, h.shape[0]), weight.shape[0]
+        # Reused buffers: allocating and freeing tens of MB per chunk costs page faults.
+        self.buf = torch.empty(rows, V, dtype=torch.float32, device=h.device)
+        self.low = torch.empty(rows, V, dtype=self.dt, device=h.device) if self.dt != torch.float32 else None
+
+    def __iter__(self):
+        """(start row, h chunk in the matmul dtype, its logits [n, V]) for each chunk."""
+        w, b, low = self.w, self.b, self.low
+        for s in range(0, self.h.shape[0], self.chunk):
+            hc = self.h[s:s + self.chunk].to(self.dt)
+            n = hc.shape[0]
+            logits = self.buf[:n]
+            if low is None:  # fp32: the bias rides along in the matmul
+                torch.mm(hc, w.t(), out=logits) if b is None else torch.addmm(b, hc, w.t(), out=logits)
+            else:  # low precision matmul, then float32 logits (the bias added in float32, in the same pass)
+                torch.mm(hc, w.t(), out=low[:n])
+                logits.copy_(low[:n]) if b is None else torch.add(low[:n], b, out=logits)
+            yield s, hc, logits
+
+
+@torch.no_grad()
+def token_log_probs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                    chunk: int | None = None) -> torch.Tensor:
+    """log softmax(h @ weight.T + bias) at given ids, the [N, V] logits never held whole; no gradient.
+
+    h [N, C]; targets [N] or [K, N] (K ids per row, read in the same pass); returns float32 of targets' shape.
+    """
+    N = h.shape[0]
+    ids = targets.reshape(-1, N)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
+        raise ValueError(f"token ids must lie in [0, {weight.shape[0]}), got {int(ids.min())}..{int(ids.max())}")
+    out = torch.empty(ids.shape, dtype=torch.float32, device=h.device)
+    with torch.autocast(h.device.type, enabled=False):
+        for s, _, logits in _HeadChunks(h, weight, bias, _chunk_rows(weight.shape[0], chunk)):
+            # log-probabilities as F.cross_entropy computes them, one fused kernel; in place on CPU (tested
+            # bit-identical there), elsewhere into a fresh tensor the caching allocator hands back
+            logp = torch.log_softmax(logits, 1, out=logits) if logits.is_cpu else logits.log_softmax(1)
+            out[:, s:s + logits.shape[0]] = logp.gather(1, ids[:, s:s + logits.shape[0]].t()).t()
+    return out.reshape(targets.shape)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, targets, chunk, need_h, need_w, need_b):
-        N, V = h.shape[0], weight.shape[0]
-        dt = _compute_dtype(h)
         with torch.autocast(h.device.type, enabled=False):
-            w = weight.to(dt)  # cast once, not per chunk
-            b = bias.float() if bias is not None else None
+            chunks = _HeadChunks(h, weight, bias, chunk)
+            w, b, low, dt = chunks.w, chunks.b, chunks.low, chunks.dt
             valid = targets != IGNORE_INDEX
             n_valid = valid.sum().clamp(min=1).to(torch.float32)
             grad_h = torch.empty_like(h) if need_h else None
             grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
             grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
             total = torch.zeros((), dtype=torch.float32, device=h.device)
-            # Reused buffers: allocating and freeing tens of MB per chunk costs page faults.
-            rows = min(chunk, N)
-            buf = torch.empty(rows, V, dtype=torch.float32, device=h.device)
-            low = torch.empty(rows, V, dtype=dt, device=h.device) if dt != torch.float32 else None
-            for s in range(0, N, chunk):
-                hc = h[s:s + chunk].to(dt)
+            for s, hc, logits in chunks:
                 n = hc.shape[0]
                 tc, vc = targets[s:s + n].clamp(min=0), valid[s:s + n]
-                logits = buf[:n]
-                if low is None:  # fp32: the bias rides along in the matmul
-                    torch.mm(hc, w.t(), out=logits) if b is None else torch.addmm(b, hc, w.t(), out=logits)
-                else:  # low precision matmul, then float32 logits (the bias added in float32, in the same pass)
-                    torch.mm(hc, w.t(), out=low[:n])
-                    logits.copy_(low[:n]) if b is None else torch.add(low[:n], b, out=logits)
-                if not (need_h or need_w or need_b):
-                    # log-probabilities as F.cross_entropy computes them, one fused kernel; in place on CPU
-                    # (tested bit-identical there), elsewhere into a fresh tensor the caching allocator hands back
-                    logp = torch.log_softmax(logits, 1, out=logits) if logits.is_cpu else logits.log_softmax(1)
-                    total -= (logp.gather(1, tc[:, None])[:, 0] * vc).sum()
-                    continue
                 # the softmax, one fused kernel (in place on CPU, tested bit-identical): it is the gradient's main
                 # term, and the loss is -log of its target entries, so no second pass turns log-probs into probs
                 g = _softmax_(logits)
-                total -= (_target_log_probs(g, tc, hc, w, b) * vc).sum()
+                total -= (_log_probs_from_softmax(g, tc, hc, w, b) * vc).sum()
                 # d loss / d logits = scale * (softmax - onehot): the one-hot on n entries, and the per-row scale
                 # (1/n_valid, 0 for ignored targets) applied on the narrow side of each matmul
                 g[torch.arange(n, device=g.device), tc] -= 1.0
@@ -110,10 +139,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_w:  # scaled in float32, then rounded: no rounding of 1/n_valid shared by every row
                     hs = (h[s:s + n].float() * scale[:, None]).to(dt)
                     grad_w.addmm_(g.t(), hs) if low is None else grad_w.add_(g.t() @ hs)
-        if ctx is not None:
-            ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
-            ctx.flags = (need_h, need_w, need_b)
-            ctx.w_dtype = weight.dtype
+        ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
+        ctx.flags = (need_h, need_w, need_b)
+        ctx.w_dtype = weight.dtype
         return total / n_valid
 
     @staticmethod
@@ -137,7 +165,8 @@ def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     need_h = grad and h.requires_grad
     need_w = grad and weight.requires_grad
     need_b = grad and bias is not None and bias.requires_grad
-    if not (need_h or need_w or need_b):
-        with torch.no_grad():
-            return _LinearCrossEntropy.forward(None, h, weight, bias, targets, rows, False, False, False)
+    if not (need_h or need_w or need_b):  # evaluation: the target entries of log-softmax, one pass per chunk
+        valid = targets != IGNORE_INDEX
+        logp = token_log_probs(h, weight, bias, targets.clamp(min=0), rows)
+        return -(logp * valid).sum() / valid.sum().clamp(min=1).to(torch.float32)
     return _LinearCrossEntropy.apply(h, weight, bias, targets, rows, need_h, need_w, need_b)

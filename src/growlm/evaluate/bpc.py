@@ -65,6 +65,8 @@ def _row_nats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]
     if hasattr(model, "hidden_states") and isinstance(getattr(head, "weight", None), torch.Tensor):
         h = model.hidden_states(x)  # [B, T, C]; the same head and loss as GrowLM.forward(x, y)
         return [float(chunked_cross_entropy(h[b], head.weight, head.bias, y[b])) * T for b in range(x.shape[0])]
+    if hasattr(model, "token_nll"):  # a composed model: -log p per position, the whole batch at once
+        return model.token_nll(x, y).sum(1).tolist()
     return [float(model(x[b:b + 1], y[b:b + 1])) * T for b in range(x.shape[0])]  # any model(x, y) -> mean loss
 
 
