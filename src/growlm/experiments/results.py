@@ -133,6 +133,7 @@ def _speed_row(mode: str, v: dict) -> dict:
     return {"mode": mode, "speed vs mono": _spread(v.get("speed_vs_mono")),
             "FLOP-bound speed vs mono": _spread(v.get("flop_bound_speed_vs_mono")),
             "speed / FLOP bound": _spread(v.get("speed_over_flop_bound")), "MFU": _spread(v.get("mfu")),
+            "matmuls' own MFU": _spread(v.get("gemm_mfu")), "matmuls' time share": _spread(v.get("gemm_time_share")),
             "tokens/s": _spread(v.get("tok_per_s")), "peak MiB": _spread(v.get("peak_mib")),
             "minor faults / step": _spread(v.get("minor_faults_per_step")),
             "kernel time share": _spread(v.get("kernel_time_share"))}
