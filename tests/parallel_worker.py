@@ -3,11 +3,13 @@
     torchrun --nproc_per_node=2 tests/parallel_worker.py RECIPE OUT STOP_STEP
 
 OUT/fsdp: a whole run. OUT/stopped: the same run stopped right after its checkpoint at global step
-STOP_STEP, copied (rank 0) to OUT/stopped-copy for a one-process resume, then resumed under FSDP.
+STOP_STEP, copied (rank 0) to OUT/stopped-copy for a one-process resume, then resumed under FSDP. OUT/exit-R.json: the
+process group's threads still running in rank R after shutdown (none).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +17,9 @@ from pathlib import Path
 import torch.distributed as dist
 
 from growlm.growth import Recipe
+from growlm.parallel import shutdown
 from growlm.train import Run, grow
+from worker_exit import group_threads
 
 
 class Stop(Exception):
@@ -45,7 +49,9 @@ def main(recipe: str, out: str, stop_step: int) -> None:
         shutil.copytree(out / "stopped", out / "stopped-copy")
     dist.barrier()
     grow(Recipe.load(out / "stopped" / "plan.json"), out / "stopped", resume=True, **quiet)
-    dist.destroy_process_group()
+    rank = dist.get_rank()
+    shutdown()  # every rank done before any tears the group down
+    (out / f"exit-{rank}.json").write_text(json.dumps(group_threads()))
 
 
 if __name__ == "__main__":

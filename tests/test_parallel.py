@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -54,6 +55,8 @@ def test_fsdp_matches_one_process_and_its_checkpoints_resume_exactly(tiny_recipe
     res = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29541", str(WORKER), str(fsdp_path),
                           str(tmp_path), "3"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    # shutdown left nothing of the process group running (threads left to die with the interpreter can abort it)
+    assert [json.loads((tmp_path / f"exit-{r}.json").read_text()) for r in (0, 1)] == [[], []]
     close(one, tmp_path / "fsdp", atol=1e-5)
     close(tmp_path / "fsdp", tmp_path / "stopped", atol=0)
     # stage-end validation, split between the ranks and summed, reports one process's numbers (to 4 decimals)
@@ -78,3 +81,27 @@ def test_parallel_is_checked():
 
     with pytest.raises(ValueError, match=r"parallel must be one of \['ddp', 'fsdp'\], got 'zero3'"):
         TrainSpec(parallel="zero3")
+
+
+def test_a_command_ends_by_waiting_for_every_rank_then_destroying_the_process_group(tmp_path, monkeypatch):
+    """What ``growlm`` does after a command under torchrun (``parallel.shutdown``): a barrier, then the group is
+    destroyed, so that no rank tears its connections down while another still uses them; without a group, nothing."""
+    import torch.distributed as torch_dist
+
+    from growlm.cli import main
+
+    calls = []
+    barrier, destroy = torch_dist.barrier, torch_dist.destroy_process_group
+    monkeypatch.setattr(torch_dist, "barrier", lambda *a, **k: calls.append("barrier") or barrier(*a, **k))
+    monkeypatch.setattr(torch_dist, "destroy_process_group",
+                        lambda *a, **k: calls.append("destroy") or destroy(*a, **k))
+    assert main(["params", "--preset", "tiny"]) == 0
+    assert calls == []  # one process, no group
+    torch_dist.init_process_group("gloo", store=torch_dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        assert main(["params", "--preset", "tiny"]) == 0
+        assert calls == ["barrier", "destroy"]
+        assert not torch_dist.is_initialized()
+    finally:
+        if torch_dist.is_initialized():
+            destroy()

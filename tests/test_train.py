@@ -226,6 +226,8 @@ def test_two_processes_split_validation_and_report_one_process_numbers(tiny_data
         a, b = ranks[0]["nats"][lang], ranks[1]["nats"][lang]
         assert all(x == 0.0 or y == 0.0 for x, y in zip(a, b)) and any(a) and any(b)
         assert [x + y for x, y in zip(a, b)] == nats  # bit for bit the one-process windows
+    # shutdown left nothing of the process group running (threads left to die with the interpreter can abort it)
+    assert [json.loads((two / f"exit-{r}.json").read_text()) for r in (0, 1)] == [[], []]
 
 
 def test_head_lr_scale_freezes_then_ramps():

@@ -4,7 +4,8 @@ of a seeded tiny model, recording what this process scored.
     [torchrun --nproc_per_node=2] tests/validate_worker.py DATA OUT
 
 Writes OUT/rank-R.json: validate's result, the windows this rank's model saw, and the per-window nats that
-score_split returned here (before the sum over processes), per language.
+score_split returned here (before the sum over processes), per language; OUT/exit-R.json: the process group's
+threads still running after shutdown (none).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as torch_dist
 
 import growlm.train as train_module
 from growlm.growth import TrainSpec
 from growlm.model import Config, GrowLM
-from growlm.parallel import Distributed
+from growlm.parallel import Distributed, shutdown
 from growlm.substrate import Substrate
 from growlm.train import open_data, validate
+from worker_exit import group_threads
 
 BATCH = 2  # windows per forward: several batches per language, so that each process has some
 
@@ -46,9 +47,8 @@ def main(data_path: str, out: str) -> None:
     train = TrainSpec(seq_len=16, val_tokens=200, precision="fp32")
     val = validate(model, open_data(data_path, "compact"), train, dist.device, batch=BATCH, dist=dist)
     Path(out, f"rank-{dist.rank}.json").write_text(json.dumps({"val": val, "rows": sum(rows), "nats": scored}))
-    if dist.world > 1:
-        dist.barrier()
-        torch_dist.destroy_process_group()
+    shutdown()  # barrier, then destroy the process group (none in one process)
+    Path(out, f"exit-{dist.rank}.json").write_text(json.dumps(group_threads()))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,13 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+def _end_process_group() -> None:
+    """Under torchrun, after a command that every rank finished: barrier, then destroy the process group."""
+    parallel = sys.modules.get("growlm.parallel")  # not imported: the command started no process group
+    if parallel is not None:
+        parallel.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``growlm`` console script."""
     parser = build_parser()
@@ -98,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_allocator()  # before the command allocates anything large: freed blocks are reused, not re-faulted
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        _end_process_group()
+        return code
     except KeyboardInterrupt:
         if args.debug:
             raise

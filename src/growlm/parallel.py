@@ -3,8 +3,8 @@
 The training loop sees only ``Distributed``: ``wrap`` the model, ``no_sync`` around the
 micro-batches that must not reduce gradients yet, ``mean``/``mean_dict`` for logged metrics,
 ``all_sum`` for validation's per-window losses, ``barrier``, ``full_state`` for checkpoints and
-``unwrap`` at a stage end. torchrun sets the environment; ``parallel`` (the recipe's
-``[train] parallel``) picks how processes share the model:
+``unwrap`` at a stage end; ``shutdown`` ends a process's part of the job. torchrun sets the
+environment; ``parallel`` (the recipe's ``[train] parallel``) picks how processes share the model:
 
 * ``ddp``: DistributedDataParallel, every process holds the whole model;
 * ``fsdp``: FSDP2. A stage trains a *sharded copy* of the model (``shard``): ``fully_shard`` on
@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +49,11 @@ class Distributed:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(dev)
         if world > 1 and not torch_dist.is_initialized():
+            # FSDP's import chain (torch.distributed.nn) binds the default group into functions' default arguments:
+            # imported after init, it keeps the group alive past destroy_process_group, and the group's threads
+            # then die with the interpreter (gloo: an abort at exit). Imported first, it binds nothing.
+            from torch.distributed.fsdp import FSDPModule  # noqa: F401
+
             torch_dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         return cls(rank, world, dev, parallel)
 
@@ -137,8 +144,48 @@ class Distributed:
         return box[0]
 
     def barrier(self) -> None:
+        """Wait until every process gets here (nothing in one process)."""
         if self.world > 1:
             torch_dist.barrier()
+
+
+def shutdown() -> None:
+    """End this process's part of a torchrun job: wait for every rank, destroy the process group, and let go of
+    what still held it.
+
+    Call it once on every rank after the last collective (``growlm.cli`` does after a command; a script calling
+    ``grow`` or ``finetune`` under torchrun should too); without a process group it does nothing. A group that lives
+    on until the interpreter exits (DTensor's caches hold an FSDP run's meshes, the meshes the group) is torn down
+    with it, threads and all, and gloo can then abort the finished process (SIGABRT).
+    """
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return
+    torch_dist.barrier()
+    _forget_device_meshes()
+    torch_dist.destroy_process_group()
+    gc.collect()  # what held the group (an FSDP run's meshes) goes now, while the interpreter is whole
+
+
+def _forget_device_meshes() -> None:
+    """Empty DTensor's caches (sharding decisions, redistribution plans, mesh topologies): their entries keep the
+    device meshes of every FSDP stage alive, and the meshes the process group, which would then outlive
+    ``destroy_process_group`` with its threads. Caches only: emptying them changes no result."""
+    if "torch.distributed.tensor" not in sys.modules:  # no DTensor was ever made
+        return
+    from torch.distributed.tensor import _redistribute, debug
+
+    for clear in (getattr(debug, "_clear_sharding_prop_cache", None),  # the C++ fast path's too
+                  getattr(_redistribute, "clear_redistribute_planner_cache", None)):
+        if clear is not None:
+            clear()
+    for name, module in list(sys.modules.items()):  # every functools cache of the package, in functions and classes
+        if module is None or not (name == "torch.distributed.tensor" or name.startswith("torch.distributed.tensor.")):
+            continue
+        for value in list(vars(module).values()):
+            for f in (value, *(vars(value).values() if isinstance(value, type) else ())):
+                f = getattr(f, "__func__", f)  # a staticmethod's or classmethod's function
+                if not isinstance(f, type) and callable(getattr(f, "cache_clear", None)) and hasattr(f, "cache_info"):
+                    f.cache_clear()
 
 
 # --------------------------------------------------------------------------- FSDP2
