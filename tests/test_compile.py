@@ -24,6 +24,7 @@ from growlm.cli import main
 from growlm.compose import ComposedLM, compose
 from growlm.growth import Recipe, TrainSpec
 from growlm.loop import compiled_blocks, cpp_compiler, model_blocks, resolve_compile
+from growlm.metrics import read_metrics
 from growlm.substrate import Substrate
 from growlm.train import Run, finetune, grow, open_data
 
@@ -178,8 +179,8 @@ def composed_router() -> ComposedLM:
 @needs_cxx
 def test_finetune_honours_compile(tiny_data, tmp_path, monkeypatch):
     """``finetune`` compiles as a growth stage does when ``compile = true``: a composed model's expert blocks (frozen:
-    one no-grad graph serves both) run compiled during the steps and eager for validation, and the router it trains
-    matches the eager fine-tune's."""
+    one no-grad graph serves both) run compiled during the steps and eager for validation (mid-run too), and the
+    router it trains matches the eager fine-tune's."""
     from torch._dynamo.utils import counters
 
     seen = []
@@ -191,16 +192,20 @@ def test_finetune_honours_compile(tiny_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr("growlm.train.compiled_blocks", spy)
     data = open_data(tiny_data, "compact")
-    train = TrainSpec(batch_size=4, seq_len=16, lr=1e-2, warmup_steps=1, val_tokens=128, ckpt_every=0,
+    train = TrainSpec(batch_size=4, seq_len=16, lr=1e-2, warmup_steps=1, val_tokens=128, val_every=2, ckpt_every=0,
                       precision="fp32", compile="true")
     counters.clear()  # dynamo's global statistics: count this fine-tune's graphs only
     comp = finetune(composed_router(), data, tmp_path / "compiled", 3, train, progress=False, log=lambda *a: None)
     assert seen == [(True, 2)]  # both experts' blocks
     assert counters["stats"]["unique_graphs"] == 1  # the training steps' graph; validation compiled none
+    vals = [r for r in read_metrics(tmp_path / "compiled" / "metrics.jsonl") if r["type"] == "val"]
+    assert [v["step"] for v in vals] == [0, 2, 3]  # before, every val_every = 2 steps (inside the compiled loop), after
     eager = finetune(composed_router(), data, tmp_path / "eager", 3, replace(train, compile="false"), progress=False,
                      log=lambda *a: None)
     assert seen[-1] == (False, 2)
     assert comp["before"] == eager["before"]  # eager validation of the same starting model
+    mid = [r for r in read_metrics(tmp_path / "eager" / "metrics.jsonl") if r["type"] == "val"][1]
+    assert mid["step"] == 2 and vals[1]["val_loss"] == pytest.approx(mid["val_loss"], abs=1e-3)
     wc, we = load_file(f"{comp['model']}/model.safetensors"), load_file(f"{eager['model']}/model.safetensors")
     start = composed_router().state_dict()
     assert wc.keys() == we.keys()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,9 +66,31 @@ def composed(tmp_path) -> Path:
     return out
 
 
+def test_finetune_validates_every_val_every_steps(composed, tiny_data, tmp_path, capsys):
+    """``growlm finetune --val-every N`` ([train] val_every) validates before the first step, every N steps and
+    after the last, as a growth stage does; 0 validates only before and after."""
+    args = ["finetune", str(composed), "--data", str(tiny_data), "--steps", "5", "--ckpt-every", "0",
+            "--batch-size", "4", "--seq-len", "16", "--val-tokens", "256", "--no-progress", "--precision", "fp32"]
+    assert main([*args, "--val-every", "2", "--out", str(tmp_path / "every2")]) == 0
+    assert main([*args, "--val-every", "0", "--out", str(tmp_path / "ends")]) == 0
+    rows = read_metrics(tmp_path / "every2" / "metrics.jsonl")
+    vals = [r for r in rows if r["type"] == "val"]
+    assert [(v["step"], v["tokens"]) for v in vals] == [(s, s * 4 * 16) for s in (0, 2, 4, 5)]
+    assert {"val_loss", "val_bpc", "val_bpc_mean"} <= vals[1].keys() and vals[1]["val_loss"] != vals[0]["val_loss"]
+    ends = [r for r in read_metrics(tmp_path / "ends" / "metrics.jsonl") if r["type"] == "val"]
+    assert [v["step"] for v in ends] == [0, 5]
+    assert [ends[0], ends[1]] == [vals[0], vals[3]]  # mid-run validation changed nothing the run computed
+    assert json.loads((tmp_path / "every2" / "plan.json").read_text())["train"]["val_every"] == 2
+    with pytest.raises(SystemExit):  # argparse: "argument --val-every: must be >= 0, got -1"
+        main([*args, "--val-every", "-1", "--out", str(tmp_path / "bad")])
+    assert "--val-every: must be >= 0, got -1" in capsys.readouterr().err
+
+
 def test_finetune_resumes_bit_identically_after_sigkill(composed, tiny_data, tmp_path, kill_after_checkpoint):
+    """Killed after a checkpoint and resumed, the fine-tune ends on the uninterrupted one's weights and logs its
+    training and mid-run validation rows once each, the same numbers."""
     args = ["finetune", str(composed), "--data", str(tiny_data), "--steps", "40", "--ckpt-every", "3",
-            "--batch-size", "4", "--seq-len", "16", "--val-tokens", "256", "--no-progress"]
+            "--batch-size", "4", "--seq-len", "16", "--val-tokens", "256", "--val-every", "4", "--no-progress"]
     ref = tmp_path / "ref"
     assert main([*args, "--out", str(ref)]) == 0
 
@@ -80,6 +103,9 @@ def test_finetune_resumes_bit_identically_after_sigkill(composed, tiny_data, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (ref / "metrics.jsonl").read_text().count('"type": "train"') == \
         (run / "metrics.jsonl").read_text().count('"type": "train"')  # the redone steps were not logged twice
+    vals = [[r for r in read_metrics(d / "metrics.jsonl") if r["type"] == "val"] for d in (ref, run)]
+    assert [v["step"] for v in vals[0]] == [0, *range(4, 40, 4), 40]
+    assert vals[1] == vals[0]  # validated at the same steps, to the same numbers, once each
 
 
 def test_finetune_resume_refuses_other_settings(composed, tiny_data, tmp_path, capsys):
@@ -95,7 +121,8 @@ def test_finetune_resume_refuses_other_settings(composed, tiny_data, tmp_path, c
 def test_finetune_under_torchrun_matches_one_process(composed, tiny_data, tmp_path):
     """DDP over 2 gloo processes (1 micro-batch each) gives one process's fine-tune, fp32 both."""
     args = ["finetune", str(composed), "--data", str(tiny_data), "--steps", "4", "--ckpt-every", "2",
-            "--batch-size", "4", "--seq-len", "16", "--val-tokens", "256", "--no-progress", "--precision", "fp32"]
+            "--batch-size", "4", "--seq-len", "16", "--val-tokens", "256", "--val-every", "2", "--no-progress",
+            "--precision", "fp32"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     torchrun = shutil.which("torchrun") or "torchrun"
     res = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29547", "-m", "growlm.cli", *args, "--out",
@@ -113,7 +140,7 @@ def test_finetune_under_torchrun_matches_one_process(composed, tiny_data, tmp_pa
     assert (tmp_path / "two" / "checkpoints" / "latest" / "state.json").is_file()
     # validation, split between the ranks and summed, reports one process's numbers (4 decimals; thread counts differ)
     vals = [[r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["type"] == "val"] for run in ("one", "two")]
-    assert [v["step"] for v in vals[0]] == [v["step"] for v in vals[1]] == [0, 4]
+    assert [v["step"] for v in vals[0]] == [v["step"] for v in vals[1]] == [0, 2, 4]  # mid-run too, split as well
     for a, b in zip(*vals):
         assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-4)
         assert b["val_bpc"] == pytest.approx(a["val_bpc"], abs=2e-4)

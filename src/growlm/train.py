@@ -83,6 +83,17 @@ def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: 
             "val_bpc_mean": round(sum(bpc.values()) / len(bpc), 4)}
 
 
+def validate_to_log(model: torch.nn.Module, data: TokenData, train: TrainSpec, dist: Distributed, precision: str,
+                    metrics: MetricsLog, state: RunState, compiled: bool = False, **fields) -> dict:
+    """``validate`` during a run, written to ``metrics`` as a ``val`` row at the state's step and tokens (then
+    ``fields``); returns the result. ``compiled``: the blocks are compiled for training's shapes, and validation's
+    shapes run them eager rather than compile more graphs."""
+    with torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext():
+        val = validate(model, data, train, dist.device, precision=precision, dist=dist)
+    metrics.write({"type": "val", "step": state.step, "tokens": state.tokens, **fields, **val})
+    return val
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -300,11 +311,8 @@ class Run:
             return {"head_lr": s.lr * head_lr_scale(stage, state.stage_step - 1)} if split_head else {}
 
         def validate_now(state: RunState) -> None:
-            # other shapes than training's: the compiled blocks run eager rather than compile for them
-            with torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext():
-                val = validate(trainee, self.data, train, dist.device, precision=self.precision, dist=dist)
-            self.metrics.write({"type": "val", "step": state.step, "tokens": state.tokens, "stage": si,
-                                "depth": len(model.blocks), **val})
+            validate_to_log(trainee, self.data, train, dist, self.precision, self.metrics, state, compiled, stage=si,
+                            depth=len(model.blocks))
 
         with compiled_blocks(trainee, compiled):  # this stage's blocks, compiled afresh (never an earlier graph)
             loop.run(optimizer, total, self.state,
@@ -348,11 +356,11 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
 
     The model only needs ``forward(idx, targets) -> loss``; the steps run through ``growlm.loop`` like a growth
     stage, with its blocks compiled as a stage's are when ``train.compile`` says so. Validation (eager) runs before
-    the first step (so the starting loss is on record) and after the last; metrics go to ``out/metrics.jsonl``, the
-    plan to ``out/plan.json``, a checkpoint (the trainable parameters, optimiser and RNG states) every
-    ``train.ckpt_every`` steps, and the result to ``out/model``. ``resume`` continues from the checkpoint
-    bit-identically; it must be given the same starting model and settings. ``validation=False`` skips both
-    validations, for callers that score the model themselves (before and after are then None).
+    the first step (so the starting loss is on record), every ``train.val_every`` steps and after the last; metrics
+    go to ``out/metrics.jsonl``, the plan to ``out/plan.json``, a checkpoint (the trainable parameters, optimiser
+    and RNG states) every ``train.ckpt_every`` steps, and the result to ``out/model``. ``resume`` continues from the
+    checkpoint bit-identically; it must be given the same starting model and settings. ``validation=False`` skips
+    every validation, for callers that score the model themselves (before and after are then None).
     """
     refusal = getattr(model, "training_refusal", lambda: None)()
     if refusal:
@@ -401,9 +409,7 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
             metrics.truncate(0)
             if dist.main:
                 atomic_write_text(out / "plan.json", json.dumps(plan, indent=1, default=str))
-            before = validate(model, data, train, device, precision=precision, dist=dist) if validation else None
-            if before:
-                metrics.write({"type": "val", "step": 0, "tokens": 0, **before})
+            before = validate_to_log(model, data, train, dist, precision, metrics, state) if validation else None
             log(f"fine-tuning {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters for "
                 f"{steps} steps" + (f"; step-0 val loss {before['val_loss']:.4f}, bits/char {before['val_bpc']}"
                                     if before else "") + (f" on {dist.world} processes" if dist.world > 1 else ""))
@@ -423,19 +429,21 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
                                 _rng_state(generator, device))
             dist.barrier()
 
+        def validate_now(st: RunState) -> None:  # every val_every steps, the blocks eager (as a stage's)
+            validate_to_log(model, data, train, dist, precision, metrics, st, compiled)
+
         mix = data.mixture(mixture)
         peak, warmup = lr or train.lr, min(train.warmup_steps, steps // 10)
         wrapped = dist.wrap(model, precision)  # DDP across processes, the model itself in one
-        # the blocks (each expert's, in a composed model) compile afresh; validation, outside, runs eager
+        # the blocks (each expert's, in a composed model) compile afresh; validation before and after, outside, eager
         with compiled_blocks(model, compiled):
             Loop(wrapped, train, dist, precision, progress=progress, desc="fine-tune").run(
                 optimizer, steps, state,
                 batches=lambda: data.sample_batch(mix, train.batch_size, train.seq_len, generator),
                 lr_of=lambda step: lr_at(step, steps, peak, warmup, train.min_lr_ratio),
-                hooks=Hooks(log=write_log, checkpoint=checkpoint if train.ckpt_every else None))
-        after = validate(model, data, train, device, precision=precision, dist=dist) if validation else None
-        if after:
-            metrics.write({"type": "val", "step": steps, "tokens": steps * train.batch_size * train.seq_len, **after})
+                hooks=Hooks(log=write_log, validate=validate_now if validation else None,
+                            checkpoint=checkpoint if train.ckpt_every else None))
+        after = validate_to_log(model, data, train, dist, precision, metrics, state) if validation else None
         if dist.main:
             save_model(model, out / "model")
         dist.barrier()

@@ -84,11 +84,20 @@ def _finetune(args: argparse.Namespace) -> int:
     vocab = read_json(resolve_model_dir(args.model) / "model.json")["substrate"]["vocab"]
     data = open_data(args.data, vocab)
     train = TrainSpec(batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, val_tokens=args.val_tokens,
-                      ckpt_every=args.ckpt_every, precision=args.precision, compile=args.compile)
+                      val_every=args.val_every, ckpt_every=args.ckpt_every, precision=args.precision,
+                      compile=args.compile)
     res = finetune(model, data, args.out, args.steps, train, progress=not args.no_progress, resume=args.resume,
                    log=lambda *a: print(*a, file=sys.stderr))
     print(json.dumps(res, indent=1))
     return 0
+
+
+def _at_least_0(text: str) -> int:
+    """An argparse type: an integer >= 0 (a step count where 0 means never)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -118,7 +127,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--val-tokens", type=int, default=16384)
-    p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps (0: none); resumable")
+    p.add_argument("--val-every", type=_at_least_0, default=100,
+                   help="validate every N steps too (0: only before the first and after the last)")
+    p.add_argument("--ckpt-every", type=_at_least_0, default=100, help="checkpoint every N steps (0: none); resumable")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 where this machine's bf16 matmul is measurably faster, else fp32")
     p.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
