@@ -37,10 +37,11 @@ def close(a: Path, b: Path, atol: float) -> None:
 
 def test_fsdp_matches_one_process_and_its_checkpoints_resume_exactly(tiny_recipe, tmp_path):
     """Grow, LoRA (adapters on a frozen block) and grow-on-a-frozen-prefix stages under FSDP2 with gradient
-    accumulation and activation checkpointing, 2 gloo processes: the result matches one process; a run stopped
-    mid-LoRA-phase resumes under FSDP bit-identically to the uninterrupted one; its checkpoint is an ordinary
-    one (full tensors) that a single process resumes to the one-process result."""
-    path = tiny_recipe(steps=2, ckpt_every=1)
+    accumulation and activation checkpointing, 2 gloo processes: the result matches one process, and so does its
+    validation, stage-end and mid-stage (the sharded copy, forwards in lockstep); a run stopped mid-LoRA-phase
+    resumes under FSDP bit-identically to the uninterrupted one; its checkpoint is an ordinary one (full tensors)
+    that a single process resumes to the one-process result."""
+    path = tiny_recipe(steps=2, ckpt_every=1, val_every=1)  # validation after each stage's first step too
     text = path.read_text().replace("[train]\n", '[train]\ngrad_accum = 2\nprecision = "fp32"\n', 1)
     one_path = tmp_path / "one.toml"
     one_path.write_text(text)
@@ -66,6 +67,15 @@ def test_fsdp_matches_one_process_and_its_checkpoints_resume_exactly(tiny_recipe
     for a, b in zip(*ends):
         assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-4)
         assert b["val_bpc"] == pytest.approx(a["val_bpc"], abs=2e-4)
+    # mid-stage validation of the sharded copy (every rank scores every window): one process's numbers too
+    mids = [[r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "val"]
+            for run in (one, tmp_path / "fsdp", tmp_path / "stopped")]
+    assert [(r["step"], r["stage"], r["depth"]) for r in mids[0]] == [(1, 0, 1), (3, 1, 1), (5, 2, 2)]
+    assert [(r["step"], r["stage"], r["depth"]) for r in mids[1]] == [(1, 0, 1), (3, 1, 1), (5, 2, 2)]
+    for a, b in zip(*mids[:2]):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-4)
+        assert b["val_bpc"] == pytest.approx(a["val_bpc"], abs=2e-4)
+    assert mids[2] == mids[1]  # the stopped and resumed run: the same rows, each once
 
     copy = tmp_path / "stopped-copy"
     state, ckpt_weights, opt, _ = load_checkpoint(find_checkpoint(copy))

@@ -227,6 +227,22 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+@contextlib.contextmanager
+def gathered_root(model: nn.Module):
+    """Inside: a sharded model's own parameters (final norm, head, a trainable embedding) gathered as its forward
+    would have them, for calls other than forward (validation scores through ``hidden_states`` and the head, and
+    FSDP2 gathers a module's parameters around ``forward`` only); resharded on exit. The blocks gather their own
+    in their forwards. Nothing happens to a model that is not sharded; with one that is, every rank enters it."""
+    if not is_sharded(model):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
 def set_gradient_sync(model: nn.Module, sync: bool) -> None:
     """Whether the next backward reduce-scatters gradients (False: accumulate locally, as DDP's no_sync).
 

@@ -29,7 +29,7 @@ from growlm.loop import Hooks, Loop, RunState, StepLog, build_optimizer, compile
 from growlm.loop import autocast as loop_autocast
 from growlm.metrics import MetricsLog
 from growlm.model import Config, GrowLM
-from growlm.parallel import Distributed, is_sharded
+from growlm.parallel import Distributed, gathered_root, is_sharded
 from growlm.rundir import RunDir
 from growlm.substrate import Substrate, SubstrateSpec, Vocabulary
 
@@ -73,12 +73,14 @@ def validate(model: torch.nn.Module, data: TokenData, train: TrainSpec, device: 
             raise ValueError(f"{lang!r}: validation uses {used} of the split's {n} tokens (val_tokens = "
                              f"{train.val_tokens}), fewer than seq_len + 1 = {train.seq_len + 1}; lower seq_len or "
                              "raise val_tokens (--val-tokens)")
-        s = score_split(model, data, lang, train.seq_len, train.val_tokens, batch, device,
-                        lambda: autocast(train, device, precision), share=share)
-        if share[1] > 1:  # each window's nats from the one rank that scored it, 0 from the others: exact sums
-            s = replace(s, window_nats=dist.all_sum(s.window_nats))
-        losses.append(s.nats_per_token)
-        bpc[lang] = round(s.bits_per_char, 4)
+    with gathered_root(model):  # a sharded copy's head and final norm, whole for scoring
+        for lang in data.languages:
+            s = score_split(model, data, lang, train.seq_len, train.val_tokens, batch, device,
+                            lambda: autocast(train, device, precision), share=share)
+            if share[1] > 1:  # each window's nats from the one rank that scored it, 0 from the others: exact sums
+                s = replace(s, window_nats=dist.all_sum(s.window_nats))
+            losses.append(s.nats_per_token)
+            bpc[lang] = round(s.bits_per_char, 4)
     return {"val_loss": round(sum(losses) / len(losses), 4), "val_bpc": bpc,
             "val_bpc_mean": round(sum(bpc.values()) / len(bpc), 4)}
 
