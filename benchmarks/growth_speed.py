@@ -8,7 +8,8 @@ own subprocess (so its memory is its own):
 * ``grow``: a growth stage: the newest block, final norm and head train, the blocks below
   run under no_grad (growlm's frozen prefix), chunked loss;
 * ``lora``: a LoRA phase: rank-8 adapters on every block but the newest, which trains fully;
-* ``mono_compile`` / ``grow_compile`` (with ``--compile``): the same under ``torch.compile``.
+* ``mono_compile`` / ``grow_compile`` (with ``--compile``): ``mono`` / ``grow`` compiled as the trainer
+  compiles (``growlm.loop.compiled_blocks``: each block in place, the chunked head loss eager).
 
 Every round runs every mode once, in turn; ratios are computed *within* a round (mode against
 ``mono`` of the same round, next to the FLOP-bound ratio from ``growlm.flops``) and reported as
@@ -54,6 +55,7 @@ def one(mode: str, d_model: int, depth: int, vocab: int, batch: int, seq: int, s
     import growlm.flops as flops
     from growlm import Config, GrowLM, growth, lora
     from growlm.alloc import tune_allocator
+    from growlm.loop import compiled_blocks
 
     tuned = tune_allocator()  # as the trainer does (GROWLM_MALLOC=system: glibc's defaults)
     from growlm.substrate.binary import binary_matrix
@@ -73,7 +75,6 @@ def one(mode: str, d_model: int, depth: int, vocab: int, batch: int, seq: int, s
         growth.apply_stage(model, growth.Stage(name="lora", train_newest=1, lora=lora.LoRASpec(rank=8), steps=1))
     fl = flops.step_flops(model, seq)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device == "cuda")
-    fwd = torch.compile(model) if mode.endswith("compile") else model
     x = torch.randint(0, vocab, (batch, seq), device=device)
     y = torch.randint(0, vocab, (batch, seq), device=device)
     bf16 = precision == "bf16"
@@ -84,29 +85,30 @@ def one(mode: str, d_model: int, depth: int, vocab: int, batch: int, seq: int, s
     def step():
         with ctx():
             if "naive" in mode:
-                loss = F.cross_entropy(fwd(x).view(-1, vocab).float(), y.view(-1))
+                loss = F.cross_entropy(model(x).view(-1, vocab).float(), y.view(-1))
             else:
-                loss = fwd(x, y)
+                loss = model(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
 
-    for _ in range(3):  # warm-up: allocator, thread pool, compilation
-        step()
-    sync()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: peak RSS of the timed part only
-    base_rss = _vm("VmRSS")
-    r0, times = resource.getrusage(resource.RUSAGE_SELF), []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
+    with compiled_blocks(model, mode.endswith("compile")):
+        for _ in range(3):  # warm-up: allocator, thread pool, compilation
+            step()
         sync()
-        times.append(time.perf_counter() - t)
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: peak RSS of the timed part only
+        base_rss = _vm("VmRSS")
+        r0, times = resource.getrusage(resource.RUSAGE_SELF), []
+        for _ in range(steps):
+            t = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _vm("VmHWM")
     med = statistics.median(times)
     user, kern = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
