@@ -99,6 +99,7 @@ def test_a_command_ends_by_waiting_for_every_rank_then_destroying_the_process_gr
     import torch.distributed as torch_dist
 
     from growlm.cli import main
+    from worker_exit import group_threads
 
     calls = []
     barrier, destroy = torch_dist.barrier, torch_dist.destroy_process_group
@@ -111,7 +112,7 @@ def test_a_command_ends_by_waiting_for_every_rank_then_destroying_the_process_gr
     try:
         assert main(["params", "--preset", "tiny"]) == 0
         assert calls == ["barrier", "destroy"]
-        assert not torch_dist.is_initialized()
+        assert not torch_dist.is_initialized() and group_threads() == []  # nothing of it left running
     finally:
         if torch_dist.is_initialized():
             destroy()
