@@ -172,10 +172,12 @@ def _forget_device_meshes() -> None:
     ``destroy_process_group`` with its threads. Caches only: emptying them changes no result."""
     if "torch.distributed.tensor" not in sys.modules:  # no DTensor was ever made
         return
-    from torch.distributed.tensor import _redistribute, debug
-
-    for clear in (getattr(debug, "_clear_sharding_prop_cache", None),  # the C++ fast path's too
-                  getattr(_redistribute, "clear_redistribute_planner_cache", None)):
+    try:  # private API, where a torch has it: the sharding caches, the C++ fast path's included
+        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+    except ImportError:
+        _clear_sharding_prop_cache = None
+    planner = sys.modules.get("torch.distributed.tensor._redistribute")  # its plan cache is a plain dict
+    for clear in (_clear_sharding_prop_cache, getattr(planner, "clear_redistribute_planner_cache", None)):
         if clear is not None:
             clear()
     for name, module in list(sys.modules.items()):  # every functools cache of the package, in functions and classes
