@@ -72,15 +72,16 @@ def test_validation_windows_are_the_ones_validation_scores(tiny_recipe, tiny_dat
 
 
 def test_demo_budget_on_tiny_recipes(tiny_recipe, tiny_data, tmp_path):
-    expert = tiny_recipe(steps=2, name="expert.toml")
+    expert = tiny_recipe(steps=2, val_every=2, name="expert.toml")
     study = tmp_path / "study.toml"
     study.write_text(f'expert_recipe = "{expert}"\n[experts]\na = {{ en = 1 }}\nb = {{ ru = 1 }}\n'
-                     '[compose]\nmethods = ["average", "router"]\nfinetune = ["router"]\nfinetune_steps = 3\n')
+                     '[compose]\nmethods = ["average", "router"]\nfinetune = ["router"]\nfinetune_steps = 5\n')
     b = budget.demo_budget(str(expert), str(study))
     assert b.total <= budget.demo_budget(str(expert), str(study), exact=False).total
     assert [i["method"] for i in b.part("composition").items] == ["average"]  # router's row: the fine-tune's
     tune = b.part("fine-tuning").items
-    assert [i["what"] for i in tune] == ["train", "validate"] and tune[0]["tokens"] == 3 * 4 * 32
+    assert [i["what"] for i in tune] == ["train", "validate"] and tune[0]["tokens"] == 5 * 4 * 32
+    assert tune[1]["passes"] == 4  # the fine-tune validates at steps 0, 2, 4 and 5 (tests/test_loop.py)
     assert b.part("experts").flops == pytest.approx(2 * b.part("growth").flops, rel=1e-12)  # same plan twice
     from growlm.cli import main
 

@@ -261,7 +261,9 @@ def composition_parts(spec: dict, data_windows: list[int]) -> list[Part]:
             per_token = composed_step_flops(composed, base.train.seq_len)
             tune.add("train", per_token * tokens, method=method, steps=steps, tokens=tokens,
                      flops_per_token=per_token)
-            tune.add("validate", 2 * val, validation=True, method=method, passes=2)  # before and after
+            ve = base.train.val_every  # before the first step, every val_every steps, after the last
+            passes = 2 + sum(1 for s in range(1, steps) if ve and s % ve == 0)
+            tune.add("validate", passes * val, validation=True, method=method, passes=passes)
     return [experts_part, evaluate, tune]
 
 
