@@ -179,6 +179,20 @@ def benchmark_sections(docs: Path) -> list[str]:
                 + ". Raw: [compile_speed.json](compile_speed.json)"]
     else:
         out.append("not run yet: `python benchmarks/compile_speed.py > docs/compile_speed.json`")
+    p = docs / "data" / "compose_scoring.json"
+    out += ["", "## Scoring composed models: the whole batch without [B, T, V] tensors against row by row", ""]
+    if p.is_file():
+        d = json.loads(p.read_text(encoding="utf-8"))
+        out += _records([{"method": r["method"], "row by row, median s": r["seconds_median"]["row_by_row"],
+                          "token_nll, median s": r["seconds_median"]["token_nll"],
+                          "speed-up (median)": r["speedup_median"],
+                          "largest difference (nats/token)": r["max_abs_diff_nats_per_token"]}
+                         for r in d.get("results", [])])
+        out += ["", f"shape {json.dumps(d.get('shape', {}))}, {d.get('repeats')} interleaved repeats; "
+                + _provenance_line(d, "python benchmarks/compose_scoring.py")
+                + ". Raw: [compose_scoring.json](data/compose_scoring.json)"]
+    else:
+        out.append("not run yet: `python benchmarks/compose_scoring.py > docs/data/compose_scoring.json`")
     p = docs / "residual_init.json"
     out += ["", "## Residual-write initialisation scaled for the depth after insertion vs the final depth", ""]
     if p.is_file():
