@@ -115,6 +115,24 @@ def test_bf16_autocast_matches_autocast_reference():
         assert float((g - r).abs().max()) <= 2e-2 * float(r.abs().max())
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_autocast_runs_the_head_matmul_in_bf16(grad):
+    """Under bf16 autocast the head's matmul is bf16 (float32 logits, bias added in float32), with and without a
+    gradient: the loss equals that computation, not the float32 one (it once silently ran in float32)."""
+    from growlm.losses import token_log_probs
+
+    h, w, b, t = _inputs()
+    logits = (h.detach().bfloat16() @ w.detach().bfloat16().t()).float() + b.detach()
+    ref_bf16 = F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX)
+    ref_fp32 = F.cross_entropy(F.linear(h, w, b).detach(), t, ignore_index=IGNORE_INDEX)
+    assert abs(float(ref_bf16) - float(ref_fp32)) > 1e-4  # the two are told apart
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_cross_entropy(h, w, b, t, chunk=8)
+        lp = token_log_probs(h, w, b, t.clamp(min=0), chunk=8)
+    assert abs(float(loss.detach()) - float(ref_bf16)) < 1e-5
+    torch.testing.assert_close(lp, logits.log_softmax(1).gather(1, t.clamp(min=0)[:, None])[:, 0])
+
+
 def test_benchmark_compares_old_and_new(capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:

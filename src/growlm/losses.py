@@ -58,8 +58,9 @@ def _log_probs_from_softmax(probs: torch.Tensor, targets: torch.Tensor, h: torch
 class _HeadChunks:
     """The head's float32 logits of h [N, C], one chunk of rows at a time, in one reused buffer."""
 
-    def __init__(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk: int):
-        self.h, self.chunk, self.dt = h, chunk, _compute_dtype(h)
+    def __init__(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk: int,
+                 dt: torch.dtype):
+        self.h, self.chunk, self.dt = h, chunk, dt
         self.w = weight.to(self.dt)  # cast once, not per chunk
         self.b = bias.float() if bias is not None else None
         rows, V = min(chunk, h.shape[0]), weight.shape[0]
@@ -94,8 +95,9 @@ def token_log_probs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
         raise ValueError(f"token ids must lie in [0, {weight.shape[0]}), got {int(ids.min())}..{int(ids.max())}")
     out = torch.empty(ids.shape, dtype=torch.float32, device=h.device)
+    dt = _compute_dtype(h)  # read before autocast is switched off below
     with torch.autocast(h.device.type, enabled=False):
-        for s, _, logits in _HeadChunks(h, weight, bias, _chunk_rows(weight.shape[0], chunk)):
+        for s, _, logits in _HeadChunks(h, weight, bias, _chunk_rows(weight.shape[0], chunk), dt):
             # log-probabilities as F.cross_entropy computes them, one fused kernel; in place on CPU (tested
             # bit-identical there), elsewhere into a fresh tensor the caching allocator hands back
             logp = torch.log_softmax(logits, 1, out=logits) if logits.is_cpu else logits.log_softmax(1)
@@ -106,9 +108,10 @@ def token_log_probs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, targets, chunk, need_h, need_w, need_b):
+        dt = _compute_dtype(h)  # read before autocast is switched off below
         with torch.autocast(h.device.type, enabled=False):
-            chunks = _HeadChunks(h, weight, bias, chunk)
-            w, b, low, dt = chunks.w, chunks.b, chunks.low, chunks.dt
+            chunks = _HeadChunks(h, weight, bias, chunk, dt)
+            w, b, low = chunks.w, chunks.b, chunks.low
             valid = targets != IGNORE_INDEX
             n_valid = valid.sum().clamp(min=1).to(torch.float32)
             grad_h = torch.empty_like(h) if need_h else None
