@@ -136,6 +136,32 @@ def test_token_nll_equals_the_full_logits_per_position(pair, method, window):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("train_heads", [False, True])
+def test_adapter_loss_by_row_chunks_equals_the_whole_batch(pair, train_heads, monkeypatch):
+    """The adapter's training loss and every trainable parameter's gradient, taken a chunk of rows at a time,
+    equal those of the fused [B, T, V] logits held whole."""
+    import growlm.compose as C
+
+    m = compose(pair, "adapter", [0.4, 0.6], rank=4, train_heads=train_heads)
+    with torch.no_grad():  # away from the identity start, so every part of the fusion carries a gradient
+        for p in m.adapter.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, y = batch(pair[0].cfg.vocab_size, B=3, T=10)
+    y[0, 2] = -100
+    params = [p for p in m.parameters() if p.requires_grad]
+    assert len(params) == (9 if train_heads else 5)  # the fusion's 5, plus each head's weight and bias
+    monkeypatch.setattr(C, "ADAPTER_CHUNK_ELEMENTS", 7 * 2 * pair[0].cfg.vocab_size)  # 16-row chunks (the minimum)
+    loss = m(x, y)
+    got = torch.autograd.grad(loss, params)
+    hs = [e.hidden_states(x) for e in m.experts]
+    fused = m.adapter([e.head(h) for e, h in zip(m.experts, hs)])
+    ref = F.cross_entropy(fused.reshape(-1, fused.shape[-1]).float(), y.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    for g, r in zip(got, torch.autograd.grad(ref, params)):
+        assert float(r.abs().max()) > 0
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_save_load_identical_logits(pair, method, tmp_path):
     m = compose(pair, method, [0.25, 0.75])

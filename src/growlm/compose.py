@@ -173,6 +173,34 @@ class LogitAdapter(nn.Module):
         return (g[..., None] * (1 + self.scale) * L).sum(-2) + self.bias
 
 
+class _RowChunkLoss(torch.autograd.Function):
+    """sum_c loss_of_rows(rows of chunk c) whose parameters' gradients are taken chunk by chunk in the forward
+    (the backward only scales them), so one chunk's tensors exist at a time. For losses whose inputs need no
+    gradient (a fusion over frozen experts): only ``params`` get one."""
+
+    @staticmethod
+    def forward(ctx, loss_of_rows, n_rows: int, chunk: int, *params):
+        total = torch.zeros((), dtype=torch.float32)
+        grads = [torch.zeros_like(p) for p in params]
+        for s in range(0, n_rows, chunk):
+            with torch.enable_grad():
+                loss = loss_of_rows(s, min(s + chunk, n_rows))
+                got = torch.autograd.grad(loss, params, allow_unused=True)
+            total = total.to(loss.device) + loss.detach().float()
+            for g, d in zip(grads, got):
+                if d is not None:
+                    g.add_(d)
+        ctx.save_for_backward(*grads)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return (None, None, None, *(g * grad_out.to(g.dtype) for g in ctx.saved_tensors))
+
+
+ADAPTER_CHUNK_ELEMENTS = 1 << 22  # [rows, N, V] elements of one chunk of the adapter's loss (16 MB in float32)
+
+
 class ComposedLM(nn.Module):
     """N experts on one substrate, combined into one language model (same forward/generate as GrowLM)."""
 
@@ -290,6 +318,26 @@ class ComposedLM(nn.Module):
         x, w = self._joint_head(hs, g)
         return chunked_cross_entropy(x, w, None, targets.reshape(-1), chunk=loss_chunk)
 
+    def _adapter_loss(self, hs: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the adapter's fused logits, a chunk of rows at a time: each chunk's expert logits,
+        fusion and loss exist only while its gradient is taken (``_RowChunkLoss``; the experts below their heads
+        are frozen, so only the fusion's and any trainable head's parameters need one). Without this, a demo-size
+        step held ~2.3 GB of [B, T, N, V] tensors."""
+        flat = [h.reshape(-1, h.shape[-1]) for h in hs]
+        y = targets.reshape(-1)
+        n_valid = (y != IGNORE_INDEX).sum().clamp(min=1)
+        rows = max(16, ADAPTER_CHUNK_ELEMENTS // (len(hs) * self.experts[0].head.weight.shape[0]))
+
+        def loss_of_rows(s: int, e: int) -> torch.Tensor:
+            fused = self.adapter([ex.head(h[s:e]) for ex, h in zip(self.experts, flat)])
+            return F.cross_entropy(fused.float(), y[s:e], ignore_index=IGNORE_INDEX, reduction="sum")
+
+        params = [p for p in self.parameters() if p.requires_grad] if torch.is_grad_enabled() else []
+        if not params:
+            with torch.no_grad():
+                return sum(loss_of_rows(s, min(s + rows, y.numel())) for s in range(0, y.numel(), rows)) / n_valid
+        return _RowChunkLoss.apply(loss_of_rows, y.numel(), rows, *params) / n_valid
+
     @torch.no_grad()
     def token_nll(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """-log p(targets) [B, T] at every position of idx [B, T] (float32, no gradient; 0 where ignored).
@@ -344,6 +392,8 @@ class ComposedLM(nn.Module):
         hs = self._hidden_states(idx, caches, pos)
         if targets is not None and self.method in ("average", "router"):
             return self._linear_loss(hs, self._gates(hs), targets, loss_chunk)
+        if targets is not None and self.method == "adapter" and not any(h.requires_grad for h in hs):
+            return self._adapter_loss(hs, targets)
         out = self._mix(hs, idx, caches, pos)
         if targets is None:
             return out
