@@ -24,9 +24,10 @@ Cost: ``average`` and ``router`` compute the loss without any [B, T, V] tensor
 (the weighted heads are one linear over the concatenated hidden states, fed to
 ``chunked_cross_entropy``); so do ``prob`` and ``posterior`` when scored without a gradient
 (``token_nll``: only each expert's log-probability of the target and of the text's next token is
-needed, read chunk by chunk). Otherwise ``prob`` and ``adapter`` hold N + 1 float32 logit
-tensors [B, T, V] (``adapter`` a few more for its features), fine at demo sizes; ``posterior`` as ``prob``, plus
-one [B, N, V] log-probability row and [B, N, T] float64 running sums in its generation cache.
+needed, read chunk by chunk), and ``adapter``'s loss is taken a chunk of rows at a time, its
+gradient included (``_RowChunkLoss``). Logits for generation, and ``prob`` trained with its heads,
+hold N + 1 float32 logit tensors [B, T, V]; ``posterior`` adds one [B, N, V] log-probability row
+and [B, N, T] float64 running sums in its generation cache.
 """
 
 from __future__ import annotations
@@ -318,6 +319,10 @@ class ComposedLM(nn.Module):
         x, w = self._joint_head(hs, g)
         return chunked_cross_entropy(x, w, None, targets.reshape(-1), chunk=loss_chunk)
 
+    def _adapter_rows(self) -> int:
+        """Rows per chunk of the adapter's [rows, N, V] tensors (``ADAPTER_CHUNK_ELEMENTS``)."""
+        return max(16, ADAPTER_CHUNK_ELEMENTS // (len(self.experts) * self.experts[0].head.weight.shape[0]))
+
     def _adapter_loss(self, hs: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the adapter's fused logits, a chunk of rows at a time: each chunk's expert logits,
         fusion and loss exist only while its gradient is taken (``_RowChunkLoss``; the experts below their heads
@@ -326,7 +331,7 @@ class ComposedLM(nn.Module):
         flat = [h.reshape(-1, h.shape[-1]) for h in hs]
         y = targets.reshape(-1)
         n_valid = (y != IGNORE_INDEX).sum().clamp(min=1)
-        rows = max(16, ADAPTER_CHUNK_ELEMENTS // (len(hs) * self.experts[0].head.weight.shape[0]))
+        rows = self._adapter_rows()
 
         def loss_of_rows(s: int, e: int) -> torch.Tensor:
             fused = self.adapter([ex.head(h[s:e]) for ex, h in zip(self.experts, flat)])
@@ -342,9 +347,9 @@ class ComposedLM(nn.Module):
     def token_nll(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """-log p(targets) [B, T] at every position of idx [B, T] (float32, no gradient; 0 where ignored).
 
-        ``average``, ``router``, ``prob`` and ``posterior`` never hold a [B, T, V] tensor: each needs only the
-        experts' log-probabilities of the target (and ``posterior`` of the text's next token), read chunk by
-        chunk (``growlm.losses.token_log_probs``); ``adapter`` fuses whole logits."""
+        No [B, T, V] tensor: ``average``, ``router``, ``prob`` and ``posterior`` need only the experts'
+        log-probabilities of the target (and ``posterior`` of the text's next token), read chunk by chunk
+        (``growlm.losses.token_log_probs``); ``adapter`` fuses a chunk of rows at a time."""
         hs = self._hidden_states(idx, None, 0)
         valid = targets != IGNORE_INDEX
         y = targets.clamp(min=0)
@@ -352,9 +357,13 @@ class ComposedLM(nn.Module):
         if self.method in ("average", "router"):
             x, w = self._joint_head(hs, self._gates(hs))
             return -token_log_probs(x, w, None, y.reshape(-1)).view(B, T) * valid
-        if self.method == "adapter":
-            lp = self._mix(hs, idx, None, 0).float().log_softmax(-1)
-            return -lp.gather(-1, y[..., None])[..., 0] * valid
+        if self.method == "adapter":  # fused a chunk of rows at a time, as in training
+            flat, y_flat, rows = [h.reshape(B * T, -1) for h in hs], y.reshape(-1), self._adapter_rows()
+            lp = torch.empty(B * T, dtype=torch.float32, device=idx.device)
+            for s in range(0, B * T, rows):
+                fused = self.adapter([e.head(h[s:s + rows]) for e, h in zip(self.experts, flat)]).float()
+                lp[s:s + rows] = fused.log_softmax(-1).gather(-1, y_flat[s:s + rows, None])[:, 0]
+            return -lp.view(B, T) * valid
         # prob, posterior: log sum_k w_k p_k(y); the posterior's w_k from each expert's log p of the text so far
         ids = torch.stack([y, F.pad(idx[:, 1:], (0, 1))]).view(2, -1)  # targets, and the text's next tokens
         lp = torch.stack([token_log_probs(h.reshape(B * T, -1), e.head.weight, e.head.bias, ids).view(2, B, T)
