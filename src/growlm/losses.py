@@ -42,7 +42,7 @@ def _softmax_(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _log_probs_from_softmax(probs: torch.Tensor, targets: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
-                      b: torch.Tensor | None) -> torch.Tensor:
+                            b: torch.Tensor | None) -> torch.Tensor:
     """log p[target] per row from the softmax; rows whose probability underflows are recomputed from h exactly."""
     p = probs.gather(1, targets[:, None])[:, 0]
     logp = p.log()
