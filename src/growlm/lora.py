@@ -46,8 +46,11 @@ class LoRASpec:
 
 
 def _lora_hook(module: nn.Linear, inputs, output):
-    x = inputs[0]
-    return output + (x @ module.lora_A.t().to(x.dtype)) @ module.lora_B.t().to(x.dtype) * module.lora_scaling
+    # scaled on the narrow [.., r] side, and added by the second matmul itself (addmm): no extra full-width passes
+    xa = inputs[0] @ module.lora_A.t().to(inputs[0].dtype) * module.lora_scaling
+    b = module.lora_B.t().to(xa.dtype)
+    out = torch.addmm(output.reshape(-1, output.shape[-1]), xa.reshape(-1, xa.shape[-1]), b)
+    return out.view(output.shape)
 
 
 def attach(linear: nn.Linear, rank: int, alpha: float) -> None:
