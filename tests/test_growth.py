@@ -92,6 +92,19 @@ def test_shipped_recipes_parse_and_report_budgets(path):
     assert len(budgets) == len(r.stages) and all(b["active_params"] > 0 for b in budgets)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"val_every": -1}, r"\[train\] val_every must be >= 0, got -1"),
+    ({"ckpt_every": -2}, r"\[train\] ckpt_every must be >= 0, got -2"),
+    ({"batch_size": 0}, r"\[train\] batch_size must be >= 1, got 0"),
+    ({"lr": 0.0}, r"\[train\] lr must be > 0, got 0.0"),
+])
+def test_a_trainspec_built_in_python_is_held_to_the_recipe_ranges(kwargs, message):
+    from growlm.growth import TrainSpec
+
+    with pytest.raises(ValueError, match=message):
+        TrainSpec(**kwargs)
+
+
 @pytest.mark.parametrize("stage, train, message", [
     ({"steps": -5}, {}, r"\[stages.0\] steps must be >= 0, got -5"),
     ({"steps": 6.5}, {}, r"\[stages.0\] steps must be an integer, got 6.5 \(float\)"),

@@ -118,6 +118,9 @@ class TrainSpec:
             raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"[train] parallel must be one of {sorted(PARALLEL)}, got {self.parallel!r}")
+        # the numeric ranges a recipe is held to, for a TrainSpec built in Python too (e.g. val_every = -1)
+        ranges = RANGES["TrainSpec"]
+        check_fields(type(self), {k: getattr(self, k) for k in ranges}, "train", ranges)
 
 
 @dataclass
