@@ -101,6 +101,32 @@ def test_resume_goes_on_in_the_precision_auto_chose_at_the_start(tiny_recipe, tm
     assert_same_weights(ref, run)
 
 
+def test_a_plan_can_grow_a_saved_model_further(tiny_recipe, tmp_path):
+    """[model] init_from: the plan starts from a saved stage (its weights and depth) instead of fresh blocks."""
+    from growlm.checkpoint import load_model as load
+
+    first = tmp_path / "first"
+    grow(tiny_recipe(steps=3), first, **QUIET)
+    raw = Recipe.load(tiny_recipe(steps=3)).raw
+    raw["model"] = {"init_from": str(first / "stages" / "stage-00")}
+    raw["stages"] = [{"name": "grow-on", "add": 1, "train_newest": 1, "steps": 3}]
+    second = tmp_path / "second"
+    grow(Recipe.from_dict(raw), second, **QUIET)
+    source, grown = load(first / "stages" / "stage-00"), load(second)
+    assert len(source.blocks) == 1 and len(grown.blocks) == 2
+    for k, v in source.blocks[0].state_dict().items():  # the saved block, frozen below the new one
+        assert torch.equal(grown.blocks[0].state_dict()[k], v), k
+    assert not torch.equal(grown.head.weight, source.head.weight)  # the head trained on
+    ends = [r for r in read_metrics(second / "metrics.jsonl") if r["type"] == "stage_end"]
+    assert [e["depth"] for e in ends] == [2]
+
+    with pytest.raises(ValueError, match=r"architecture from the saved model; remove \['d_model'\]"):
+        Recipe.from_dict({**raw, "model": {"init_from": str(first), "d_model": 64}}).config()
+    other = dict(raw, substrate={"kind": "binary", "vocab": "compact"})
+    with pytest.raises(Exception, match="substrate"):
+        grow(Recipe.from_dict(other), tmp_path / "third", **QUIET)
+
+
 def test_resume_refuses_another_plan_and_a_broken_checkpoint(tiny_recipe, tmp_path):
     run = tmp_path / "run"
     grow(tiny_recipe(steps=4), run, **QUIET)

@@ -251,8 +251,11 @@ class Recipe:
         return data, text, path
 
     def config(self) -> Config:
-        """The model config before the first stage (n_layer = starting depth, usually 0)."""
+        """The model config before the first stage (n_layer = starting depth, usually 0; with ``init_from``, the
+        saved model's)."""
         m = dict(self.model)
+        if "init_from" in m:
+            return self._saved_config(m)
         preset = m.pop("preset", "demo")
         m.setdefault("n_layer", 0)
         if "vocab" in m:
@@ -261,6 +264,26 @@ class Recipe:
         from growlm.substrate import Vocabulary
 
         cfg.vocab_size = len(Vocabulary.load(self.substrate.get("vocab", "compact")))
+        return cfg
+
+    def _saved_config(self, m: dict) -> Config:
+        """``[model] init_from``: the config of the saved model the plan starts from (its depth included)."""
+        from growlm.checkpoint import read_json, resolve_model_dir
+        from growlm.substrate import Vocabulary
+
+        extra = sorted(set(m) - {"init_from"})
+        if extra:
+            raise ValueError(f"[model] init_from takes the architecture from the saved model; remove {extra}")
+        d = resolve_model_dir(m["init_from"])
+        meta = read_json(d / "model.json", "model description")
+        if meta.get("kind", "growlm") != "growlm":
+            raise ValueError(f"[model] init_from: {d} holds a {meta.get('kind')!r} model; a growth plan starts "
+                             "from a single grown model (a run's model/ or stages/stage-NN/)")
+        cfg = Config.from_dict(meta["config"])
+        vocab = len(Vocabulary.load(self.substrate.get("vocab", "compact")))
+        if cfg.vocab_size != vocab:
+            raise ValueError(f"[model] init_from: {d} has a vocabulary of {cfg.vocab_size} ids, the plan's "
+                             f"[substrate] vocab has {vocab}")
         return cfg
 
     def settings(self) -> dict:

@@ -20,7 +20,7 @@ import torch
 
 from growlm import flops, growth
 from growlm.alloc import tune_allocator
-from growlm.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint, save_model
+from growlm.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_model, save_checkpoint, save_model
 from growlm.data import TokenData, default_tokens
 from growlm.evaluate.bpc import score_split
 from growlm.fileio import atomic_write_text
@@ -179,6 +179,12 @@ class Run:
             raise ValueError(f"{self.out} already holds a run; continue it with --resume, or choose a new --out")
         torch.manual_seed(self.train.seed)
         self.model = GrowLM(cfg, self.substrate).to(self.dist.device)
+        source = self.recipe.model.get("init_from")
+        if source:  # the plan grows a saved model further: its weights, checked to sit on this substrate
+            start = load_model(source)
+            self.substrate.check_same(start.substrate_fingerprint, f"[model] init_from {source}")
+            self.model.load_state_dict(start.state_dict())
+            self.log(f"starting from {source}: depth {len(self.model.blocks)}")
         if self.dist.main:
             self.metrics.truncate(0)  # a run that died before its first checkpoint starts over
             atomic_write_text(self.out / "plan.json", json.dumps(self.recipe.raw, indent=1, ensure_ascii=False))
