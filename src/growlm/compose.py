@@ -181,13 +181,13 @@ class _RowChunkLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, loss_of_rows, n_rows: int, chunk: int, *params):
-        total = torch.zeros((), dtype=torch.float32)
+        total = torch.zeros((), dtype=torch.float32, device=params[0].device)
         grads = [torch.zeros_like(p) for p in params]
         for s in range(0, n_rows, chunk):
             with torch.enable_grad():
                 loss = loss_of_rows(s, min(s + chunk, n_rows))
                 got = torch.autograd.grad(loss, params, allow_unused=True)
-            total = total.to(loss.device) + loss.detach().float()
+            total += loss.detach().float()
             for g, d in zip(grads, got):
                 if d is not None:
                     g.add_(d)
@@ -323,6 +323,21 @@ class ComposedLM(nn.Module):
         """Rows per chunk of the adapter's [rows, N, V] tensors (``ADAPTER_CHUNK_ELEMENTS``)."""
         return max(16, ADAPTER_CHUNK_ELEMENTS // (len(self.experts) * self.experts[0].head.weight.shape[0]))
 
+    def _adapter_fused(self, flat: list[torch.Tensor], s: int, e: int) -> torch.Tensor:
+        """The adapter's fused logits [e - s, V] of rows s..e of the experts' flattened hidden states."""
+        return self.adapter([ex.head(h[s:e]) for ex, h in zip(self.experts, flat)]).float()
+
+    @torch.no_grad()
+    def _adapter_nll(self, hs: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """-log p(target) of the adapter's fusion at every flattened position (0 where ignored), a chunk of rows at
+        a time; no gradient."""
+        flat, y, rows = [h.reshape(-1, h.shape[-1]) for h in hs], targets.reshape(-1), self._adapter_rows()
+        nll = torch.empty(y.numel(), dtype=torch.float32, device=y.device)
+        for s in range(0, y.numel(), rows):
+            nll[s:s + rows] = F.cross_entropy(self._adapter_fused(flat, s, s + rows), y[s:s + rows],
+                                              ignore_index=IGNORE_INDEX, reduction="none")
+        return nll
+
     def _adapter_loss(self, hs: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the adapter's fused logits, a chunk of rows at a time: each chunk's expert logits,
         fusion and loss exist only while its gradient is taken (``_RowChunkLoss``; the experts below their heads
@@ -331,17 +346,14 @@ class ComposedLM(nn.Module):
         flat = [h.reshape(-1, h.shape[-1]) for h in hs]
         y = targets.reshape(-1)
         n_valid = (y != IGNORE_INDEX).sum().clamp(min=1)
-        rows = self._adapter_rows()
-
-        def loss_of_rows(s: int, e: int) -> torch.Tensor:
-            fused = self.adapter([ex.head(h[s:e]) for ex, h in zip(self.experts, flat)])
-            return F.cross_entropy(fused.float(), y[s:e], ignore_index=IGNORE_INDEX, reduction="sum")
-
         params = [p for p in self.parameters() if p.requires_grad] if torch.is_grad_enabled() else []
         if not params:
-            with torch.no_grad():
-                return sum(loss_of_rows(s, min(s + rows, y.numel())) for s in range(0, y.numel(), rows)) / n_valid
-        return _RowChunkLoss.apply(loss_of_rows, y.numel(), rows, *params) / n_valid
+            return self._adapter_nll(hs, targets).sum() / n_valid
+
+        def loss_of_rows(s: int, e: int) -> torch.Tensor:
+            return F.cross_entropy(self._adapter_fused(flat, s, e), y[s:e], ignore_index=IGNORE_INDEX, reduction="sum")
+
+        return _RowChunkLoss.apply(loss_of_rows, y.numel(), self._adapter_rows(), *params) / n_valid
 
     @torch.no_grad()
     def token_nll(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -358,12 +370,7 @@ class ComposedLM(nn.Module):
             x, w = self._joint_head(hs, self._gates(hs))
             return -token_log_probs(x, w, None, y.reshape(-1)).view(B, T) * valid
         if self.method == "adapter":  # fused a chunk of rows at a time, as in training
-            flat, y_flat, rows = [h.reshape(B * T, -1) for h in hs], y.reshape(-1), self._adapter_rows()
-            lp = torch.empty(B * T, dtype=torch.float32, device=idx.device)
-            for s in range(0, B * T, rows):
-                fused = self.adapter([e.head(h[s:s + rows]) for e, h in zip(self.experts, flat)]).float()
-                lp[s:s + rows] = fused.log_softmax(-1).gather(-1, y_flat[s:s + rows, None])[:, 0]
-            return -lp.view(B, T) * valid
+            return self._adapter_nll(hs, targets).view(B, T)
         # prob, posterior: log sum_k w_k p_k(y); the posterior's w_k from each expert's log p of the text so far
         ids = torch.stack([y, F.pad(idx[:, 1:], (0, 1))]).view(2, -1)  # targets, and the text's next tokens
         lp = torch.stack([token_log_probs(h.reshape(B * T, -1), e.head.weight, e.head.bias, ids).view(2, B, T)

@@ -178,13 +178,12 @@ class Run:
         if self.rundir.started():
             raise ValueError(f"{self.out} already holds a run; continue it with --resume, or choose a new --out")
         torch.manual_seed(self.train.seed)
-        self.model = GrowLM(cfg, self.substrate).to(self.dist.device)
         source = self.recipe.model.get("init_from")
-        if source:  # the plan grows a saved model further: its weights, checked to sit on this substrate
-            start = load_model(source)
-            self.substrate.check_same(start.substrate_fingerprint, f"[model] init_from {source}")
-            self.model.load_state_dict(start.state_dict())
+        if source:  # the plan grows a saved model further (load_model checks it sits on the plan's substrate)
+            self.model = load_model(source, substrate=self.substrate).to(self.dist.device)
             self.log(f"starting from {source}: depth {len(self.model.blocks)}")
+        else:
+            self.model = GrowLM(cfg, self.substrate).to(self.dist.device)
         if self.dist.main:
             self.metrics.truncate(0)  # a run that died before its first checkpoint starts over
             atomic_write_text(self.out / "plan.json", json.dumps(self.recipe.raw, indent=1, ensure_ascii=False))
