@@ -1,4 +1,4 @@
-"""One chunk of the LM head's chunked cross-entropy: the previous implementation against growlm.losses, same run.
+"""One chunk of the LM head's chunked cross-entropy: the previous implementation against growlm.model.losses, same run.
 
 Both compute the loss and the gradients of the hidden states, the head's weight and its bias in one
 forward over [rows, V] logits (what a training step costs for the head). Repeats are interleaved (old,
@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from growlm.losses import IGNORE_INDEX, _LinearCrossEntropy
+from growlm.model.losses import IGNORE_INDEX, _LinearCrossEntropy
 
 
 def old_forward(h, weight, bias, targets, chunk, need_h, need_w, need_b):
@@ -70,7 +70,7 @@ def old_forward(h, weight, bias, targets, chunk, need_h, need_w, need_b):
 
 
 def new_forward(h, weight, bias, targets, chunk, need_h, need_w, need_b):
-    """growlm.losses as it stands: the loss, then the gradients it computed in the same pass."""
+    """growlm.model.losses as it stands: the loss, then the gradients it computed in the same pass."""
     class Ctx:
         def save_for_backward(self, *t):
             self.saved = t

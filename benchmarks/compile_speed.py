@@ -1,8 +1,8 @@
 """Does ``[train] compile`` pay on this machine? Eager against compiled optimiser steps, same run. Prints JSON.
 
 Two copies of one model at the demo shape (recipes/demo.toml: d_model 128, 4 heads, compact vocabulary
-V = 16384, seq 128, batch 16) take the same steps through ``growlm.loop.Loop.step``, the trainer's own step;
-one of them runs its blocks under ``growlm.loop.compiled_blocks`` (torch.compile, inductor), the head's
+V = 16384, seq 128, batch 16) take the same steps through ``growlm.training.loop.Loop.step``, the trainer's own step;
+one of them runs its blocks under ``growlm.training.loop.compiled_blocks`` (torch.compile, inductor), the head's
 chunked loss stays eager as in the trainer. Settings:
 
 * ``grow``: the demo's last growth stage: 4 blocks, the newest trains, 3 run under no_grad (frozen prefix);
@@ -31,9 +31,10 @@ import time
 
 import torch
 
-from growlm import Config, GrowLM, lora
-from growlm.growth import TrainSpec
-from growlm.loop import Loop, build_optimizer, compiled_blocks
+from growlm import Config, GrowLM
+from growlm.model import lora
+from growlm.training.loop import Loop, build_optimizer, compiled_blocks
+from growlm.training.plan import TrainSpec
 
 SETTINGS = ("grow", "lora", "mono")
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from growlm import Config, GrowLM
-from growlm.compose import METHODS, compose
+from growlm.model.composition import METHODS, compose
 from growlm.substrate import Substrate
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "speedup_median": round(med["row_by_row"] / med["token_nll"], 2),
                         "max_abs_diff_nats_per_token": diff})
     from growlm.experiments.framework import provenance
-    from growlm.flops import _cpu_key
+    from growlm.training.flops import _cpu_key
 
     prov = provenance()
     report = {"benchmark": "compose_scoring", "commit": prov["commit"], "dirty": prov["dirty"],

@@ -7,7 +7,7 @@ V = 65,536, paper blocks. Two settings, each with ``torch.compile`` off and on, 
 * ``grow``: the last growth stage, 3 new blocks and the head train on top of 6 frozen blocks
   (which run without an autograd graph).
 
-Every setting is a real run of growlm's trainer (``growlm.train.grow`` on a generated recipe,
+Every setting is a real run of growlm's trainer (``growlm.training.run.grow`` on a generated recipe,
 a frozen ``random`` substrate since speed does not depend on its values, the embedded corpus
 tokenised with the paper's vocabulary), followed by a resume of the finished run. Tokens/s and MFU
 are the trainer's own per-step metrics (metrics.jsonl, ``log_every = 1``), median/min/max over the
@@ -15,7 +15,7 @@ steps after ``--warmup``; peak memory is CUDA's peak allocated (and reserved) by
 
 That path reaches every CUDA-only branch of the training code: the device per LOCAL_RANK and the
 NCCL process group (under torchrun), fused AdamW, bf16 by ``precision = "auto"`` and the
-accelerator's peak from growlm.flops, ``torch.compile`` in the stage loop, the CUDA RNG state saved
+accelerator's peak from growlm.training.flops, ``torch.compile`` in the stage loop, the CUDA RNG state saved
 in checkpoints and restored on resume, and with ``--parallel fsdp`` FSDP2's bf16 mixed-precision
 policy over NCCL (``--activation-checkpointing`` for the recompute path).
 
@@ -42,9 +42,9 @@ from pathlib import Path
 
 import torch
 
-from growlm.growth import Recipe
-from growlm.metrics import read_metrics
-from growlm.train import grow
+from growlm.training.metrics import read_metrics
+from growlm.training.plan import Recipe
+from growlm.training.run import grow
 
 PAPER = dict(preset="paper", d_model=1024, n_head=32, block_size=1024, vocab="bvv241-2-3", depth=9, grown=3)
 SMOKE = dict(preset="tiny", d_model=32, n_head=2, block_size=32, vocab="compact", depth=3, grown=1)
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         text = json.dumps(report, indent=1)
         print(text)
         if args.out:
-            from growlm.fileio import atomic_write_text
+            from growlm.util.fileio import atomic_write_text
 
             atomic_write_text(Path(args.out), text + "\n")
     return report

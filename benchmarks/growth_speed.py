@@ -9,10 +9,10 @@ own subprocess (so its memory is its own):
   run under no_grad (growlm's frozen prefix), chunked loss;
 * ``lora``: a LoRA phase: rank-8 adapters on every block but the newest, which trains fully;
 * ``mono_compile`` / ``grow_compile`` (with ``--compile``): ``mono`` / ``grow`` compiled as the trainer
-  compiles (``growlm.loop.compiled_blocks``: each block in place, the chunked head loss eager).
+  compiles (``growlm.training.loop.compiled_blocks``: each block in place, the chunked head loss eager).
 
 Every round runs every mode once, in turn; ratios are computed *within* a round (mode against
-``mono`` of the same round, next to the FLOP-bound ratio from ``growlm.flops``) and reported as
+``mono`` of the same round, next to the FLOP-bound ratio from ``growlm.training.flops``) and reported as
 median, min and max over the rounds. Each run times ``--steps`` (>= 8) steps after warm-up and
 reports the median step time and its spread; peak memory (VmHWM reset before the timed part,
 or CUDA's peak) and minor page faults / kernel-time share cover the timed steps only.
@@ -52,10 +52,12 @@ def one(mode: str, d_model: int, depth: int, vocab: int, batch: int, seq: int, s
     import torch
     import torch.nn.functional as F
 
-    import growlm.flops as flops
-    from growlm import Config, GrowLM, growth, lora
-    from growlm.alloc import tune_allocator
-    from growlm.loop import compiled_blocks
+    import growlm.training.flops as flops
+    from growlm import Config, GrowLM
+    from growlm.model import lora
+    from growlm.training import plan as growth
+    from growlm.training.loop import compiled_blocks
+    from growlm.util.alloc import tune_allocator
 
     tuned = tune_allocator()  # as the trainer does (GROWLM_MALLOC=system: glibc's defaults)
     from growlm.substrate.binary import binary_matrix
@@ -177,7 +179,7 @@ def main() -> None:
         ap.error(f"--steps {args.steps}: at least 8 timed steps are needed for a spread")
     import torch
 
-    from growlm import flops
+    from growlm.training import flops
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:

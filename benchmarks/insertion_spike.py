@@ -17,10 +17,12 @@ from dataclasses import replace
 
 import torch
 
-from growlm.checkpoint import load_model
-from growlm.growth import Recipe, Stage, begin_stage
-from growlm.loop import Hooks, Loop, RunState, build_optimizer, lr_at
-from growlm.train import open_data, validate
+from growlm.data.tokens import open_data
+from growlm.model.saved import load_model
+from growlm.training.loop import Hooks, Loop, RunState, build_optimizer, lr_at
+from growlm.training.plan import Recipe, Stage
+from growlm.training.stages import begin_stage
+from growlm.training.validation import validate
 
 
 def main() -> None:

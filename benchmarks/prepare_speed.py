@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 _CHILD = """
 import json, resource, sys, time, warnings
 sys.path.insert(0, {src!r})
-from growlm.data import prepare
+from growlm.data.prepare import prepare
 from growlm.substrate import Tokenizer
 Tokenizer.load({vocab!r}).encode_batch(["warm up"])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -71,7 +71,7 @@ def _write_corpus(root: Path, docs: list[tuple[str, str]], copies: int) -> Path:
 
 
 def _raw_throughput(docs: list[str], vocab: str, repeats: int) -> dict:
-    from growlm.data import BATCH_CHARS
+    from growlm.data.prepare import BATCH_CHARS
     from growlm.substrate import Tokenizer
 
     tok = Tokenizer.load(vocab)
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
-    from growlm.corpus import default_corpus_dir, load_documents
+    from growlm.data.documents import default_corpus_dir, load_documents
 
     docs = list(load_documents(default_corpus_dir()))
     res: dict = {"vocab": args.vocab, "cpu_count": os.cpu_count(), "machine": platform.machine(),

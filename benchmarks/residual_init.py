@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from growlm.growth import Recipe
-from growlm.metrics import read_metrics
-from growlm.train import grow
+from growlm.training.metrics import read_metrics
+from growlm.training.plan import Recipe
+from growlm.training.run import grow
 
 
 def run_once(base: Recipe, init_depth: int, seed: int, scale: float, batch_size: int) -> dict:

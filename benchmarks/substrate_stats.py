@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from growlm.fileio import atomic_file
-from growlm.substrate import Substrate, glyph
+from growlm.substrate import Substrate, unifont
+from growlm.util.fileio import atomic_file
 
 SETTINGS = [("glyph", {}), ("glyph16", {}), ("binary", {}), ("binary", {"lift": "repeat"}), ("random", {})]
 
@@ -49,7 +49,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    glyph.load_unifont()  # parsed once, outside the timings
+    unifont.load_unifont()  # parsed once, outside the timings
     rows = [stats(kind, vocab, args.d_model, opts) for vocab in args.vocab for kind, opts in SETTINGS
             if not args.kinds or kind in args.kinds]
     root = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ Run once; the JSON it writes is committed and never re-derived at run time:
 
     python scripts/build_vocab.py --corpus CORPUS_DIR --out src/growlm/substrate/vocabs
 
-CORPUS_DIR is the output of ``growlm.corpora.assemble_corpus`` (``<lang>/<source>.jsonl``).
+CORPUS_DIR is the output of ``growlm.data.sources.assemble_corpus`` (``<lang>/<source>.jsonl``).
 N-grams (2 and 3 characters) are counted within pieces (``PIECE_PATTERN``) so none
 crosses a piece boundary; score = frequency x (len - 1) with each language's counts
 divided by its character total, summed over languages; ties broken by the string.
@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-load_documents = importlib.import_module("growlm.corpus").load_documents
+load_documents = importlib.import_module("growlm.data.documents").load_documents
 
 PIECE_PATTERN = r" ?[^\s]{1,23}|\s{1,24}"
 LANGS = ("en", "ru", "zh")
@@ -54,7 +54,7 @@ def count_corpus(corpus: Path) -> tuple[dict[str, Counter[str]], dict[str, Count
     chars = {lang: Counter[str]() for lang in LANGS}
     for lang in LANGS:
         if not (corpus / lang).is_dir():
-            raise SystemExit(f"{corpus / lang}: missing; run growlm.corpora.assemble_corpus first")
+            raise SystemExit(f"{corpus / lang}: missing; run growlm.data.sources.assemble_corpus first")
         for _, text in load_documents(corpus / lang):
             pieces[lang].update(rx.findall(text))
             chars[lang].update(text)

@@ -1,8 +1,8 @@
-"""Write the small multilingual corpus shipped in ``src/growlm/default_corpus/``.
+"""Write the small multilingual corpus shipped in ``src/growlm/data/default_corpus/``.
 
-    python scripts/make_default_corpus.py --corpus CORPUS_DIR [--out src/growlm/default_corpus]
+    python scripts/make_default_corpus.py --corpus CORPUS_DIR [--out src/growlm/data/default_corpus]
 
-CORPUS_DIR is the output of ``growlm.corpora.assemble_corpus``. Only sources whose
+CORPUS_DIR is the output of ``growlm.data.sources.assemble_corpus``. Only sources whose
 licence allows redistribution are used (``Source.redistributable``); Brown
 (samples of copyrighted 1961 publications) and People's Daily 1998 (no grant
 for the text) are left out. ``fortunes_ru`` is GPL-2: it is redistributed as its own
@@ -25,8 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-corpus = importlib.import_module("growlm.corpus")
-corpora = importlib.import_module("growlm.corpora")
+corpus = importlib.import_module("growlm.data.documents")
+corpora = importlib.import_module("growlm.data.sources")
 
 # Character budget per source; each language's budgets add up to its target.
 BUDGETS: dict[str, int] = {
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     """Select, write and describe the default corpus."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, required=True, help="output dir of assemble_corpus")
-    ap.add_argument("--out", type=Path, default=ROOT / "src" / "growlm" / "default_corpus")
+    ap.add_argument("--out", type=Path, default=ROOT / "src" / "growlm" / "data" / "default_corpus")
     ap.add_argument("--no-copyleft", action="store_true", help="leave out GPL-licensed sources (fortunes_ru)")
     args = ap.parse_args(argv)
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from growlm.corpus import default_corpus_dir, load_documents  # noqa: E402
+from growlm.data.documents import default_corpus_dir, load_documents  # noqa: E402
 from growlm.substrate import Tokenizer  # noqa: E402
 
 

@@ -24,7 +24,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """A small en/ru/zh corpus cut from the embedded default corpus."""
-    from growlm.corpus import default_corpus_dir, load_documents
+    from growlm.data.documents import default_corpus_dir, load_documents
 
     root = tmp_path_factory.mktemp("corpus")
     for lang in ("en", "ru", "zh"):
@@ -42,7 +42,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tiny_corpus, tmp_path_factory) -> Path:
     """The tiny corpus tokenised with the compact vocabulary (large validation share)."""
-    from growlm.data import prepare
+    from growlm.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("tokens")
     prepare(tiny_corpus, out, vocab="compact", val_fraction=0.2)
@@ -112,7 +112,7 @@ def kill_after_checkpoint():
     import sys
     import time
 
-    from growlm.checkpoint import find_checkpoint
+    from growlm.training.checkpoint import find_checkpoint
 
     def kill(cli_args: list[str], run: Path, key: str, at: int, timeout: float = 240) -> bool:
         proc = subprocess.Popen([sys.executable, "-m", "growlm.cli", *cli_args], stdout=subprocess.DEVNULL,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from growlm.checkpoint import load_model, save_model
 from growlm.cli import main
 from growlm.model import Config, GrowLM
+from growlm.model.saved import load_model, save_model
 from growlm.substrate import Substrate
 
 
@@ -115,7 +115,7 @@ def test_finetune_refuses_a_directory_with_user_files(runs, tmp_path, capsys):
 
 def test_export_refuses_foreign_files_and_force_touches_only_its_own(runs, tmp_path, capsys):
     pytest.importorskip("transformers")
-    from growlm.export import EXPORT_FILES
+    from growlm.export.hf import EXPORT_FILES
 
     out = tmp_path / "hf"
     out.mkdir()
@@ -163,7 +163,7 @@ def test_recipe_that_is_not_utf8_names_the_file(tmp_path, capsys):
 
 
 def test_permission_error_names_the_file_without_traceback(tmp_path, capsys, monkeypatch):
-    from growlm import growth
+    from growlm.training import plan
 
     p = tmp_path / "secret.toml"
     p.write_text('name = "x"\n')
@@ -171,7 +171,7 @@ def test_permission_error_names_the_file_without_traceback(tmp_path, capsys, mon
     def denied(self, *a, **k):
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(growth.Path, "read_text", denied)
+    monkeypatch.setattr(plan.Path, "read_text", denied)
     assert main(["plan", str(p)]) == 2
     err = error_of(capsys)
     assert str(p) in err and "Permission denied" in err
@@ -230,8 +230,8 @@ def test_validation_size_error_quotes_the_counts_it_used(runs, tmp_path, capsys)
 
 
 def test_finetune_never_takes_over_a_growth_run(runs, tiny_recipe, tmp_path, capsys):
-    from growlm.fileio import MARKER
-    from growlm.train import grow
+    from growlm.training.run import grow
+    from growlm.util.fileio import MARKER
 
     run = tmp_path / "grown"
     grow(tiny_recipe(steps=1), run, progress=False, log=lambda *a: None)

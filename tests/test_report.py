@@ -179,7 +179,7 @@ def test_cli_report(tmp_path, capsys):
 
 
 def test_report_refuses_user_files_and_its_inputs(tmp_path):
-    from growlm.fileio import OutputDirError
+    from growlm.util.fileio import OutputDirError
 
     run = tmp_path / "run"
     write_run(run, evals=False)

@@ -27,8 +27,8 @@ COMMAND_MODULES = [
 
 
 def _params(args: argparse.Namespace) -> int:
-    from growlm.growth import parameter_budget
     from growlm.model import Config
+    from growlm.training.plan import parameter_budget
 
     overrides = {"d_model": args.d_model, "n_layer": args.n_layer, "n_head": args.n_head}
     cfg = Config.from_preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
@@ -89,7 +89,7 @@ def _message(e: BaseException) -> str:
 
 def _end_process_group() -> None:
     """Under torchrun, after a command that every rank finished: barrier, then destroy the process group."""
-    parallel = sys.modules.get("growlm.parallel")  # not imported: the command started no process group
+    parallel = sys.modules.get("growlm.training.parallel")  # not imported: the command started no process group
     if parallel is not None:
         parallel.shutdown()
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from growlm.alloc import tune_allocator
+    from growlm.util.alloc import tune_allocator
 
     tune_allocator()  # before the command allocates anything large: freed blocks are reused, not re-faulted
     try:

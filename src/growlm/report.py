@@ -21,8 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patches, ticker  # noqa: E402
 
-from growlm.fileio import check_not_input, claim_output_dir, staged_files  # noqa: E402
-from growlm.metrics import read_metrics  # noqa: E402
+from growlm.training.metrics import read_metrics  # noqa: E402
+from growlm.util.fileio import check_not_input, claim_output_dir, staged_files  # noqa: E402
 
 LANG_ORDER = ["en", "ru", "zh"]
 KIND_COLORS = {"expert": "Blues", "composed": "Oranges", "finetuned": "Greens"}

@@ -12,14 +12,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from growlm.corpus import default_corpus_dir, load_documents
-from growlm.data import TokenData, heldout_texts, prepare
+from growlm.data.documents import default_corpus_dir, load_documents
+from growlm.data.prepare import prepare
+from growlm.data.tokens import TokenData, heldout_texts
 from growlm.evaluate import evaluate
 from growlm.evaluate.bpc import bits_per_char, score_stream, score_texts, split_stream
 from growlm.evaluate.perplexity import score_perplexity
 from growlm.evaluate.scorer import Scorer
-from growlm.growth import TrainSpec
-from growlm.train import validate
+from growlm.training.plan import TrainSpec
+from growlm.training.validation import validate
 
 VAL_FRACTION = 0.4
 

@@ -217,8 +217,8 @@ def _eval_args(**kw) -> argparse.Namespace:
 
 
 def test_cli_writes_eval_json_per_stage(tiny_model, data_root, tmp_path):
-    from growlm.checkpoint import save_model
     from growlm.commands import eval as eval_cmd
+    from growlm.model.saved import save_model
 
     run = tmp_path / "run"
     for s in range(2):
@@ -288,7 +288,7 @@ def test_evaluate_refuses_the_same_values(tiny_model, tok, kw, name):
 
 
 def test_cli_prints_every_score_with_its_interval(tiny_model, data_root, tmp_path, capsys):
-    from growlm.checkpoint import save_model
+    from growlm.model.saved import save_model
 
     save_model(tiny_model, tmp_path / "m", extra={"depth": 1})
     ppl = tmp_path / "t.txt"

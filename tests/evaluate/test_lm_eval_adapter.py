@@ -15,9 +15,9 @@ def test_lm_eval_scores_a_growlm_model(tiny_model, tok, tmp_path, monkeypatch):
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    from growlm.checkpoint import save_model
     from growlm.evaluate.lm_eval_adapter import GrowLMEval
     from growlm.evaluate.scorer import Scorer
+    from growlm.model.saved import save_model
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

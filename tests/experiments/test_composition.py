@@ -53,9 +53,9 @@ def test_composition_quick_rows_and_verdict(study):
 
 def test_composition_quick_models_behave(study, tiny_data):
     """On the quick experts: posterior weights are a distribution, identical experts average to the expert."""
-    from growlm.checkpoint import load_model
-    from growlm.compose import compose
     from growlm.experiments.common import last_stage
+    from growlm.model.composition import compose
+    from growlm.model.saved import load_model
 
     _, out = study
     work = out / "work" / "quick-seed-0"

@@ -21,7 +21,7 @@ def test_texts_are_shipped_with_their_sources():
 
 
 def test_no_training_source_contains_them():
-    from growlm.corpus import default_corpus_dir, load_documents
+    from growlm.data.documents import default_corpus_dir, load_documents
 
     for lang in LANGUAGES:
         lines = [ln.strip() for ln in heldout_text(lang).splitlines() if len(ln.strip()) >= 40]

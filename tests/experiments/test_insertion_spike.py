@@ -53,7 +53,7 @@ def test_insertion_spike_quick(tiny_data, tmp_path):
     curves = {p.name.removesuffix(".curve.json"): json.loads(p.read_text())
               for p in (tmp_path / "s" / "work" / "quick-seed-0" / "arms").glob("*.curve.json")}
     assert len(curves) == 10 and all(len(c) == STEPS["quick"] for c in curves.values())
-    from growlm.metrics import read_metrics
+    from growlm.training.metrics import read_metrics
 
     base = [r["loss"] for r in read_metrics(tmp_path / "s" / "work" / "quick-seed-0" / "base" / "metrics.jsonl")
             if r["type"] == "train"]

@@ -98,7 +98,7 @@ def test_ids_equal_the_authors_on_random_ngram_soup(reference, tok):
 
 
 def test_ids_equal_the_authors_on_the_default_corpus(reference, tok):
-    from growlm.corpus import default_corpus_dir, load_documents
+    from growlm.data.documents import default_corpus_dir, load_documents
 
     _, _, ref = reference
     docs = [t[:4000] for _, t in load_documents(default_corpus_dir())][::6]
@@ -169,7 +169,7 @@ def test_abs_is_the_notebooks():
 
 def test_export_writes_the_authors_special_names(tok, tmp_path):
     transformers = pytest.importorskip("transformers")
-    from growlm.export import write_tokenizer
+    from growlm.export.hf import write_tokenizer
 
     ids = write_tokenizer("bvv241-2-3", tmp_path, 1024)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from growlm.substrate import Substrate, Vocabulary, glyph, glyph32
+from growlm.substrate import Substrate, Vocabulary, glyph, glyph16
 from growlm.substrate.substrate import SubstrateMismatchError
 from growlm.substrate.vocab import Token
 
@@ -42,8 +42,8 @@ def small_vocab(tmp_path_factory) -> str:
 def test_small_vocab_golden_bitmap_hash(small_vocab):
     """The pre-PCA bitmap stack of a small vocabulary, at both cell sizes, is fixed to the byte."""
     vocab = Vocabulary.load(small_vocab)
-    assert glyph32.bitmap_sha256(glyph32.token_bitmaps(vocab, 32)).startswith(SMALL_GOLDEN[32])
-    assert glyph32.bitmap_sha256(glyph32.token_bitmaps(vocab, 64)).startswith(SMALL_GOLDEN[64])
+    assert glyph.bitmap_sha256(glyph.token_bitmaps(vocab, 32)).startswith(SMALL_GOLDEN[32])
+    assert glyph.bitmap_sha256(glyph.token_bitmaps(vocab, 64)).startswith(SMALL_GOLDEN[64])
     s = Substrate.build("glyph", small_vocab, 64, cache=False)
     assert s.content_sha256.startswith(SMALL_GOLDEN[32])
 
@@ -57,9 +57,9 @@ def test_golden_hash_per_spec(kind, d_model, opts):
 
 
 def test_glyph_bitmaps_hash_is_the_golden_one():
-    bitmaps = glyph32.token_bitmaps(Vocabulary.load("compact"), 32)
+    bitmaps = glyph.token_bitmaps(Vocabulary.load("compact"), 32)
     assert bitmaps.dtype == np.uint8 and set(np.unique(bitmaps)) == {0, 1}
-    assert glyph32.bitmap_sha256(bitmaps) == GOLDEN["glyph", 256, ()]
+    assert glyph.bitmap_sha256(bitmaps) == GOLDEN["glyph", 256, ()]
 
 
 def test_two_processes_build_identical_bytes(small_vocab):
@@ -83,7 +83,7 @@ def test_glyph_has_rank_beyond_the_16px_cell():
 
 def test_specials_and_bytes_are_distinct_from_each_other_and_from_text():
     vocab = Vocabulary.load("compact")
-    b = glyph32.token_bitmaps(vocab, 32)
+    b = glyph.token_bitmaps(vocab, 32)
     marked = [i for i, t in enumerate(vocab.tokens) if t.kind in ("special", "byte")]
     rows = {b[i].tobytes() for i in marked}
     assert len(rows) == len(marked)
@@ -100,8 +100,8 @@ def test_augmentation_matches_the_authors_pillow_steps():
     from PIL import Image, ImageFilter
 
     def author(strip, text, cell):
-        max_rot, max_shift, noise_simple, noise_other = glyph32.AUGMENT[cell]
-        simple = glyph32.is_simple_script(text)
+        max_rot, max_shift, noise_simple, noise_other = glyph.AUGMENT[cell]
+        simple = glyph.is_simple_script(text)
         random.seed(42)
         np.random.seed(42)
         rot, shift, noise = (max_rot, max_shift, noise_simple) if simple else (0, 0, noise_other)
@@ -124,8 +124,8 @@ def test_augmentation_matches_the_authors_pillow_steps():
     diffs = []
     for cell in (32, 64):
         for text in ["A", "g", "Жж", " th", "ing", "中", "中文", "שלום", "Ω", "xyz"]:
-            ours = glyph32.token_bitmap(text, cell)
-            diffs.append(int((ours != author(glyph32.draw(text, cell), text, cell)).sum()))
+            ours = glyph.token_bitmap(text, cell)
+            diffs.append(int((ours != author(glyph.draw(text, cell), text, cell)).sum()))
     # Pillow's nearest-neighbour affine runs in fixed point: a pixel on a sampling boundary may differ
     assert sum(diffs) <= 3 and diffs.count(0) >= len(diffs) - 2, diffs
 
@@ -145,11 +145,11 @@ def test_every_long_bvv241_abs_token_is_drawn():
     vocab = Vocabulary.load("bvv241-abs")
     long = [t for t in vocab.tokens if t.kind == "ngram" and len(t.text) >= 12]
     assert max(len(t.text) for t in long) == 72
-    drawer = glyph32._Drawer(32)
+    drawer = glyph._Drawer(32)
     cells = {drawer.bitmap(t.text).tobytes() for t in long}
     assert len(cells) > 0.9 * len(long)
-    assert glyph32.token_bitmap("x", 64).shape == (64 * 64,)
-    code = glyph32.hex_code(drawer.glyphs, 0x1FFFF, 32)  # a 5-digit id wraps to a second row
+    assert glyph.token_bitmap("x", 64).shape == (64 * 64,)
+    code = glyph.hex_code(drawer.glyphs, 0x1FFFF, 32)  # a 5-digit id wraps to a second row
     assert code.shape[0] > 16 and code.shape[1] <= 32
 
 
@@ -160,7 +160,7 @@ def test_glyph16_draws_tokens_wider_than_255_pixels():
         def __len__(self) -> int:
             return len(self.tokens)
 
-    images = glyph.token_images(Tiny())  # used to crash: the cache key held the width in one byte
+    images = glyph16.token_images(Tiny())  # used to crash: the cache key held the width in one byte
     assert images.shape == (3, 256) and not np.array_equal(images[0], images[2])
 
 

@@ -78,17 +78,17 @@ def test_errors_are_clear(monkeypatch, tmp_path, kind):
         Substrate.build("noise", "compact", 64)
     with pytest.raises(ValueError, match="needs d_model >= 28"):
         Substrate.build("binary", "compact", 8, cache=False)
-    from growlm.substrate import glyph, glyph32
+    from growlm.substrate import glyph, unifont
 
-    glyph.load_unifont.cache_clear()
-    glyph32._ANALYSED.clear()
+    unifont.load_unifont.cache_clear()
+    glyph._ANALYSED.clear()
     monkeypatch.setenv("GROWLM_UNIFONT", str(tmp_path / "missing.hex"))
     try:
         with pytest.raises(FileNotFoundError, match="apt-get install unifont"):
             Substrate.build(kind, "compact", 40, cache=False)
     finally:
         monkeypatch.delenv("GROWLM_UNIFONT")
-        glyph.load_unifont.cache_clear()
+        unifont.load_unifont.cache_clear()
 
 
 def test_blank_glyphs_are_drawn_as_their_code_so_space_runs_differ():

@@ -120,7 +120,8 @@ def test_specials_only_when_asked(tok):
 
 
 def test_prepare_keeps_special_names_in_documents_as_text(tmp_path):
-    from growlm.data import TokenData, prepare
+    from growlm.data.prepare import prepare
+    from growlm.data.tokens import TokenData
 
     docs = ["first <|eos|> still the first document", "second <|bos|><|pad|> one"]
     (tmp_path / "c" / "en").mkdir(parents=True)

@@ -17,9 +17,9 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from growlm.checkpoint import check_model_output, resolve_model_dir, save_model
-    from growlm.compose import compose_from_runs
-    from growlm.fileio import check_not_input
+    from growlm.model.composition import compose_from_runs
+    from growlm.model.saved import check_model_output, resolve_model_dir, save_model
+    from growlm.util.fileio import check_not_input
 
     inputs = [p for e in args.experts for p in (e, resolve_model_dir(e))]
     check_not_input(args.out, inputs, "--out")

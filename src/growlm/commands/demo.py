@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _bpc_by_depth(run: Path) -> list[str]:
-    from growlm.metrics import read_metrics
+    from growlm.training.metrics import read_metrics
 
     ends = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "stage_end"]
     langs = sorted({k for r in ends for k in r["val_bpc"]})
@@ -32,17 +32,17 @@ DEMO_RECIPES = {False: ("demo", "compose-demo"), True: ("demo-full", "compose-de
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from growlm.budget import Budget, budget_table
+    from growlm.training.budget import Budget, budget_table
 
     grow_recipe = args.recipe or DEMO_RECIPES[args.full][0]
     compose_recipe = args.compose_recipe or DEMO_RECIPES[args.full][1]
     if args.budget:
-        from growlm.budget import demo_budget
+        from growlm.demo import demo_budget
 
         print(f"Model FLOPs of growlm demo with {grow_recipe} and {compose_recipe} (nothing runs):")
         print("\n".join(budget_table(demo_budget(grow_recipe, compose_recipe))))
         return 0
-    from growlm.experiments import run_demo
+    from growlm.demo import run_demo
 
     s = run_demo(args.out, grow_recipe, compose_recipe, progress=not args.no_progress)
     out = Path(args.out)
@@ -66,7 +66,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from growlm.experiments import compose_experiment
+    from growlm.demo import compose_experiment
 
     table = compose_experiment(args.recipe, args.out, progress=not args.no_progress)
     print("\n".join(_composition_lines(table)))
@@ -74,10 +74,11 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from growlm.checkpoint import load_model, read_json, resolve_model_dir
-    from growlm.fileio import check_not_input
-    from growlm.growth import TrainSpec
-    from growlm.train import finetune, open_data
+    from growlm.data.tokens import open_data
+    from growlm.model.saved import load_model, read_json, resolve_model_dir
+    from growlm.training.finetune import finetune
+    from growlm.training.plan import TrainSpec
+    from growlm.util.fileio import check_not_input
 
     check_not_input(args.out, [args.model, resolve_model_dir(args.model)], "--out")
     model = load_model(args.model)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def model_dirs(run: str | Path, all_stages: bool) -> list[Path]:
     """The model directory of a run (or model dir), or every ``stages/stage-NN`` with ``all_stages``."""
-    from growlm.checkpoint import resolve_model_dir
+    from growlm.model.saved import resolve_model_dir
 
     run = Path(run)
     if all_stages:
@@ -22,8 +22,8 @@ def model_dirs(run: str | Path, all_stages: bool) -> list[Path]:
 
 def evaluate_dir(d: Path, args: argparse.Namespace) -> dict:
     """Load the model in ``d`` with its tokenizer and run ``growlm.evaluate.evaluate``."""
-    from growlm.checkpoint import load_model, read_json
     from growlm.evaluate import evaluate
+    from growlm.model.saved import load_model, read_json
     from growlm.substrate import Tokenizer
 
     meta = read_json(d / "model.json", "model description")
@@ -107,7 +107,7 @@ def results_table(res: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from growlm.evaluate.runner import parse_tasks
-    from growlm.fileio import atomic_write_text
+    from growlm.util.fileio import atomic_write_text
 
     parse_tasks(args.tasks)  # fail before loading anything
     dirs = [d for r in args.runs_or_models for d in model_dirs(r, args.all_stages)]

@@ -7,7 +7,7 @@ import json
 
 
 def run(args: argparse.Namespace) -> int:
-    from growlm.export import export_hf, verify_export
+    from growlm.export.hf import export_hf, verify_export
 
     if args.format != "hf":
         raise ValueError(f"unknown export format {args.format!r}; valid: hf")

@@ -8,9 +8,9 @@ import sys
 
 
 def _grow(args: argparse.Namespace) -> int:
-    from growlm.growth import Recipe
-    from growlm.rundir import check_run_exists
-    from growlm.train import grow
+    from growlm.training.plan import Recipe
+    from growlm.training.run import grow
+    from growlm.training.rundir import check_run_exists
 
     run = args.resume or args.out
     if not run:
@@ -26,7 +26,8 @@ def _grow(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from growlm.growth import Recipe, plan_budgets
+    from growlm.training.plan import Recipe
+    from growlm.training.stages import plan_budgets
 
     recipe = Recipe.load(args.recipe)
     print(json.dumps({"recipe": recipe.name, "config": recipe.config().to_dict(), "stages": plan_budgets(recipe)},
@@ -35,7 +36,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from growlm.data import prepare
+    from growlm.data.prepare import prepare
 
     meta = prepare(args.corpus, args.out, vocab=args.vocab, val_fraction=args.val_fraction,
                    text_column=args.text_column, skip_bad=args.skip_bad, log=lambda m: print(m, file=sys.stderr))
@@ -45,7 +46,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from growlm.corpora import assemble_corpus
+    from growlm.data.sources import assemble_corpus
 
     names = args.sources.split(",") if args.sources else None
     out = assemble_corpus(args.out, names=names, cache_dir=args.cache)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from growlm.losses import chunked_cross_entropy
+from growlm.model.losses import chunked_cross_entropy
 
 
 @dataclass
@@ -80,7 +80,7 @@ def score_stream(model: nn.Module, ids: Sequence[int] | np.ndarray | torch.Tenso
     ``precision`` makes the context the forward runs in (training passes its autocast); the model is put in
     eval mode for the call and restored. ``share = (i, n)`` scores only the batches k with k % n == i and gives
     the other windows 0 nats: the elementwise sum of the n shares is the whole list, each window computed in the
-    same batch as without shares (how processes split validation, ``growlm.train.validate``)."""
+    same batch as without shares (how processes split validation, ``growlm.training.validation.validate``)."""
     if window < 1 or batch < 1:
         raise ValueError(f"window and batch must be >= 1, got window={window}, batch={batch}")
     part, parts = share
@@ -142,7 +142,7 @@ def _decoded_characters(vocab: str, ids: bytes, dtype: str) -> int:
 def split_stream(data, lang: str, max_tokens: int | None = None, max_documents: int | None = None
                  ) -> tuple[np.ndarray, int, int]:
     """(ids with the leading ``<|eos|>``, characters, documents) of ``lang``'s validation split in ``data``
-    (a ``growlm.data.TokenData``), cut to the whole documents that end within ``max_tokens`` tokens (the
+    (a ``growlm.data.prepare.TokenData``), cut to the whole documents that end within ``max_tokens`` tokens (the
     first ``max_tokens`` tokens if the first document is longer), and to at most ``max_documents``."""
     stream = data.tokens(lang, "val")
     if stream.size == 0:

@@ -31,7 +31,7 @@ class GrowLMEval(LM):
     def __init__(self, path: str | None = None, batch_size: int | str = 64, max_length: int | None = None,
                  device: str | None = None, model=None, tokenizer=None, **kwargs):
         super().__init__()
-        from growlm.checkpoint import load_model, read_json, resolve_model_dir
+        from growlm.model.saved import load_model, read_json, resolve_model_dir
         from growlm.substrate import Tokenizer
 
         if device and device.startswith("cuda") and not torch.cuda.is_available():

@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from growlm.corpus import load_documents
+from growlm.data.documents import load_documents
 from growlm.evaluate.bpc import TextScore, score_split, score_texts
 from growlm.evaluate.scorer import Scorer
 from growlm.evaluate.stats import bootstrap_ci
 
 
 def read_texts(path: str | Path) -> list[str]:
-    """Documents of a .txt/.jsonl file (optionally .gz) or a folder of them (``growlm.corpus.load_documents``)."""
+    """Documents of a .txt/.jsonl file (optionally .gz) or a folder of them
+    (``growlm.data.documents.load_documents``)."""
     return [text for _, text in load_documents(path)]
 
 

@@ -116,7 +116,7 @@ def _ppl(scorer: Scorer, name: str, limit: int | None, seed: int, ppl_data) -> d
     """``ppl`` / ``ppl_<lang>``: the embedded corpus's held-out documents, a text file, or the validation split
     of a prepared token directory (scored exactly as training validation scores it)."""
     if ppl_data and is_token_dir(ppl_data):
-        from growlm.data import TokenData
+        from growlm.data.tokens import TokenData
 
         data = TokenData.open(ppl_data)
         vocab = getattr(scorer.tok, "vocab", None)
@@ -126,7 +126,7 @@ def _ppl(scorer: Scorer, name: str, limit: int | None, seed: int, ppl_data) -> d
     if ppl_data:
         docs = read_texts(ppl_data)
         return {"ppl": score_perplexity(scorer, docs[:limit] if limit else docs, seed)}
-    from growlm.data import heldout_texts
+    from growlm.data.tokens import heldout_texts
 
     out = {}
     for lang in PPL_LANGS if name == "ppl" else (name[4:],):

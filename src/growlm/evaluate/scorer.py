@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from growlm.model import sample_next
+from growlm.model.model import sample_next
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 
 from growlm.experiments.framework import SeedContext
 from growlm.experiments.heldout import heldout_bpc
-from growlm.growth import Recipe
+from growlm.training.plan import Recipe
 
 # The shapes a study trains. "default" is sized by FLOPs to fit a study (all arms, 3 seeds) into ~20 minutes on
 # 2 CPU cores: at d_model 64 the compact vocabulary's head (64 x ~16K) is most of a step, about 7.6 MFLOP per
@@ -45,7 +45,7 @@ def plan(ctx: SeedContext, stages: list[dict], kind: str = "glyph", model: dict 
 
 def train(ctx: SeedContext, raw: dict, name: str) -> Path:
     """Grow ``raw`` into ``ctx.work/name`` (resumed if it was interrupted, reused if finished); the run dir."""
-    from growlm.train import grow
+    from growlm.training.run import grow
 
     run = ctx.work / name
     if not (run / "model" / "model.json").exists():
@@ -60,7 +60,7 @@ def measure(ctx: SeedContext, model_dir: Path, raw: dict) -> dict:
 
     The validation figures are the ones training measured at the end of that stage (saved with it); the held-out
     texts are scored here with the same definition (``growlm.evaluate.bpc``)."""
-    from growlm.checkpoint import load_model
+    from growlm.model.saved import load_model
 
     meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
     if "val_bpc" not in meta:
@@ -85,9 +85,9 @@ def last_stage(run: Path) -> Path:
 
 def plan_flops(raw: dict) -> dict:
     """Training FLOPs of a whole plan, stage by stage as it trains (the backward covers only what trains)."""
-    from growlm import growth
     from growlm.model import GrowLM
     from growlm.substrate import Substrate
+    from growlm.training import stages
 
     recipe = Recipe.from_dict(raw)
     cfg = recipe.config()
@@ -98,17 +98,17 @@ def plan_flops(raw: dict) -> dict:
     seq = recipe.train.seq_len
     total, tokens = 0.0, 0
     for st in recipe.stages:
-        growth.begin_stage(model, st)
+        stages.begin_stage(model, st)
         n = recipe.stage_steps(st) * recipe.train.batch_size * seq
         total += step_flops(model, seq) * n
         tokens += n
-        growth.end_stage(model, st)
-    return {"train_flops": total, "tokens": tokens, "active_params": growth.active_budget(model)["active_params"]}
+        stages.end_stage(model, st)
+    return {"train_flops": total, "tokens": tokens, "active_params": stages.active_budget(model)["active_params"]}
 
 
 def step_flops(model: torch.nn.Module, seq_len: int) -> float:
-    """FLOPs per token of one training step of ``model`` as it stands (``growlm.flops``: the backward covers only
-    what trains)."""
-    from growlm.flops import step_flops as counted
+    """FLOPs per token of one training step of ``model`` as it stands (``growlm.training.flops``: the backward
+    covers only what trains)."""
+    from growlm.training.flops import step_flops as counted
 
     return counted(model, seq_len).total

@@ -49,8 +49,8 @@ def expert_plan(ctx: SeedContext, name: str) -> dict:
 
 def score(ctx: SeedContext, model: torch.nn.Module, data, raw: dict) -> dict:
     """Validation-split and held-out bits per character per language (and their means), the same for any model."""
-    from growlm.growth import Recipe
-    from growlm.train import validate
+    from growlm.training.plan import Recipe
+    from growlm.training.validation import validate
 
     spec = Recipe.from_dict(raw).train
     model.eval()
@@ -75,17 +75,18 @@ def gaps(row: dict, members: list[dict]) -> dict:
 
 def finetune_flops(model, raw: dict, steps: int) -> float:
     """Training FLOPs of ``steps`` fine-tuning steps of a composed model (counted by running one sequence)."""
-    from growlm.flops import counted_flops
+    from growlm.training.flops import counted_flops
 
     seq, batch = raw["train"]["seq_len"], raw["train"]["batch_size"]
     return counted_flops(model, seq, model.vocab_size).total * seq * batch * steps
 
 
 def run(ctx: SeedContext) -> list[dict]:
-    from growlm.checkpoint import load_model
-    from growlm.compose import compose
-    from growlm.growth import Recipe
-    from growlm.train import finetune, open_data
+    from growlm.data.tokens import open_data
+    from growlm.model.composition import compose
+    from growlm.model.saved import load_model
+    from growlm.training.finetune import finetune
+    from growlm.training.plan import Recipe
 
     shape = "quick" if ctx.quick else "default"
     experts, rows, by_name = {}, [], {}
@@ -183,7 +184,8 @@ def _notes() -> tuple[str, ...]:
         "below 0 means better than every member on every language",
         "train_flops: expert rows: the growth plan's training FLOPs (the backward covers only what trains); composed "
         "rows: what the composition itself trained (0 for the training-free methods)",
-        "size (common.plan_flops, growlm.flops): at d_model 64, seq_len 64, batch 16 (compact vocabulary) an expert "
+        "size (common.plan_flops, growlm.training.flops): at d_model 64, seq_len 64, batch 16 (compact vocabulary) "
+        "an expert "
         "trains 2.73 TFLOP and the four fine-tunes 1.49 TFLOP together (adapter 0.23 / 0.35, router 0.37 / 0.55 for "
         "two / three experts), so a seed trains 9.7 TFLOP and 3 seeds 29 TFLOP; scoring the 15 models of a seed "
         "(forward only, N experts each) costs about 2.5 TFLOP more; train_flops gives the shape run",

@@ -74,7 +74,7 @@ def forgetting(row: dict, base: dict) -> dict:
 
 def arms() -> list[str]:
     """The rows of one seed, in order (the composition methods this checkout has)."""
-    from growlm.compose import METHODS
+    from growlm.model.composition import METHODS
 
     return [BASE, GROW, GROW_FROZEN_HEAD, *(label for m, label in COMPOSED.items() if m in METHODS), FINETUNE, EXPERT]
 
@@ -83,10 +83,11 @@ def composed_dir(ctx: SeedContext, method: str, base_dir: Path, expert_dir: Path
     """The base and the Chinese expert composed by ``method``, validated and saved (reused if saved)."""
     import torch
 
-    from growlm.checkpoint import load_model, save_model
-    from growlm.compose import compose
-    from growlm.growth import Recipe
-    from growlm.train import open_data, validate
+    from growlm.data.tokens import open_data
+    from growlm.model.composition import compose
+    from growlm.model.saved import load_model, save_model
+    from growlm.training.plan import Recipe
+    from growlm.training.validation import validate
 
     out = ctx.work / f"composed-{method}"
     if not (out / "model.json").exists():
@@ -98,7 +99,7 @@ def composed_dir(ctx: SeedContext, method: str, base_dir: Path, expert_dir: Path
 
 
 def run(ctx: SeedContext) -> list[dict]:
-    from growlm.compose import METHODS
+    from growlm.model.composition import METHODS
 
     p = plans(ctx)
     base_dir = last_stage(train(ctx, p["base"], "base"))  # trained once; every arm starts from it
@@ -193,7 +194,8 @@ STUDY = register(Study(
            "head frozen too (only the new block trains, as paper v1 section 3.2 says); (c) every block and the "
            "head on the same mixture; (b) a "
            "ZH-only expert of the same shape grown from scratch on the same substrate (2 stages, the same steps in "
-           "all), composed with the base by logit averaging (and, where growlm.compose has it, by the training-free "
+           "all), composed with the base by logit averaging (and, where growlm.model.composition has it, by the "
+           "training-free "
            "posterior mixture); nothing trained after composing; 'ZH expert alone' for reference",
            "forget_SPLIT_LANG: the old language's bpc after minus the base's (> 0: forgotten; the base row is 0); "
            "forget_SPLIT: the mean over EN and RU; val = validation split, held-out = the shipped texts",

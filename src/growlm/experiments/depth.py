@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from growlm.checkpoint import load_model
 from growlm.experiments.common import measure, plan, train
 from growlm.experiments.framework import SeedContext, Study, cell, fmt, paired, register
+from growlm.model.saved import load_model
 
 DEPTH = {"default": 6, "quick": 2}
 STAGE_STEPS = {"default": 100, "quick": 2}

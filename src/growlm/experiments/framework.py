@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from growlm.fileio import atomic_write_text
+from growlm.util.fileio import atomic_write_text
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond 30 the normal's 1.96 is within 4%
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -93,7 +93,7 @@ STUDIES: dict[str, Study] = {}
 
 PLOT_METRICS = 4  # the plot shows a study's first metrics (its headline ones); the table shows all
 RESERVED = ("report",)  # subcommands of ``growlm experiment``, not studies
-HELPERS = ("common", "compose", "framework", "heldout", "results")  # modules of the package that are no study
+HELPERS = ("common", "framework", "heldout", "results")  # modules of the package that are no study
 
 
 def register(study: Study) -> Study:
@@ -238,7 +238,7 @@ def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, a
     ``work`` holds the seeds' growth runs and models (default ``out/work``); a seed whose ``seed-N.json`` exists is
     read, not rerun, so an interrupted study continues where it stopped.
     """
-    from growlm.rundir import RunDir
+    from growlm.training.rundir import RunDir
 
     study = get_study(name)
     if seeds < 1:
@@ -311,7 +311,7 @@ def plot_summary(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from growlm.fileio import atomic_file
+    from growlm.util.fileio import atomic_file
 
     metrics, rows, group = summary["metrics"][:PLOT_METRICS], summary["rows"], summary["group"]
     study = STUDIES.get(summary["study"])

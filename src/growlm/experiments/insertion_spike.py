@@ -68,7 +68,7 @@ def insertion_stage(init: str, head: str, shape: str) -> dict:
 
 def pre_insertion_loss(run_dir: Path, window: int) -> float:
     """Mean training loss of the base run's last ``window`` steps (its metrics log every step)."""
-    from growlm.metrics import read_metrics
+    from growlm.training.metrics import read_metrics
 
     losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "train"]
     if len(losses) < window:
@@ -79,16 +79,18 @@ def pre_insertion_loss(run_dir: Path, window: int) -> float:
 def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str) -> tuple[list[float], Path]:
     """Insert per ``stage_raw`` into the base model and train that stage; (per-step losses, its model directory).
 
-    The trainer's loop runs it (``growlm.loop``: head optimiser groups, warm-up + cosine, ``head_lr_scale``),
+    The trainer's loop runs it (``growlm.training.loop``: head optimiser groups, warm-up + cosine, ``head_lr_scale``),
     started from the base's saved model so every arm shares it, with one data stream and one init seed for every arm
     of a seed; every step's loss is logged."""
     from dataclasses import replace
 
-    from growlm import flops, growth
-    from growlm.checkpoint import load_model, save_model
-    from growlm.growth import Recipe
-    from growlm.loop import Hooks, Loop, RunState, build_optimizer, lr_at
-    from growlm.train import head_lr_scale, open_data, validate
+    from growlm.data.tokens import open_data
+    from growlm.model.saved import load_model, save_model
+    from growlm.training import flops, stages
+    from growlm.training.loop import Hooks, Loop, RunState, build_optimizer, lr_at
+    from growlm.training.plan import Recipe
+    from growlm.training.stages import head_lr_scale
+    from growlm.training.validation import validate
 
     out = ctx.work / "arms" / name
     curve_path = ctx.work / "arms" / f"{name}.curve.json"
@@ -99,7 +101,7 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
     device = torch.device("cpu")
     model = load_model(last_stage(ctx.work / "base"))
     torch.manual_seed(t.seed + 1)  # the same new block for every head schedule of one init
-    growth.begin_stage(model, stage)
+    stages.begin_stage(model, stage)
     model.train()
     data = open_data(recipe.data.path, model.substrate_spec["vocab"])
     mixture = data.mixture(None)

@@ -36,9 +36,9 @@ NOT_TESTABLE = [
 
 def _params_rows() -> list[tuple[str, str, str, str]]:
     """The paper's parameter counts, counted from growlm's code now (meta device, no memory)."""
-    from growlm.growth import parameter_budget
     from growlm.model import Config
     from growlm.substrate.binary import code_bits
+    from growlm.training.plan import parameter_budget
 
     v = 65536
     b9 = parameter_budget(Config.from_preset("paper", vocab_size=v, d_model=1024, n_layer=9), train_newest=3)
@@ -255,7 +255,7 @@ def render(docs: str | Path = "docs", argv: list[str] | None = None) -> str:
 
 def write_results(path: str | Path = "docs/results.md", argv: list[str] | None = None) -> Path:
     """Write docs/results.md (``path``; its directory holds the raw JSON) atomically; the path."""
-    from growlm.fileio import atomic_write_text
+    from growlm.util.fileio import atomic_write_text
 
     path = Path(path)
     if not path.parent.is_dir():

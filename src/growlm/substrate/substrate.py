@@ -20,19 +20,19 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from growlm.fileio import atomic_file
-from growlm.substrate import binary, gaussian, glyph, glyph32
+from growlm.substrate import binary, glyph, glyph16, random, unifont
 from growlm.substrate.vocab import Vocabulary
+from growlm.util.fileio import atomic_file
 
 # bump a kind's version on any change to its matrix: old fingerprints then refuse to load
-ALGORITHM_VERSION = {"glyph": glyph32.ALGORITHM, "glyph16": "glyph-pca-2", "binary": "binary-lift-2",
-                     "random": gaussian.ALGORITHM}
+ALGORITHM_VERSION = {"glyph": glyph.ALGORITHM, "glyph16": "glyph-pca-2", "binary": "binary-lift-2",
+                     "random": random.ALGORITHM}
 KINDS = tuple(ALGORITHM_VERSION)
 # options each kind takes, with their defaults (None: derived from the vocabulary or d_model)
 OPTIONS: dict[str, dict] = {"glyph": {"cell": None}, "glyph16": {},
                             "binary": {"bits": None, "lift": binary.DEFAULT_LIFT}, "random": {"seed": 0}}
 # what the matrix is made from, besides the spec and the vocabulary
-SOURCE = {"glyph": glyph.UNIFONT_SHA256, "glyph16": glyph.UNIFONT_SHA256, "binary": "id-bits",
+SOURCE = {"glyph": unifont.UNIFONT_SHA256, "glyph16": unifont.UNIFONT_SHA256, "binary": "id-bits",
           "random": "numpy-RandomState-standard_normal"}
 
 
@@ -53,14 +53,14 @@ def resolve_options(kind: str, options: dict, d_model: int | None = None) -> dic
     out = {k: v for k, v in valid.items() if v is not None}
     out.update({k: v for k, v in options.items() if v is not None})
     if kind == "glyph" and "cell" not in out and d_model is not None:
-        out["cell"] = glyph32.default_cell(d_model)
+        out["cell"] = glyph.default_cell(d_model)
     for key in ("bits", "seed", "cell"):
         if key in out:
             _positive_int(kind, key, out[key])
     if kind == "binary" and out["lift"] not in binary.LIFTS:
         raise ValueError(f"unknown binary lift {out['lift']!r}; valid lifts are {list(binary.LIFTS)}")
-    if kind == "glyph" and out.get("cell") not in (None, *glyph32.CELLS):
-        raise ValueError(f"glyph substrate option cell must be one of {list(glyph32.CELLS)}, got {out['cell']!r}")
+    if kind == "glyph" and out.get("cell") not in (None, *glyph.CELLS):
+        raise ValueError(f"glyph substrate option cell must be one of {list(glyph.CELLS)}, got {out['cell']!r}")
     return dict(sorted(out.items()))
 
 
@@ -69,16 +69,16 @@ def build_matrix(spec: SubstrateSpec, vocab: Vocabulary) -> tuple[torch.Tensor, 
     for the PCA kinds, the variance of every principal component of that source (descending)."""
     opts = resolve_options(spec.kind, spec.options, spec.d_model)
     if spec.kind == "glyph":
-        m, golden, evals = glyph32.glyph_matrix(vocab, spec.d_model, opts["cell"])
+        m, golden, evals = glyph.glyph_matrix(vocab, spec.d_model, opts["cell"])
         return m, golden, torch.from_numpy(evals)
     if spec.kind == "glyph16":
-        images = glyph.token_images(vocab)
-        m = torch.from_numpy(glyph.pca_embed(images, spec.d_model).astype("float32"))
+        images = glyph16.token_images(vocab)
+        m = torch.from_numpy(glyph16.pca_embed(images, spec.d_model).astype("float32"))
         x = torch.from_numpy(images - images.mean(axis=0, keepdims=True))
         evals = torch.linalg.eigvalsh(x.T @ x / x.shape[0]).flip(0).clamp(min=0)
         return m, hashlib.sha256(images.tobytes()).hexdigest(), evals
     if spec.kind == "random":
-        return (*gaussian.random_matrix(len(vocab), spec.d_model, opts["seed"]), None)
+        return (*random.random_matrix(len(vocab), spec.d_model, opts["seed"]), None)
     m = binary.binary_matrix(len(vocab), spec.d_model, opts.get("bits"), opts["lift"])
     return m, hashlib.sha256(m.numpy().tobytes()).hexdigest(), None  # exact arithmetic: the matrix is its pre-image
 

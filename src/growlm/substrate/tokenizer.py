@@ -41,8 +41,8 @@ from typing import Literal
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from growlm.fileio import atomic_write_text
 from growlm.substrate.vocab import PIECE_PATTERN, Vocabulary
+from growlm.util.fileio import atomic_write_text
 
 
 @lru_cache(maxsize=1)

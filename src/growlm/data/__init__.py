@@ -1,0 +1,1 @@
+"""Text in: corpus documents and their sources, prepared token files, token windows and batches."""

@@ -1,0 +1,425 @@
+"""Corpora -> sharded token files, written once (``growlm prepare``); ``growlm.data.tokens`` reads them.
+
+``prepare`` tokenises a corpus once into shards ``<lang>/<split>-NNNNN.bin``
+(documents each followed by the end-of-document id, uint16 where V <= 65536,
+else uint32, memory-mapped at training time) and one ``meta.json``: the
+vocabulary, counts per language and split, and a manifest of every shard (tokens,
+documents, characters, SHA-256, source files) and every input file (SHA-256).
+The train/validation split is by document, decided by a salted hash of the
+document's text, so it never changes when documents are added or reordered.
+
+Preparation streams with bounded memory: documents are read one at a time,
+encoded ``batch_chars`` characters at a time (the tokenizer encodes a batch on all
+cores), and long documents are cut at piece boundaries first (see
+``safe_chunks``), which leaves their token ids unchanged. A *segment* of about
+``shard_tokens`` tokens is written, fsynced and recorded in a progress file before
+the next begins, so an interrupted preparation resumes at the last whole segment.
+
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from growlm.data.documents import (
+    BadDocument,
+    Document,
+    corpus_files,
+    default_corpus_dir,
+    iter_documents,
+)
+from growlm.substrate import Tokenizer
+from growlm.util.fileio import append_durable, atomic_write_text, fsync_dir
+
+DATA_FORMAT = "growlm-tokens-2"
+OLD_FORMATS = ("growlm-tokens-1",)  # one <lang>/<split>.bin per language and split; still read
+VAL_FRACTION = 0.1  # share of documents held out (the embedded corpus has only ~200-280 per language)
+SHARD_TOKENS = 1 << 27  # tokens per segment (a shard per language and split): 256 MB of uint16
+BATCH_CHARS = 1 << 20  # characters encoded per tokenizer call: bounds memory, keeps all cores busy
+CHUNK_CHARS = 1 << 16  # longer documents are cut into chunks of about this size before encoding
+PROGRESS = ".prepare-progress"  # JSON lines; no corpus suffix, so a corpus folder may hold its output
+
+
+class OutputExists(FileExistsError, ValueError):
+    """``--out`` holds something ``prepare`` must not overwrite (a ValueError too, so the CLI reports it briefly)."""
+
+
+class DataWarning(UserWarning):
+    """A prepared corpus that will not train or validate as expected (e.g. a language with no validation)."""
+
+
+def is_validation(text: str, fraction: float) -> bool:
+    """Deterministic document-level split: True for about ``fraction`` of documents.
+
+    The hash is salted so that the split is independent of any selection made by a plain
+    sha256 of the text (the embedded corpus picks its documents that way).
+    """
+    h = int.from_bytes(hashlib.sha256(b"growlm/split/1\0" + text.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+# ------------------------------------------------------------------ long documents
+
+_PIECE_RUN = 23  # PIECE_PATTERN " ?[^\s]{1,23}|\s{1,24}": a run of non-space splits every 23 characters
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+
+
+def safe_chunks(text: str, size: int = CHUNK_CHARS, unmerged: frozenset[str] | None = None) -> list[str]:
+    """Cut ``text`` into chunks of about ``size`` characters whose token ids concatenate to the text's ids.
+
+    Piece tokenizers (``bmp``, ``compact``; ``unmerged`` None) split text into pieces by
+    ``PIECE_PATTERN`` (no look-behind, no look-ahead) and encode every piece on its own, so cutting
+    at a piece boundary changes nothing. Two kinds of positions are piece boundaries whatever
+    precedes them: between a non-space character and an ASCII space character (no piece spans
+    both), and, inside a run of non-space characters that starts after an ASCII space, every 23rd
+    character from the run's start (the run's pieces are 23 characters, the first possibly led by
+    one space). BPE over the whole text (``bvv``): ``unmerged`` holds the characters that no
+    vocabulary token of two or more characters contains (space and line breaks among them); no
+    merge touches them, so the text on either side is merged independently and a cut right after
+    one changes nothing. Where no boundary is found the chunk grows until one is: memory stays
+    bounded by the longest such stretch.
+    """
+    if len(text) <= size:
+        return [text]
+    out, start = [], 0
+    while len(text) - start > size:
+        if unmerged is None:
+            cut = _cut_before(text, start, start + size) or _cut_after(text, start + size)
+        else:
+            cut = _cut_unmerged(text, start, start + size, unmerged)
+        if cut is None:
+            break
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
+def unmerged_characters(tok: Tokenizer) -> frozenset[str] | None:
+    """For a tokenizer without pieces (BPE over the whole text): characters in no multi-character token."""
+    if tok.hf.pre_tokenizer is not None:
+        return None
+    if tok.vocab.sha256 not in _UNMERGED:
+        texts = [t.text for t in tok.vocab.tokens if t.kind not in ("special", "byte")]
+        inside = {c for t in texts if len(t) > 1 for c in t}
+        _UNMERGED[tok.vocab.sha256] = frozenset(t for t in texts if len(t) == 1 and t not in inside)
+    return _UNMERGED[tok.vocab.sha256]
+
+
+_UNMERGED: dict[str, frozenset[str]] = {}
+
+
+def _cut_unmerged(text: str, lo: int, t: int, unmerged: frozenset[str]) -> int | None:
+    """Just after the last unmerged character in the second half of lo .. t, else the first after t."""
+    for c in range(t, (lo + t) // 2, -1):
+        if text[c - 1] in unmerged:
+            return c
+    for c in range(t + 1, len(text)):
+        if text[c - 1] in unmerged:
+            return c
+    return None
+
+
+def _is_cut(text: str, c: int) -> bool:
+    return text[c] in _ASCII_SPACE and not text[c - 1].isspace()
+
+
+def _run_cut(text: str, lo: int, t: int) -> int | None:
+    """A boundary at or before ``t`` inside a run of non-space characters, 23-aligned from the run's start.
+
+    ``lo`` (the chunk's start) is itself a boundary, so a run reaching back to it is aligned from it.
+    """
+    r = t
+    while r > lo and not text[r - 1].isspace():
+        r -= 1
+    if r > lo and text[r - 1] not in _ASCII_SPACE:
+        return None  # a Unicode space: the tokenizer's regex may class it differently
+    if "<|" in text[r:t + 2]:
+        return None
+    k = (t - r) // _PIECE_RUN  # k = 0 would cut at the run's start, which may follow its leading space
+    return r + k * _PIECE_RUN if k > 0 else None
+
+
+def _cut_before(text: str, lo: int, t: int) -> int | None:
+    """The last boundary in the second half of lo .. t, or None."""
+    for c in range(t, (lo + t) // 2, -1):
+        if _is_cut(text, c):
+            return c
+    return _run_cut(text, lo, t) if not text[t].isspace() else None
+
+
+def _cut_after(text: str, t: int) -> int | None:
+    """The first boundary after ``t`` (a long stretch of spaces or of unsafe text), or None."""
+    for c in range(t + 1, len(text)):
+        if _is_cut(text, c):
+            return c
+    return None
+
+
+# ------------------------------------------------------------------ prepare
+
+
+@dataclass
+class _Shard:
+    """A shard being written: a temporary file, its hash and counts."""
+
+    path: Path
+    dtype: np.dtype
+    lang: str
+    split: str
+    sources: set[str] = field(default_factory=set)
+    tokens: int = 0
+    documents: int = 0
+    characters: int = 0
+
+    def __post_init__(self) -> None:
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.f = open(self.tmp, "wb")
+        self.sha = hashlib.sha256()
+
+    def write(self, ids: np.ndarray) -> None:
+        data = ids.astype(self.dtype, copy=False).tobytes()
+        self.f.write(data)
+        self.sha.update(data)
+        self.tokens += len(ids)
+
+    def close(self, root: Path) -> dict:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return {"path": str(self.path.relative_to(root)), "lang": self.lang, "split": self.split,
+                "tokens": self.tokens, "documents": self.documents, "characters": self.characters,
+                "sha256": self.sha.hexdigest(), "sources": sorted(self.sources)}
+
+
+def _append_line(path: Path, obj: dict) -> None:
+    append_durable(path, json.dumps(obj, ensure_ascii=False))
+
+
+def _read_progress(path: Path) -> list[dict]:
+    """Records of a progress file; a last line cut short by a crash is ignored."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compact",
+            val_fraction: float = VAL_FRACTION, *, text_column: str = "text", skip_bad: bool = False,
+            shard_tokens: int = SHARD_TOKENS, batch_chars: int = BATCH_CHARS, chunk_chars: int = CHUNK_CHARS,
+            log: Callable[[str], None] | None = None) -> dict:
+    """Tokenise ``corpus`` (default: the embedded corpus) into sharded token files under ``out_dir``.
+
+    Returns the metadata written to ``meta.json``. ``out_dir`` must be new or empty, or an
+    interrupted preparation of the same corpus with the same settings, which is resumed.
+    A bad document (not UTF-8, invalid JSON) stops preparation with its file and line, or with
+    ``skip_bad`` is left out and counted. A language left without validation (or training)
+    documents gets a :class:`DataWarning`.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if shard_tokens < 1 or batch_chars < 1 or chunk_chars < 1:
+        raise ValueError("shard_tokens, batch_chars and chunk_chars must be positive")
+    root = Path(corpus) if corpus else default_corpus_dir()
+    files = corpus_files(root)
+    base = root if root.is_dir() else root.parent
+    tok = Tokenizer.load(vocab)
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.uint32)
+    out = Path(out_dir)
+    settings = {"format": DATA_FORMAT, "vocab": tok.name, "vocab_sha256": tok.vocab.sha256,
+                "val_fraction": val_fraction, "text_column": text_column,  # not skip_bad: may be added on resuming
+                "shard_tokens": shard_tokens, "batch_chars": batch_chars, "chunk_chars": chunk_chars,
+                "corpus": str(root.resolve()),
+                "inputs": [[str(p.relative_to(base)), p.stat().st_size] for p in files]}
+    progress = out / PROGRESS
+    records = _start_or_resume(out, progress, settings)
+    say = log or (lambda m: None)
+    if records:
+        say(f"resuming {out}: {len(records)} segment(s) already written")
+
+    hashes: dict[int, str] = {int(k): v for r in records for k, v in r["hashes"].items()}
+    skipped: list[BadDocument] = []
+    start = tuple(records[-1]["end"]) if records else (0, 0)
+    docs = iter_documents(root, text_column=text_column, on_error="skip" if skip_bad else "raise",
+                          skipped=skipped, start=start, hashes=hashes)
+    rels = [str(p.relative_to(base)) for p in files]
+    segment = len(records)
+    while True:
+        try:
+            record = _write_segment(docs, tok, dtype, out, segment, rels, val_fraction, shard_tokens, batch_chars,
+                                    chunk_chars)
+        except BadDocument as e:
+            raise BadDocument(e.where, f"{e.reason}; fix it, or leave such documents out with --skip-bad "
+                              "(skip_bad=True); run again to resume") from None
+        if record is None:
+            break
+        record["hashes"] = {str(k): v for k, v in hashes.items() if str(k) not in
+                            {k2 for r in records for k2 in r["hashes"]}}
+        record["skipped"] = [str(e) for e in skipped]
+        skipped.clear()
+        _append_line(progress, record)
+        records.append(record)
+        segment += 1
+        say(f"segment {segment}: {sum(s['tokens'] for s in record['shards']):,} tokens")
+    return _finish(out, progress, settings, records, hashes, rels, tok, dtype, root, log, [str(e) for e in skipped])
+
+
+def _start_or_resume(out: Path, progress: Path, settings: dict) -> list[dict]:
+    """Check ``out`` (new, empty, or an interrupted preparation with these settings); records done so far."""
+    if (out / "meta.json").exists():
+        raise OutputExists(f"{out} already holds prepared tokens (meta.json); choose a new --out")
+    if progress.exists():
+        lines = _read_progress(progress)
+        if not lines or lines[0] != {"settings": settings}:
+            old = lines[0].get("settings", {}) if lines else {}
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(f"{out} holds an interrupted preparation with other settings ({', '.join(diff)} "
+                             "differ: changed input files?); re-run with its settings or choose a new --out")
+        return lines[1:]
+    if out.exists() and any(out.iterdir()):
+        raise OutputExists(f"{out} is not empty and is not a growlm preparation; choose a new or empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _append_line(progress, {"settings": settings})
+    return []
+
+
+def _write_segment(docs: Iterator[Document], tok: Tokenizer, dtype: np.dtype, out: Path, segment: int,
+                   rels: list[str], val_fraction: float, shard_tokens: int, batch_chars: int,
+                   chunk_chars: int) -> dict | None:
+    """Encode documents into one shard per language and split until ``shard_tokens``; None if none were left."""
+    shards: dict[tuple[str, str], _Shard] = {}
+    batch: list[Document] = []
+    size = tokens = 0
+    end = None
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc.text)
+        end = (doc.file, doc.line)
+        if size >= batch_chars:
+            tokens += _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars,
+                                    batch_chars)
+            batch, size = [], 0
+            if tokens >= shard_tokens:
+                break
+    if batch:
+        _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars, batch_chars)
+    if end is None:
+        return None
+    written = [s.close(out) for _, s in sorted(shards.items())]
+    for d in {s.path.parent for s in shards.values()}:
+        fsync_dir(d)
+    return {"segment": segment, "end": list(end), "shards": written}
+
+
+def _encode_batch(batch: list[Document], tok: Tokenizer, dtype: np.dtype, out: Path, segment: int,
+                  rels: list[str], shards: dict, val_fraction: float, chunk_chars: int, batch_chars: int) -> int:
+    """Encode a batch of documents and append each, with its end-of-document id, to its shard; returns tokens.
+
+    Long documents are encoded chunk by chunk, at most ``batch_chars`` characters per tokenizer
+    call, and kept as compact arrays: the tokenizer's per-token objects never exist for more than
+    one call's worth of text.
+    """
+    per_doc: list[list[np.ndarray]] = [[] for _ in batch]
+    group: list[tuple[int, str]] = []
+    size = 0
+
+    def encode() -> None:
+        for (i, _), ids in zip(group, tok.encode_batch([c for _, c in group])):
+            per_doc[i].append(np.array(ids, dtype=dtype))
+        group.clear()
+
+    unmerged = unmerged_characters(tok)
+    for i, d in enumerate(batch):
+        for c in safe_chunks(d.text, chunk_chars, unmerged):
+            group.append((i, c))
+            size += len(c)
+            if size >= batch_chars:
+                encode()
+                size = 0
+    if group:
+        encode()
+    eos = np.array([tok.eos_id], dtype=dtype)
+    rows: dict[tuple[str, str], list[np.ndarray]] = {}
+    total = 0
+    for d, parts in zip(batch, per_doc):
+        key = (d.lang or "unk", "val" if is_validation(d.text, val_fraction) else "train")
+        if key not in shards:
+            (out / key[0]).mkdir(exist_ok=True)
+            shards[key] = _Shard(out / key[0] / f"{key[1]}-{segment:05d}.bin", dtype, *key)
+        s = shards[key]
+        rows.setdefault(key, []).extend([*parts, eos])
+        s.documents += 1
+        s.characters += len(d.text)
+        s.sources.add(rels[d.file])
+        total += sum(len(p) for p in parts) + 1
+    for key, arrs in rows.items():
+        shards[key].write(np.concatenate(arrs))
+    return total
+
+
+def _finish(out: Path, progress: Path, settings: dict, records: list[dict], hashes: dict[int, str],
+            rels: list[str], tok: Tokenizer, dtype: np.dtype, root: Path, log, skipped_after: list[str]) -> dict:
+    """Write meta.json (counts, manifest), warn about empty splits, remove the progress file."""
+    shards = [s for r in records for s in r["shards"]]
+    skipped = [e for r in records for e in r["skipped"]] + skipped_after
+    if not shards:
+        raise ValueError(f"corpus {root} has no documents" + (f" ({len(skipped)} skipped as bad)" if skipped else ""))
+    langs: dict[str, dict[str, dict[str, int]]] = {}
+    for s in shards:
+        c = langs.setdefault(s["lang"], {sp: {"documents": 0, "tokens": 0, "characters": 0} for sp in ("train", "val")})
+        for k in ("documents", "tokens", "characters"):
+            c[s["split"]][k] += s[k]
+    unheld = sorted(lang for lang, c in langs.items() if c["val"]["documents"] == 0)
+    if unheld:  # grow refuses such token files (no validation), so say it now
+        warnings.warn(f"no validation document was held out for {unheld} ({root}, val_fraction "
+                      f"{settings['val_fraction']}): training on these token files will be refused; give more "
+                      "documents or a larger --val-fraction", DataWarning, stacklevel=3)
+    untrained = sorted(lang for lang, c in langs.items() if c["train"]["documents"] == 0)
+    if untrained:
+        warnings.warn(f"every document of {untrained} was held out for validation ({root}): a mixture naming "
+                      "them cannot train; give more documents or a smaller --val-fraction", DataWarning,
+                      stacklevel=3)
+    if skipped:
+        msg = f"skipped {len(skipped)} bad document(s), e.g. {skipped[0]}"
+        (log or (lambda m: print(m, file=sys.stderr)))(msg)
+    meta = {"format": DATA_FORMAT, "vocab": tok.name, "vocab_version": tok.vocab.version,
+            "vocab_sha256": tok.vocab.sha256, "vocab_size": tok.vocab_size, "dtype": dtype.name,
+            "eos_id": tok.eos_id, "val_fraction": settings["val_fraction"], "corpus": str(root),
+            "sources": {rels[i]: h for i, h in sorted(hashes.items())},
+            "skipped": {"count": len(skipped), "documents": skipped[:100]},
+            "languages": {k: langs[k] for k in sorted(langs)}, "shards": shards,
+            "settings": {k: settings[k] for k in ("text_column", "shard_tokens", "batch_chars", "chunk_chars")}}
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False))
+    progress.unlink()
+    fsync_dir(out)
+    return meta
+
+
+def default_tokens(vocab: str = "compact") -> Path:
+    """The embedded corpus tokenised with ``vocab``, prepared once into the cache directory."""
+    from growlm.substrate.substrate import cache_dir
+
+    v = Tokenizer.load(vocab).vocab
+    root = cache_dir().parent / "data" / f"default-{v.name}-{v.sha256[:10]}-split1-{VAL_FRACTION}-{DATA_FORMAT}"
+    if not (root / "meta.json").exists():
+        tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)  # our own leftover from a killed process with this pid
+        prepare(None, tmp, vocab)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+        fsync_dir(root.parent)
+    return root

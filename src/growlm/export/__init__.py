@@ -1,0 +1,1 @@
+"""Leaving growlm: Hugging Face export (and the way back)."""

@@ -1,0 +1,294 @@
+"""The model FLOPs a run will spend, counted from its recipes before anything trains.
+
+Every count uses ``growlm.training.flops.step_flops`` on a shape-only (meta device) model set up
+as the trainer sets it up, so a planned training stage costs exactly what the trainer
+logs for it (``flops_per_token`` x tokens in ``metrics.jsonl``):
+
+- training: steps x batch_size x seq_len x the stage's step FLOPs per token;
+- validation: a forward pass over the windows ``growlm.training.validation.validate`` scores (seq_len
+  predicted tokens each, the last one shorter), per language;
+- samples: the prompt's prefill (the head on its last position only) and one cached
+  decoding step per further token, at each depth;
+- composition: the experts' forwards plus the fusion's own matmuls; the fine-tuning's
+  backward only through what trains (the adapter or router, the heads if asked).
+
+``demo_budget`` adds up ``growlm demo``; ``budget_table`` sets the plan next to the
+elapsed time of each part and the fraction of the machine's peak it reached.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from growlm.model import GrowLM, lora
+from growlm.training import flops, plan, stages
+from growlm.training.plan import Recipe
+
+TERA = 1e12
+
+
+@dataclass
+class Part:
+    """One part of a run: its model FLOPs (validation forwards included) and what they are made of."""
+
+    name: str
+    flops: float = 0.0
+    validation: float = 0.0  # of ``flops``: validation forward passes
+    items: list[dict] = field(default_factory=list)  # the counted pieces
+
+    def add(self, what: str, amount: float, validation: bool = False, **detail) -> None:
+        """Count ``amount`` FLOPs under ``what``."""
+        self.flops += amount
+        if validation:
+            self.validation += amount
+        self.items.append({"what": what, "flops": amount, **detail})
+
+
+@dataclass
+class Budget:
+    """The parts of a run and their FLOPs."""
+
+    parts: list[Part]
+
+    @property
+    def total(self) -> float:
+        return sum(p.flops for p in self.parts)
+
+    def part(self, name: str) -> Part:
+        """The part called ``name``."""
+        for p in self.parts:
+            if p.name == name:
+                return p
+        raise KeyError(f"no part {name!r}; parts are {[p.name for p in self.parts]}")
+
+    def to_dict(self) -> dict:
+        """Plain data (for JSON)."""
+        return {"total_flops": self.total, "parts": [{"name": p.name, "flops": p.flops, "validation_flops":
+                                                       p.validation, "items": p.items} for p in self.parts]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Budget:
+        """The inverse of ``to_dict``."""
+        return cls([Part(p["name"], p["flops"], p["validation_flops"], list(p["items"])) for p in d["parts"]])
+
+
+# --------------------------------------------------------------------------- forward passes
+
+
+def _forward_line(model: nn.Module) -> tuple[float, float]:
+    """(a, b) with forward FLOPs per token = a + b * (T + 1) / 2 over a causal window of T tokens."""
+    one = flops.step_flops(model, 1, train=False).forward
+    three = flops.step_flops(model, 3, train=False).forward
+    return 2 * one - three, three - one
+
+
+def forward_flops(model: nn.Module, windows: list[int]) -> float:
+    """FLOPs of forward passes of a GrowLM (or ``ComposedLM``) over windows of the given token counts."""
+    if isinstance(model, GrowLM):
+        a, b = _forward_line(model)
+    else:
+        a, b = _composed_line(model)
+    return sum(t * (a + b * (t + 1) / 2) for t in windows)
+
+
+def validation_windows(data, train: plan.TrainSpec) -> list[int]:
+    """Predicted tokens of each window ``growlm.training.validation.validate`` scores, over all languages of
+    ``data``."""
+    from growlm.evaluate.bpc import split_stream
+
+    out: list[int] = []
+    for lang in data.languages:
+        ids, _, _ = split_stream(data, lang, train.val_tokens)
+        out += _windows(len(ids) - 1, train.seq_len)
+    return out
+
+
+def validation_bound(languages: list[str], train: plan.TrainSpec) -> list[int]:
+    """Windows of a validation that scores ``val_tokens`` per language: never fewer FLOPs than the real one
+    (which keeps the whole documents within ``val_tokens``), and needs no token files."""
+    return [w for _ in languages for w in _windows(train.val_tokens, train.seq_len)]
+
+
+def _windows(n: int, seq_len: int) -> list[int]:
+    return [seq_len] * (n // seq_len) + ([n % seq_len] if n % seq_len else [])
+
+
+def data_languages(path: str) -> list[str]:
+    """The languages of a recipe's ``[data] path`` without tokenising anything (``default``: the embedded corpus)."""
+    if str(path) == "default":
+        from growlm.data.documents import corpus_files, default_corpus_dir
+
+        return sorted({p.name.split(".")[0] for p in corpus_files(default_corpus_dir())})
+    from growlm.data.tokens import TokenData
+
+    return TokenData.open(path).languages
+
+
+def generation_flops(model: GrowLM, prompt: int, new_tokens: int) -> float:
+    """FLOPs of sampling ``new_tokens`` after a ``prompt``-token prefill with the KV cache (head: last position)."""
+    if prompt < 1 or new_tokens < 1:
+        raise ValueError(f"prompt and new_tokens must be >= 1, got {prompt} and {new_tokens}")
+    a, b = _forward_line(model)
+    head = 2.0 * model.head.in_features * model.head.out_features
+    prefill = prompt * (a - head) + b * prompt * (prompt + 1) / 2 + head
+    # each further step feeds one token at position p and attends over p + 1 keys
+    decode = sum(a + b * (p + 1) for p in range(prompt, prompt + new_tokens - 1))
+    return prefill + decode
+
+
+# --------------------------------------------------------------------------- growth
+
+
+def _tokens_per_step(recipe: Recipe) -> int:
+    return recipe.train.batch_size * recipe.train.seq_len  # what the trainer counts per optimiser step
+
+
+def grow_part(recipe: Recipe, val_windows: list[int], name: str = "growth") -> tuple[Part, list[GrowLM]]:
+    """A growth plan's training and validation FLOPs, stage by stage; also the model after each stage (meta)."""
+    part, train, depths = Part(name), recipe.train, []
+    with torch.device("meta"):
+        model = GrowLM(recipe.config())
+        step = 0
+        for si, st in enumerate(recipe.stages):
+            stages.begin_stage(model, st)
+            steps = recipe.stage_steps(st)
+            per_token = flops.step_flops(model, train.seq_len).total
+            tokens = steps * _tokens_per_step(recipe)
+            part.add("train", per_token * tokens, stage=si, name=st.name, steps=steps, tokens=tokens,
+                     flops_per_token=per_token)
+            if train.val_every:  # inside the stage, with its adapters still attached
+                n_val = sum(1 for s in range(step + 1, step + steps) if s % train.val_every == 0)
+                if n_val:
+                    part.add("validate", n_val * forward_flops(model, val_windows), validation=True, stage=si,
+                             passes=n_val)
+            step += steps
+            if st.lora:  # stages.end_stage, less its finiteness check (meta weights have no values)
+                lora.merge_all(model, safe=False)
+            part.add("validate", forward_flops(model, val_windows), validation=True, stage=si, passes=1)
+            depths.append(copy.deepcopy(model))
+    return part, depths
+
+
+def samples_part(depths: list[GrowLM], prompt_tokens: int, max_tokens: int) -> Part:
+    """``depth_samples``: one sample of up to ``max_tokens`` tokens per stage's model."""
+    part = Part("samples")
+    for si, m in enumerate(depths):
+        part.add("generate", generation_flops(m, prompt_tokens, max_tokens), stage=si, depth=len(m.blocks))
+    return part
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def _composed_line(model: nn.Module) -> tuple[float, float]:
+    """``_forward_line`` of a ``ComposedLM``: its experts' forwards plus the fusion's own matmuls."""
+    a = b = 0.0
+    for e in model.experts:
+        ea, eb = _forward_line(e)
+        a, b = a + ea, b + eb
+    V, n = model.vocab_size, len(model.experts)
+    a += _fusion_forward(model, V, n)
+    return a, b
+
+
+def _fusion_forward(model: nn.Module, V: int, n: int) -> float:
+    """Per-token forward FLOPs the fusion adds to its experts' (their heads are counted with them)."""
+    widths = sum(e.cfg.d_model for e in model.experts)
+    biases = sum(1 for e in model.experts if e.head.bias is not None)
+    if model.method in ("average", "router"):  # the loss runs one linear over [g_i h_i, g_i]: bias columns
+        extra = 2.0 * V * biases
+        return extra + (2.0 * widths * n if model.method == "router" else 0.0)
+    if model.method == "adapter":
+        r = model.rank
+        return 2.0 * n * V * r + 2.0 * n * r * n  # features log_softmax(L) @ P, then the gate
+    return 0.0  # prob: log-softmax and logsumexp are not matmuls
+
+
+def composed_step_flops(model: nn.Module, seq_len: int) -> float:
+    """FLOPs per token of a fine-tuning step of a ``ComposedLM`` (experts frozen below their heads)."""
+    a, b = _composed_line(model)
+    fwd = a + b * (seq_len + 1) / 2
+    V, n = model.vocab_size, len(model.experts)
+    widths = sum(e.cfg.d_model for e in model.experts)
+    cols = widths + sum(1 for e in model.experts if e.head.bias is not None)
+    heads = any(e.head.weight.requires_grad for e in model.experts)
+    bwd = 0.0
+    if model.method in ("average", "router"):
+        gated = model.method == "router"  # the gates make the concatenated features need their gradient
+        bwd += 2.0 * V * cols * (int(gated) + int(heads))
+        bwd += 2.0 * widths * n if gated else 0.0  # the router's weight gradient
+    elif model.method == "adapter":
+        r = model.rank
+        bwd += 2.0 * n * V * r * (1 + int(heads))  # grad P (and grad of the log-probs when the heads train)
+        bwd += 2.0 * 2 * n * r * n  # the gate: weight and input gradients
+        bwd += 2.0 * V * widths if heads else 0.0
+    elif heads:  # prob
+        bwd += 2.0 * V * widths
+    return fwd + bwd
+
+
+def composition_parts(spec: dict, data_windows: list[int]) -> list[Part]:
+    """The experts' growth and the composition's evaluation and fine-tuning, from a composition recipe."""
+    from growlm.model.composition import compose
+    from growlm.training.compose_plan import expert_recipe
+
+    base = Recipe.load(spec["expert_recipe"])
+    opts = spec.get("compose", {})
+    experts_part, finals = Part("experts"), []
+    for name, mixture in spec["experts"].items():
+        part, depths = grow_part(expert_recipe(base, name, mixture), data_windows, name)
+        for item in part.items:
+            what = item.pop("what")
+            experts_part.add(what, item.pop("flops"), validation=what == "validate", expert=name, **item)
+        finals.append(depths[-1])
+    # an expert's row is its run's last validation (counted above); a fine-tuned method's composed row is the
+    # fine-tune's validation before its first step (``compose_experiment``)
+    evaluate, tune = Part("composition"), Part("fine-tuning")
+    steps = opts.get("finetune_steps", 50)
+    with torch.device("meta"):
+        for method in opts.get("methods", ["average"]):
+            heads = bool(opts.get("train_heads", False)) and method in opts.get("finetune", [])
+            members = [copy.deepcopy(m) for m in finals]
+            composed = compose(members, method=method, rank=opts.get("rank", 8), train_heads=heads)
+            val = forward_flops(composed, data_windows)
+            if method not in opts.get("finetune", []):
+                evaluate.add("validate composed", val, validation=True, method=method)
+                continue
+            tokens = steps * _tokens_per_step(base)
+            per_token = composed_step_flops(composed, base.train.seq_len)
+            tune.add("train", per_token * tokens, method=method, steps=steps, tokens=tokens,
+                     flops_per_token=per_token)
+            ve = base.train.val_every  # before the first step, every val_every steps, after the last
+            passes = 2 + sum(1 for s in range(1, steps) if ve and s % ve == 0)
+            tune.add("validate", passes * val, validation=True, method=method, passes=passes)
+    return [experts_part, evaluate, tune]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def budget_table(budget: Budget, seconds: dict[str, float] | None = None, peak: float | None = None) -> list[str]:
+    """Markdown rows: part, planned TFLOP (of which validation) and, given ``seconds`` per part, the elapsed
+    seconds and the fraction of ``peak`` (FLOP/s) reached; a total row last."""
+    timed = seconds is not None
+    seconds = seconds or {}
+    rows = ["| part | planned TFLOP | of which validation |" + (" elapsed s | fraction of peak |" if timed else ""),
+            "|---|---|---|" + ("---|---|" if timed else "")]
+
+    def row(name: str, fl: float, val: float, s: float | None) -> str:
+        out = f"| {name} | {fl / TERA:.3f} | {val / TERA:.3f} |"
+        if not timed:
+            return out
+        frac = f"{fl / s / peak:.0%}" if s and peak and fl else "-"
+        return out + f" {'-' if s is None else f'{s:.1f}'} | {frac} |"
+
+    for p in budget.parts:
+        rows.append(row(p.name, p.flops, p.validation, seconds.get(p.name)))
+    known = [seconds[p.name] for p in budget.parts if p.name in seconds]
+    total_s = seconds.get("total", sum(known) if known else None)
+    rows.append(row("total", budget.total, sum(p.validation for p in budget.parts), total_s))
+    return rows

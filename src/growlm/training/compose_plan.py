@@ -1,0 +1,80 @@
+"""The composition recipe: two or more experts grown from one plan on different mixtures, then composed.
+
+A composition recipe (``recipes/compose-*.toml``) names an expert recipe, the experts' data mixtures and a
+``[compose]`` table (``ComposeOptions``: methods, which to fine-tune, steps, rates, rank, window).
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from growlm.model.composition import METHODS
+from growlm.training.plan import RECIPE_DIR, Recipe
+from growlm.util.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
+
+COMPOSE_KEYS = {"name", "description", "expert_recipe", "experts", "compose"}
+
+
+@dataclass
+class ComposeOptions:
+    """The [compose] table of a composition recipe (checked for keys, types and ranges when read)."""
+
+    methods: list[str] = field(default_factory=lambda: ["average"])
+    finetune: list[str] = field(default_factory=list)  # methods whose composed model is then fine-tuned
+    finetune_steps: int = 50
+    finetune_lr: float | dict | None = None  # one rate, or one per method
+    rank: int = 8
+    train_heads: bool = False  # fine-tune the experts' LM heads too (the paper's "output layer")
+    window: int = 0  # posterior: weigh experts by the last `window` tokens (0 = the whole text so far)
+
+
+COMPOSE_OPTIONS = {f.name for f in fields(ComposeOptions)}
+
+
+def load_compose_recipe(name_or_path: str | Path) -> dict:
+    """Read a composition recipe (shipped name or path) and check its keys."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = RECIPE_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        raise FileNotFoundError(f"composition recipe {name_or_path!r} not found")
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    unknown = set(data) - COMPOSE_KEYS
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in {path}; valid keys are {sorted(COMPOSE_KEYS)}")
+    opts = check_fields(ComposeOptions, data.get("compose", {}), "compose",
+                        {"finetune_steps": AT_LEAST_1, "finetune_lr": POSITIVE, "rank": AT_LEAST_1,
+                         "window": AT_LEAST_0})
+    for key in ("methods", "finetune"):
+        unknown = set(opts.get(key, [])) - set(METHODS)
+        if unknown:
+            raise ValueError(f"[compose] {key} names unknown method(s) {sorted(unknown)}; valid are {list(METHODS)}")
+    if "posterior" in opts.get("finetune", []):
+        raise ValueError("[compose] finetune names 'posterior', which is training-free (no parameters to fine-tune)")
+    missing = set(opts.get("finetune", [])) - set(opts.get("methods", ["average"]))
+    if missing:
+        raise ValueError(f"[compose] finetune names {sorted(missing)}, which methods does not list")
+    if not isinstance(data.get("expert_recipe", ""), str):
+        raise ValueError(f"{path}: expert_recipe must be a recipe name or path, got {data['expert_recipe']!r}")
+    experts = data.get("experts", {})
+    if not isinstance(experts, dict) or len(experts) < 2:
+        raise ValueError(f"{path}: [experts] must name at least two data mixtures")
+    for name, mix in experts.items():
+        bad = [k for k, w in mix.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0] \
+            if isinstance(mix, dict) else [name]
+        if bad or not mix:
+            raise ValueError(f"[experts] {name} must be a table of language = weight (numbers >= 0), got {mix!r}")
+    return data
+
+
+def expert_recipe(base: Recipe, name: str, mixture: dict[str, float]) -> Recipe:
+    """The base growth plan with every stage trained on ``mixture``."""
+    raw = copy.deepcopy(base.raw)
+    raw["name"] = f"{base.name}-{name}"
+    raw.setdefault("data", {}).setdefault("mixtures", {})["expert"] = dict(mixture)
+    for st in raw["stages"]:
+        st["mixture"] = "expert"
+    return Recipe.from_dict(raw)

@@ -1,0 +1,60 @@
+"""A run directory held for writing: empty or growlm's own, and locked against a second writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from growlm.training.checkpoint import find_checkpoint
+from growlm.util.fileio import MARKER, DirLock, OutputDirError, claim_output_dir
+
+
+def is_legacy_run(d: Path) -> bool:
+    """A run directory written before growlm marked its outputs: a saved plan next to its training state."""
+    return (d / "plan.json").is_file() and ((d / "checkpoints").is_dir() or (d / "metrics.jsonl").is_file())
+
+
+def is_legacy_finetune(d: Path) -> bool:
+    """A fine-tune directory written before markers: its metrics and model, nothing else."""
+    return {p.name for p in d.iterdir()} <= {"metrics.jsonl", "model"} and (d / "model" / "model.json").is_file()
+
+
+LEGACY = {"grow": is_legacy_run, "finetune": is_legacy_finetune}  # how each tool's unmarked output looks
+
+
+def check_run_exists(run: str | Path) -> Path:
+    """``run`` as a Path, or an error saying that it does not exist or is not a growlm run."""
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run {run} does not exist; start it with `growlm grow RECIPE --out {run}`")
+    if not (run / "plan.json").is_file():
+        raise FileNotFoundError(f"{run} is not a growlm run directory (it has no plan.json)")
+    return run
+
+
+class RunDir:
+    """Claim ``out`` for ``tool`` (it must be missing, empty or that tool's own) and lock it until ``close()``.
+
+    With ``resume`` the directory must already be a run. Only the process that writes (rank 0) claims
+    and locks; the others pass ``enabled=False``.
+    """
+
+    def __init__(self, out: str | Path, tool: str, resume: bool = False, enabled: bool = True):
+        self.path = Path(out)
+        self.lock = None
+        if not enabled:
+            return
+        if resume:
+            check_run_exists(self.path)
+            if (self.path / MARKER).is_file() and (self.path / MARKER).read_text().strip() != tool:
+                raise OutputDirError(f"{self.path} is not the output of `growlm {tool}`")
+        else:
+            claim_output_dir(self.path, tool, legacy=LEGACY.get(tool))
+        self.lock = DirLock(self.path)
+
+    def started(self) -> bool:
+        """Whether the run got far enough to keep: a checkpoint or a final model."""
+        return find_checkpoint(self.path) is not None or (self.path / "model" / "model.json").exists()
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()

@@ -1,0 +1,1 @@
+"""Utilities at the bottom of growlm: durable file writing, typed field checks, the allocator tuning."""

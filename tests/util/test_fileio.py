@@ -1,0 +1,108 @@
+"""Atomic files and directories, output-directory rules and the run lock."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+
+from growlm.util import fileio
+
+
+def test_atomic_file_replaces_or_leaves_no_trace(tmp_path):
+    p = tmp_path / "a.json"
+    fileio.atomic_write_text(p, "one")
+    with pytest.raises(RuntimeError):
+        def bad(tmp):
+            open(tmp, "w").write("half")
+            raise RuntimeError("disk died")
+
+        fileio.atomic_file(p, bad)
+    assert p.read_text() == "one" and sorted(x.name for x in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_atomic_dir_fsyncs_files_and_directories(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", spy)
+    final = tmp_path / "d"
+    with fileio.atomic_dir(final) as tmp:
+        (tmp / "x.bin").write_bytes(b"x")
+    assert (final / "x.bin").read_bytes() == b"x"
+    assert any(s.endswith("x.bin") for s in synced)  # the file's data
+    assert str(tmp_path) in synced  # the rename itself (the parent directory entry)
+    assert sum(1 for s in synced if os.path.basename(s).startswith(".d.")) >= 1  # the new directory's entries
+
+
+def test_atomic_dir_refuses_to_replace_foreign_files(tmp_path):
+    final = tmp_path / "d"
+    with fileio.atomic_dir(final, owned={"x.bin"}) as tmp:
+        (tmp / "x.bin").write_bytes(b"1")
+    (final / "mine.txt").write_text("keep")
+    with pytest.raises(fileio.OutputDirError, match="mine.txt"):
+        with fileio.atomic_dir(final, owned={"x.bin"}) as tmp:
+            (tmp / "x.bin").write_bytes(b"2")
+    assert (final / "x.bin").read_bytes() == b"1" and (final / "mine.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_permissions_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        fileio.atomic_write_text(tmp_path / "f", "x")
+        with fileio.atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "g").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
+
+
+def test_claim_output_dir(tmp_path):
+    assert fileio.claim_output_dir(tmp_path / "new", "run") == tmp_path / "new"
+    assert fileio.claim_output_dir(tmp_path / "new", "run")  # its own: fine
+    with pytest.raises(fileio.OutputDirError, match="finetune"):
+        fileio.claim_output_dir(tmp_path / "new", "finetune")  # another tool's
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "a.txt").write_text("a")
+    with pytest.raises(fileio.OutputDirError, match="a.txt"):
+        fileio.claim_output_dir(tmp_path / "user", "run")
+    (tmp_path / "file").write_text("f")
+    with pytest.raises(fileio.OutputDirError, match="not a directory"):
+        fileio.claim_output_dir(tmp_path / "file", "run")
+
+
+def test_inputs_are_never_outputs(tmp_path):
+    src = tmp_path / "run" / "model"
+    src.mkdir(parents=True)
+    for bad in (src, tmp_path / "run", src / "sub"):
+        with pytest.raises(fileio.OutputDirError, match="input"):
+            fileio.check_not_input(bad, [src])
+    fileio.check_not_input(tmp_path / "run2", [src])
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    lock = fileio.DirLock(tmp_path)
+    got = []
+
+    def other():
+        try:
+            fileio.DirLock(tmp_path)
+            got.append("acquired")
+        except fileio.RunLockedError as e:
+            got.append(str(e))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert "another growlm process" in got[0] and str(os.getpid()) in got[0]
+    lock.release()
+    again = fileio.DirLock(tmp_path)
+    again.release()
