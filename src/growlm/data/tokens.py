@@ -8,7 +8,6 @@ exactly what one process sees). ``open_data`` opens a path or ``"default"``, the
 from __future__ import annotations
 
 import json
-import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,12 +188,6 @@ class TokenData:
                              "val_tokens (--val-tokens)")
         idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
         return torch.from_numpy(np.asarray(stream[: n * seq_len + 1]).astype(np.int64))[idx]
-
-
-def bits_per_char(total_nats: float, n_tokens: int, n_chars: int, tokens_available: int) -> float:
-    """Bits per character when ``n_tokens`` of ``tokens_available`` tokens (covering n_chars) were scored."""
-    chars = n_chars * n_tokens / max(1, tokens_available)
-    return total_nats / math.log(2) / max(1.0, chars)
 
 
 def heldout_texts(corpus: str | Path | None = None, lang: str | None = None,

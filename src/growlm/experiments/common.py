@@ -6,8 +6,6 @@ import copy
 import json
 from pathlib import Path
 
-import torch
-
 from growlm.experiments.framework import SeedContext
 from growlm.experiments.heldout import heldout_bpc
 from growlm.training.plan import Recipe
@@ -84,31 +82,7 @@ def last_stage(run: Path) -> Path:
 
 
 def plan_flops(raw: dict) -> dict:
-    """Training FLOPs of a whole plan, stage by stage as it trains (the backward covers only what trains)."""
-    from growlm.model import GrowLM
-    from growlm.substrate import Substrate
-    from growlm.training import stages
+    """Training FLOPs of a plan given as a dict (``growlm.training.budget.plan_flops``)."""
+    from growlm.training.budget import plan_flops as counted
 
-    recipe = Recipe.from_dict(raw)
-    cfg = recipe.config()
-    opts = {k: v for k, v in recipe.substrate.items() if k not in ("kind", "vocab")}
-    sub = Substrate.build(recipe.substrate.get("kind", "glyph"), recipe.substrate.get("vocab", "compact"),
-                          cfg.d_model, **opts)
-    model = GrowLM(cfg, sub)
-    seq = recipe.train.seq_len
-    total, tokens = 0.0, 0
-    for st in recipe.stages:
-        stages.begin_stage(model, st)
-        n = recipe.stage_steps(st) * recipe.train.batch_size * seq
-        total += step_flops(model, seq) * n
-        tokens += n
-        stages.end_stage(model, st)
-    return {"train_flops": total, "tokens": tokens, "active_params": stages.active_budget(model)["active_params"]}
-
-
-def step_flops(model: torch.nn.Module, seq_len: int) -> float:
-    """FLOPs per token of one training step of ``model`` as it stands (``growlm.training.flops``: the backward
-    covers only what trains)."""
-    from growlm.training.flops import step_flops as counted
-
-    return counted(model, seq_len).total
+    return counted(Recipe.from_dict(raw))
