@@ -62,8 +62,8 @@ def test_imports_point_down_only():
 
 
 def test_nothing_below_the_cli_imports_commands():
-    offenders = [mod for mod, path in _modules().items()
-                 if _layer(mod) not in ("commands", "cli") and any(t.startswith("growlm.commands") for t in _imports(path))]
+    offenders = [mod for mod, path in _modules().items() if _layer(mod) not in ("commands", "cli")
+                 and any(t.startswith("growlm.commands") for t in _imports(path))]
     assert offenders == []
 
 
