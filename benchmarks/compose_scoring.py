@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from growlm import Config, GrowLM
 from growlm.model.composition import METHODS, compose
+from growlm.model.composition_methods import Prob
 from growlm.substrate import Substrate
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows = []
             for b in range(args.batch):
                 xb, yb = x[b:b + 1], y[b:b + 1]
-                if model.method in ("prob", "posterior"):  # forward(x, y) was the full mixture's cross-entropy
+                if isinstance(model.combiner, Prob):  # prob, posterior: forward(x, y) was the mixture's cross-entropy
                     loss = F.cross_entropy(model(xb)[0].float(), yb[0])
                 else:
                     loss = model(xb, yb)

@@ -18,6 +18,7 @@ import torch
 
 from growlm.data.tokens import open_data
 from growlm.model.composition import compose
+from growlm.model.composition_methods import METHODS
 from growlm.model.saved import load_model, save_model
 from growlm.training import flops
 from growlm.training.budget import (
@@ -106,7 +107,7 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
         heads = bool(opts.get("train_heads", False)) and tuned
         members = [copy.deepcopy(m) if heads else m for _, m in experts]  # fine-tuned heads stay out of the rest
         composed = compose(members, method=method, rank=opts.get("rank", 8), train_heads=heads,
-                           window=opts.get("window", 0) if method == "posterior" else 0,
+                           window=opts.get("window", 0) if METHODS[method].windowed else 0,
                            names=[n for n, _ in experts])
         label = f"{method}({'+'.join(n for n, _ in experts)})"
         save_model(composed, out / f"composed-{method}")

@@ -140,7 +140,7 @@ def test_token_nll_equals_the_full_logits_per_position(pair, method, window):
 def test_adapter_loss_by_row_chunks_equals_the_whole_batch(pair, train_heads, monkeypatch):
     """The adapter's training loss and every trainable parameter's gradient, taken a chunk of rows at a time,
     equal those of the fused [B, T, V] logits held whole."""
-    import growlm.model.composition as C
+    import growlm.model.composition_methods as C
 
     m = compose(pair, "adapter", [0.4, 0.6], rank=4, train_heads=train_heads)
     with torch.no_grad():  # away from the identity start, so every part of the fusion carries a gradient

@@ -18,14 +18,16 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 def run(args: argparse.Namespace) -> int:
     from growlm.model.composition import compose_from_runs
+    from growlm.model.composition_methods import METHODS, names_where
     from growlm.model.saved import check_model_output, resolve_model_dir, save_model
     from growlm.util.fileio import check_not_input
 
     inputs = [p for e in args.experts for p in (e, resolve_model_dir(e))]
     check_not_input(args.out, inputs, "--out")
     check_model_output(args.out, "composed")  # before any model is loaded
-    if args.window and args.method != "posterior":
-        raise ValueError(f"--window applies to --method posterior only, not {args.method!r}")
+    if args.window and not METHODS[args.method].windowed:  # checked before any expert is loaded
+        raise ValueError(f"--window applies to --method {' or '.join(names_where('windowed'))} only, "
+                         f"not {args.method!r}")
     model = compose_from_runs(args.experts, args.method, parse_weights(args.weights), rank=args.rank,
                               train_heads=args.train_heads, window=args.window)
     out = save_model(model, args.out)
@@ -38,13 +40,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("compose", help="combine experts on one substrate (logit averaging, probability mixing, "
-                                       "posterior weighting, adapter, router)")
+    from growlm.model.composition_methods import METHODS
+
+    p = sub.add_parser("compose", help=f"combine experts on one substrate (methods: {', '.join(METHODS)})")
     p.add_argument("experts", nargs="+", metavar="EXPERT_RUN", help="model or run directories (same substrate)")
-    p.add_argument("--method", default="average", choices=["average", "prob", "posterior", "adapter", "router"],
-                   help="average: weighted logits (the paper); prob: mixture of distributions; posterior: mixture "
-                        "weighted by each expert's posterior given the text so far (training-free); adapter/router: "
-                        "trainable fusion, equal to average until fine-tuned")
+    p.add_argument("--method", default="average", choices=list(METHODS),
+                   help="; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items()))
     p.add_argument("--weights", help="comma-separated expert weights, normalised to sum 1 (default: equal); the "
                    "prior for posterior")
     p.add_argument("--window", type=int, default=0, help="posterior: weigh the experts by their probabilities of "

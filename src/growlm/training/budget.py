@@ -194,50 +194,23 @@ def samples_part(depths: list[GrowLM], prompt_tokens: int, max_tokens: int) -> P
 
 
 def _composed_line(model: nn.Module) -> tuple[float, float]:
-    """``_forward_line`` of a ``ComposedLM``: its experts' forwards plus the fusion's own matmuls."""
+    """``_forward_line`` of a ``ComposedLM``: its experts' forwards plus the fusion's own matmuls (its method's
+    ``forward_flops``)."""
     a = b = 0.0
     for e in model.experts:
         ea, eb = _forward_line(e)
         a, b = a + ea, b + eb
-    V, n = model.vocab_size, len(model.experts)
-    a += _fusion_forward(model, V, n)
+    a += model.combiner.forward_flops(model)
     return a, b
 
 
-def _fusion_forward(model: nn.Module, V: int, n: int) -> float:
-    """Per-token forward FLOPs the fusion adds to its experts' (their heads are counted with them)."""
-    widths = sum(e.cfg.d_model for e in model.experts)
-    biases = sum(1 for e in model.experts if e.head.bias is not None)
-    if model.method in ("average", "router"):  # the loss runs one linear over [g_i h_i, g_i]: bias columns
-        extra = 2.0 * V * biases
-        return extra + (2.0 * widths * n if model.method == "router" else 0.0)
-    if model.method == "adapter":
-        r = model.rank
-        return 2.0 * n * V * r + 2.0 * n * r * n  # features log_softmax(L) @ P, then the gate
-    return 0.0  # prob: log-softmax and logsumexp are not matmuls
-
-
 def composed_step_flops(model: nn.Module, seq_len: int) -> float:
-    """FLOPs per token of a fine-tuning step of a ``ComposedLM`` (experts frozen below their heads)."""
+    """FLOPs per token of a fine-tuning step of a ``ComposedLM`` (experts frozen below their heads): the forward,
+    then the backward through what trains (its method's ``backward_flops``)."""
     a, b = _composed_line(model)
     fwd = a + b * (seq_len + 1) / 2
-    V, n = model.vocab_size, len(model.experts)
-    widths = sum(e.cfg.d_model for e in model.experts)
-    cols = widths + sum(1 for e in model.experts if e.head.bias is not None)
     heads = any(e.head.weight.requires_grad for e in model.experts)
-    bwd = 0.0
-    if model.method in ("average", "router"):
-        gated = model.method == "router"  # the gates make the concatenated features need their gradient
-        bwd += 2.0 * V * cols * (int(gated) + int(heads))
-        bwd += 2.0 * widths * n if gated else 0.0  # the router's weight gradient
-    elif model.method == "adapter":
-        r = model.rank
-        bwd += 2.0 * n * V * r * (1 + int(heads))  # grad P (and grad of the log-probs when the heads train)
-        bwd += 2.0 * 2 * n * r * n  # the gate: weight and input gradients
-        bwd += 2.0 * V * widths if heads else 0.0
-    elif heads:  # prob
-        bwd += 2.0 * V * widths
-    return fwd + bwd
+    return fwd + model.combiner.backward_flops(model, heads)
 
 
 def composition_parts(spec: dict, data_windows: list[int]) -> list[Part]:

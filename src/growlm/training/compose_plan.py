@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from growlm.model.composition import METHODS
+from growlm.model.composition_methods import METHODS, either, names_where
 from growlm.training.plan import RECIPE_DIR, Recipe
 from growlm.util.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
 
@@ -52,8 +52,11 @@ def load_compose_recipe(name_or_path: str | Path) -> dict:
         unknown = set(opts.get(key, [])) - set(METHODS)
         if unknown:
             raise ValueError(f"[compose] {key} names unknown method(s) {sorted(unknown)}; valid are {list(METHODS)}")
-    if "posterior" in opts.get("finetune", []):
-        raise ValueError("[compose] finetune names 'posterior', which is training-free (no parameters to fine-tune)")
+    frozen = [m for m in opts.get("finetune", []) if not METHODS[m].trainable]
+    if frozen:
+        raise ValueError(f"[compose] finetune names {either(frozen)}, which {'is' if len(frozen) == 1 else 'are'} "
+                         f"training-free (no parameters to fine-tune); trainable methods are "
+                         f"{either(names_where('trainable'))}")
     missing = set(opts.get("finetune", [])) - set(opts.get("methods", ["average"]))
     if missing:
         raise ValueError(f"[compose] finetune names {sorted(missing)}, which methods does not list")
