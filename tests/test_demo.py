@@ -86,7 +86,7 @@ def test_paper_composition_study_runs_in_one_command(tiny_data, tmp_path):
     from growlm.training.compose_plan import load_compose_recipe
 
     spec = load_compose_recipe("paper-v1-compose")
-    expert = shrink(Recipe.load_raw(spec["expert_recipe"]), str(tiny_data))
+    expert = shrink(Recipe.load_raw(spec.expert_recipe), str(tiny_data))
     (tmp_path / "expert.json").write_text(json.dumps(expert))
     study = (RECIPE_DIR / "paper-v1-compose.toml").read_text()
     study = study.replace('expert_recipe = "paper-v1-compose-expert"', f'expert_recipe = "{tmp_path / "expert.json"}"')

@@ -52,7 +52,7 @@ def demo_budget(grow_recipe: str = "demo", compose_recipe: str = "compose-demo",
 
     recipe = Recipe.load(grow_recipe)
     spec = load_compose_recipe(compose_recipe)
-    base = Recipe.load(spec["expert_recipe"])
+    base = Recipe.load(spec.expert_recipe)
     if base.data.path != recipe.data.path:
         raise ValueError(f"the demo's expert recipe reads {base.data.path!r}, its growth recipe "
                          f"{recipe.data.path!r}; the budget counts one data set")
@@ -80,14 +80,14 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
     spec = load_compose_recipe(recipe)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = Recipe.load(spec["expert_recipe"])
-    opts = spec.get("compose", {})
+    base = Recipe.load(spec.expert_recipe)
+    opts = spec.compose
     t0 = time.perf_counter()
     timings = {"experts": 0.0, "composition": 0.0, "fine-tuning": 0.0}
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where grow() trained the experts
     experts, rows = [], []
     data = None
-    for name, mixture in spec["experts"].items():
+    for name, mixture in spec.experts.items():
         t = time.perf_counter()
         run = out / f"expert-{name}"
         r = expert_recipe(base, name, mixture)
@@ -101,13 +101,13 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
         log(f"expert {name}: bits/char {rows[-1]['bpc']}")
         timings["experts"] += time.perf_counter() - t
     train = base.train
-    for method in opts.get("methods", ["average"]):
+    for method in opts.methods:
         t = time.perf_counter()
-        tuned = method in opts.get("finetune", [])
-        heads = bool(opts.get("train_heads", False)) and tuned
+        tuned = method in opts.finetune
+        heads = opts.train_heads and tuned
         members = [copy.deepcopy(m) if heads else m for _, m in experts]  # fine-tuned heads stay out of the rest
-        composed = compose(members, method=method, rank=opts.get("rank", 8), train_heads=heads,
-                           window=opts.get("window", 0) if METHODS[method].windowed else 0,
+        composed = compose(members, method=method, rank=opts.rank, train_heads=heads,
+                           window=opts.window if METHODS[method].windowed else 0,
                            names=[n for n, _ in experts])
         label = f"{method}({'+'.join(n for n, _ in experts)})"
         save_model(composed, out / f"composed-{method}")
@@ -116,10 +116,8 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
             log(f"composed {label}: bits/char {rows[-1]['bpc']}")
             timings["composition"] += time.perf_counter() - t
             continue
-        lr = opts.get("finetune_lr")
-        lr = lr.get(method) if isinstance(lr, dict) else lr  # one rate, or one per method
-        res = finetune(composed, data, out / f"finetuned-{method}", opts.get("finetune_steps", 50), train,
-                       lr=lr, progress=progress, log=log)
+        res = finetune(composed, data, out / f"finetuned-{method}", opts.finetune_steps, train,
+                       lr=opts.lr_for(method), progress=progress, log=log)
         before = res["before"]  # the composed model as composed: its validation before the first step
         rows.append({"name": label, "kind": "composed", "bpc": before["val_bpc"], "val_loss": before["val_loss"]})
         log(f"composed {label}: bits/char {rows[-1]['bpc']}")
@@ -127,7 +125,7 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
                      "val_loss": res["after"]["val_loss"], "step0_val_loss": before["val_loss"]})
         log(f"fine-tuned {label}: bits/char {rows[-1]['bpc']}")
         timings["fine-tuning"] += time.perf_counter() - t
-    table = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), "recipe": spec.get("name", str(recipe)),
+    table = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), "recipe": spec.name,
              "timings": {k: round(v, 1) for k, v in timings.items()}}
     (out / "composition.json").write_text(json.dumps(table, indent=1))
     return table

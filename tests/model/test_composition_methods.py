@@ -76,7 +76,7 @@ def test_a_registered_method_composes_saves_and_reaches_the_cli_and_recipes(toy,
     path = tmp_path / "c.toml"
     path.write_text('expert_recipe = "compose-expert"\n[experts]\na = { en = 1 }\nb = { ru = 1 }\n'
                     '[compose]\nmethods = ["average", "first-expert"]\n')
-    assert load_compose_recipe(path)["compose"]["methods"] == ["average", "first-expert"]
+    assert load_compose_recipe(path).compose.methods == ["average", "first-expert"]
     path.write_text(path.read_text() + 'finetune = ["first-expert"]\n')
     with pytest.raises(ValueError, match=r"finetune names 'first-expert', which is training-free"):
         load_compose_recipe(path)

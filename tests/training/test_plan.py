@@ -83,7 +83,7 @@ def test_shipped_recipes_parse_and_report_budgets(path):
     if "expert_recipe" in path.read_text():  # a composition recipe: its experts follow a growth plan
         from growlm.training.compose_plan import load_compose_recipe
 
-        path = RECIPE_DIR / f"{load_compose_recipe(path)['expert_recipe']}.toml"
+        path = RECIPE_DIR / f"{load_compose_recipe(path).expert_recipe}.toml"
     raw = Recipe.load_raw(path)
     pending = {"bvv241-2-3", "bvv241-abs"}  # the author's vocabularies, added by the vocabulary work
     if raw["substrate"]["vocab"] in pending and not _vocab_shipped(raw["substrate"]["vocab"]):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,9 @@ import torch.nn as nn
 from growlm.model import GrowLM, lora
 from growlm.training import flops, plan, stages
 from growlm.training.plan import Recipe
+
+if TYPE_CHECKING:
+    from growlm.training.compose_plan import ComposeRecipe
 
 TERA = 1e12
 
@@ -213,15 +217,15 @@ def composed_step_flops(model: nn.Module, seq_len: int) -> float:
     return fwd + model.combiner.backward_flops(model, heads)
 
 
-def composition_parts(spec: dict, data_windows: list[int]) -> list[Part]:
+def composition_parts(spec: ComposeRecipe, data_windows: list[int]) -> list[Part]:
     """The experts' growth and the composition's evaluation and fine-tuning, from a composition recipe."""
     from growlm.model.composition import compose
     from growlm.training.compose_plan import expert_recipe
 
-    base = Recipe.load(spec["expert_recipe"])
-    opts = spec.get("compose", {})
+    base = Recipe.load(spec.expert_recipe)
+    opts = spec.compose
     experts_part, finals = Part("experts"), []
-    for name, mixture in spec["experts"].items():
+    for name, mixture in spec.experts.items():
         part, depths = grow_part(expert_recipe(base, name, mixture), data_windows, name)
         for item in part.items:
             what = item.pop("what")
@@ -230,14 +234,14 @@ def composition_parts(spec: dict, data_windows: list[int]) -> list[Part]:
     # an expert's row is its run's last validation (counted above); a fine-tuned method's composed row is the
     # fine-tune's validation before its first step (``compose_experiment``)
     evaluate, tune = Part("composition"), Part("fine-tuning")
-    steps = opts.get("finetune_steps", 50)
+    steps = opts.finetune_steps
     with torch.device("meta"):
-        for method in opts.get("methods", ["average"]):
-            heads = bool(opts.get("train_heads", False)) and method in opts.get("finetune", [])
+        for method in opts.methods:
+            heads = opts.train_heads and method in opts.finetune
             members = [copy.deepcopy(m) for m in finals]
-            composed = compose(members, method=method, rank=opts.get("rank", 8), train_heads=heads)
+            composed = compose(members, method=method, rank=opts.rank, train_heads=heads)
             val = forward_flops(composed, data_windows)
-            if method not in opts.get("finetune", []):
+            if method not in opts.finetune:
                 evaluate.add("validate composed", val, validation=True, method=method)
                 continue
             tokens = steps * _tokens_per_step(base)

@@ -30,12 +30,27 @@ class ComposeOptions:
     train_heads: bool = False  # fine-tune the experts' LM heads too (the paper's "output layer")
     window: int = 0  # posterior: weigh experts by the last `window` tokens (0 = the whole text so far)
 
+    def lr_for(self, method: str) -> float | None:
+        """The fine-tuning rate of ``method``: the one rate, or its entry in the table (None: finetune's default)."""
+        return self.finetune_lr.get(method) if isinstance(self.finetune_lr, dict) else self.finetune_lr
+
 
 COMPOSE_OPTIONS = {f.name for f in fields(ComposeOptions)}
 
 
-def load_compose_recipe(name_or_path: str | Path) -> dict:
-    """Read a composition recipe (shipped name or path) and check its keys."""
+@dataclass(kw_only=True)
+class ComposeRecipe:
+    """A composition recipe, checked (``load_compose_recipe``): experts grown from one plan, then composed."""
+
+    name: str
+    description: str = ""
+    expert_recipe: str  # the experts' growth plan: a shipped recipe name or a path
+    experts: dict[str, dict[str, float]]  # expert name -> its data mixture (language -> weight)
+    compose: ComposeOptions = field(default_factory=ComposeOptions)
+
+
+def load_compose_recipe(name_or_path: str | Path) -> ComposeRecipe:
+    """Read a composition recipe (shipped name or path) and check its keys and values."""
     path = Path(name_or_path)
     if not path.exists():
         path = RECIPE_DIR / f"{name_or_path}.toml"
@@ -45,23 +60,34 @@ def load_compose_recipe(name_or_path: str | Path) -> dict:
     unknown = set(data) - COMPOSE_KEYS
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in {path}; valid keys are {sorted(COMPOSE_KEYS)}")
-    opts = check_fields(ComposeOptions, data.get("compose", {}), "compose",
-                        {"finetune_steps": AT_LEAST_1, "finetune_lr": POSITIVE, "rank": AT_LEAST_1,
-                         "window": AT_LEAST_0})
+    if not isinstance(data.get("compose", {}), dict):
+        raise ValueError(f"{path}: [compose] must be a table, got {data['compose']!r}")
+    opts = ComposeOptions(**check_fields(ComposeOptions, data.get("compose", {}), "compose",
+                                         {"finetune_steps": AT_LEAST_1, "finetune_lr": POSITIVE, "rank": AT_LEAST_1,
+                                          "window": AT_LEAST_0}))
     for key in ("methods", "finetune"):
-        unknown = set(opts.get(key, [])) - set(METHODS)
+        unknown = set(getattr(opts, key)) - set(METHODS)
         if unknown:
             raise ValueError(f"[compose] {key} names unknown method(s) {sorted(unknown)}; valid are {list(METHODS)}")
-    frozen = [m for m in opts.get("finetune", []) if not METHODS[m].trainable]
+    frozen = [m for m in opts.finetune if not METHODS[m].trainable]
     if frozen:
         raise ValueError(f"[compose] finetune names {either(frozen)}, which {'is' if len(frozen) == 1 else 'are'} "
                          f"training-free (no parameters to fine-tune); trainable methods are "
                          f"{either(names_where('trainable'))}")
-    missing = set(opts.get("finetune", [])) - set(opts.get("methods", ["average"]))
+    missing = set(opts.finetune) - set(opts.methods)
     if missing:
         raise ValueError(f"[compose] finetune names {sorted(missing)}, which methods does not list")
-    if not isinstance(data.get("expert_recipe", ""), str):
-        raise ValueError(f"{path}: expert_recipe must be a recipe name or path, got {data['expert_recipe']!r}")
+    if isinstance(opts.finetune_lr, dict):
+        for method, lr in opts.finetune_lr.items():
+            if method not in METHODS:
+                raise ValueError(f"[compose] finetune_lr names unknown method {method!r}; valid are {list(METHODS)}")
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+                raise ValueError(f"[compose] finetune_lr.{method} must be a number > 0, got {lr!r}")
+    for key in ("name", "description", "expert_recipe"):
+        if not isinstance(data.get(key, ""), str):
+            raise ValueError(f"{path}: {key} must be a string, got {data[key]!r}")
+    if "expert_recipe" not in data:
+        raise ValueError(f"{path}: expert_recipe is missing: name the experts' growth recipe (a name or a path)")
     experts = data.get("experts", {})
     if not isinstance(experts, dict) or len(experts) < 2:
         raise ValueError(f"{path}: [experts] must name at least two data mixtures")
@@ -70,7 +96,9 @@ def load_compose_recipe(name_or_path: str | Path) -> dict:
             if isinstance(mix, dict) else [name]
         if bad or not mix:
             raise ValueError(f"[experts] {name} must be a table of language = weight (numbers >= 0), got {mix!r}")
-    return data
+    return ComposeRecipe(name=data.get("name", str(name_or_path)), description=data.get("description", ""),
+                         expert_recipe=data["expert_recipe"], experts={k: dict(v) for k, v in experts.items()},
+                         compose=opts)
 
 
 def expert_recipe(base: Recipe, name: str, mixture: dict[str, float]) -> Recipe:
