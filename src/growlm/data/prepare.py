@@ -34,6 +34,7 @@ import numpy as np
 from growlm.data.documents import (
     BadDocument,
     Document,
+    TextSplit,
     corpus_files,
     default_corpus_dir,
     iter_documents,
@@ -47,6 +48,7 @@ VAL_FRACTION = 0.1  # share of documents held out (the embedded corpus has only 
 SHARD_TOKENS = 1 << 27  # tokens per segment (a shard per language and split): 256 MB of uint16
 BATCH_CHARS = 1 << 20  # characters encoded per tokenizer call: bounds memory, keeps all cores busy
 CHUNK_CHARS = 1 << 16  # longer documents are cut into chunks of about this size before encoding
+WINDOW_CHARS = 1 << 20  # a longer document is cut into chunks one window at a time (never copied whole)
 PROGRESS = ".prepare-progress"  # JSON lines; no corpus suffix, so a corpus folder may hold its output
 
 
@@ -219,21 +221,25 @@ def _read_progress(path: Path) -> list[dict]:
 
 
 def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compact",
-            val_fraction: float = VAL_FRACTION, *, text_column: str = "text", skip_bad: bool = False,
-            shard_tokens: int = SHARD_TOKENS, batch_chars: int = BATCH_CHARS, chunk_chars: int = CHUNK_CHARS,
-            log: Callable[[str], None] | None = None) -> dict:
+            val_fraction: float = VAL_FRACTION, *, text_field: str = "text", skip_bad: bool = False,
+            split: TextSplit | None = None, shard_tokens: int = SHARD_TOKENS, batch_chars: int = BATCH_CHARS,
+            chunk_chars: int = CHUNK_CHARS, log: Callable[[str], None] | None = None, progress: bool = False) -> dict:
     """Tokenise ``corpus`` (default: the embedded corpus) into sharded token files under ``out_dir``.
 
     Returns the metadata written to ``meta.json``. ``out_dir`` must be new or empty, or an
-    interrupted preparation of the same corpus with the same settings, which is resumed.
-    A bad document (not UTF-8, invalid JSON) stops preparation with its file and line, or with
-    ``skip_bad`` is left out and counted. A language left without validation (or training)
-    documents gets a :class:`DataWarning`.
+    interrupted preparation of the same corpus with the same settings, which is resumed; if only the
+    input files changed since (a bad document fixed), what it wrote is removed and preparation starts over.
+    ``text_field`` names the JSONL field and the Parquet column holding the text; ``split`` how a .txt
+    file becomes documents (default :class:`TextSplit`: blank-line paragraphs grouped to about 20,000
+    characters). A bad document (not UTF-8, invalid JSON) stops preparation with its file and line, or
+    with ``skip_bad`` is left out and counted. A language left without validation (or training)
+    documents gets a :class:`DataWarning`. ``progress`` shows a bar (input bytes, throughput, ETA).
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1 or batch_chars < 1 or chunk_chars < 1:
         raise ValueError("shard_tokens, batch_chars and chunk_chars must be positive")
+    split = TextSplit() if split is None else split
     root = Path(corpus) if corpus else default_corpus_dir()
     files = corpus_files(root)
     base = root if root.is_dir() else root.parent
@@ -241,45 +247,77 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.uint32)
     out = Path(out_dir)
     settings = {"format": DATA_FORMAT, "vocab": tok.name, "vocab_sha256": tok.vocab.sha256,
-                "val_fraction": val_fraction, "text_column": text_column,  # not skip_bad: may be added on resuming
+                "val_fraction": val_fraction, "text_field": text_field,  # not skip_bad: may be added on resuming
+                "txt_split": {"separator": split.separator, "doc_chars": split.doc_chars},
                 "shard_tokens": shard_tokens, "batch_chars": batch_chars, "chunk_chars": chunk_chars,
                 "corpus": str(root.resolve()),
                 "inputs": [[str(p.relative_to(base)), p.stat().st_size] for p in files]}
-    progress = out / PROGRESS
-    records = _start_or_resume(out, progress, settings)
+    progress_file = out / PROGRESS
     say = log or (lambda m: None)
+    records = _start_or_resume(out, progress_file, settings, say)
     if records:
         say(f"resuming {out}: {len(records)} segment(s) already written")
 
     hashes: dict[int, str] = {int(k): v for r in records for k, v in r["hashes"].items()}
     skipped: list[BadDocument] = []
     start = tuple(records[-1]["end"]) if records else (0, 0)
-    docs = iter_documents(root, text_column=text_column, on_error="skip" if skip_bad else "raise",
-                          skipped=skipped, start=start, hashes=hashes)
+    sizes = [p.stat().st_size for p in files]
+    bar = _progress_bar(sum(sizes), sum(sizes[:start[0]]), progress)
+    split_docs: dict[int, int] = {}
+    docs = iter_documents(root, text_field=text_field, on_error="skip" if skip_bad else "raise",
+                          skipped=skipped, start=start, hashes=hashes, split=split, txt_documents=split_docs,
+                          on_read=bar.update if bar else None)
     rels = [str(p.relative_to(base)) for p in files]
     segment = len(records)
     while True:
         try:
             record = _write_segment(docs, tok, dtype, out, segment, rels, val_fraction, shard_tokens, batch_chars,
-                                    chunk_chars)
+                                    chunk_chars, bar)
         except BadDocument as e:
-            raise BadDocument(e.where, f"{e.reason}; fix it, or leave such documents out with --skip-bad "
-                              "(skip_bad=True); run again to resume") from None
+            raise BadDocument(e.where, f"{e.reason}; fix it and run the same command again (it starts over), or "
+                              "leave such documents out with --skip-bad (skip_bad=True)") from None
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
         if record is None:
             break
         record["hashes"] = {str(k): v for k, v in hashes.items() if str(k) not in
                             {k2 for r in records for k2 in r["hashes"]}}
         record["skipped"] = [str(e) for e in skipped]
         skipped.clear()
-        _append_line(progress, record)
+        _append_line(progress_file, record)
         records.append(record)
         segment += 1
-        say(f"segment {segment}: {sum(s['tokens'] for s in record['shards']):,} tokens")
-    return _finish(out, progress, settings, records, hashes, rels, tok, dtype, root, log, [str(e) for e in skipped])
+        if bar is None:
+            say(f"segment {segment}: {sum(s['tokens'] for s in record['shards']):,} tokens")
+    if bar is not None:
+        bar.close()
+    if split_docs and max(split_docs.values()) > 1:
+        many = {rels[i]: n for i, n in split_docs.items() if n > 1}
+        say(f"split {len(many)} .txt file(s) into {sum(many.values()):,} documents {split.describe()} (e.g. "
+            f"{next(iter(many))}: {next(iter(many.values())):,}); --doc-chars 0 keeps each file one document, "
+            "--doc-separator names your own separator")
+    return _finish(out, progress_file, settings, records, hashes, rels, tok, dtype, root, log,
+                   [str(e) for e in skipped], split)
 
 
-def _start_or_resume(out: Path, progress: Path, settings: dict) -> list[dict]:
-    """Check ``out`` (new, empty, or an interrupted preparation with these settings); records done so far."""
+def _progress_bar(total: int, done: int, enabled: bool):
+    """A tqdm bar over the input's bytes (throughput, ETA), or None."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare",
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
+def _start_or_resume(out: Path, progress: Path, settings: dict, say: Callable[[str], None]) -> list[dict]:
+    """Check ``out`` (new, empty, or an interrupted preparation with these settings); records done so far.
+
+    An interrupted preparation whose settings differ only in its input files (a bad document was fixed) is
+    removed (the shards and the progress file it wrote, nothing else) and started over.
+    """
     if (out / "meta.json").exists():
         raise OutputExists(f"{out} already holds prepared tokens (meta.json); choose a new --out")
     if progress.exists():
@@ -287,19 +325,37 @@ def _start_or_resume(out: Path, progress: Path, settings: dict) -> list[dict]:
         if not lines or lines[0] != {"settings": settings}:
             old = lines[0].get("settings", {}) if lines else {}
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise ValueError(f"{out} holds an interrupted preparation with other settings ({', '.join(diff)} "
-                             "differ: changed input files?); re-run with its settings or choose a new --out")
-        return lines[1:]
-    if out.exists() and any(out.iterdir()):
+            if diff != ["inputs"]:
+                raise ValueError(f"{out} holds an interrupted preparation with other settings ({', '.join(diff)} "
+                                 "differ); re-run with its settings or choose a new --out")
+            _remove_partial(out, progress, lines[1:])
+            say(f"{out}: the input files changed since the interrupted preparation; starting over")
+        else:
+            return lines[1:]
+    elif out.exists() and any(out.iterdir()):
         raise OutputExists(f"{out} is not empty and is not a growlm preparation; choose a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
     _append_line(progress, {"settings": settings})
     return []
 
 
+def _remove_partial(out: Path, progress: Path, records: list[dict]) -> None:
+    """Remove what an interrupted preparation wrote: its finished shards, temporary shards and progress file."""
+    for r in records:
+        for sh in r["shards"]:
+            (out / sh["path"]).unlink(missing_ok=True)
+    for tmp in out.glob("*/.*.bin.tmp"):
+        tmp.unlink()
+    progress.unlink()
+    for d in out.iterdir():
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    fsync_dir(out)
+
+
 def _write_segment(docs: Iterator[Document], tok: Tokenizer, dtype: np.dtype, out: Path, segment: int,
                    rels: list[str], val_fraction: float, shard_tokens: int, batch_chars: int,
-                   chunk_chars: int) -> dict | None:
+                   chunk_chars: int, bar=None) -> dict | None:
     """Encode documents into one shard per language and split until ``shard_tokens``; None if none were left."""
     shards: dict[tuple[str, str], _Shard] = {}
     batch: list[Document] = []
@@ -309,14 +365,18 @@ def _write_segment(docs: Iterator[Document], tok: Tokenizer, dtype: np.dtype, ou
         batch.append(doc)
         size += len(doc.text)
         end = (doc.file, doc.line)
+        del doc
         if size >= batch_chars:
             tokens += _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars,
                                     batch_chars)
             batch, size = [], 0
+            if bar is not None:
+                bar.set_postfix_str(f"{tokens:,} tokens in this segment", refresh=False)
             if tokens >= shard_tokens:
                 break
     if batch:
         _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars, batch_chars)
+        batch.clear()
     if end is None:
         return None
     written = [s.close(out) for _, s in sorted(shards.items())]
@@ -329,50 +389,87 @@ def _encode_batch(batch: list[Document], tok: Tokenizer, dtype: np.dtype, out: P
                   rels: list[str], shards: dict, val_fraction: float, chunk_chars: int, batch_chars: int) -> int:
     """Encode a batch of documents and append each, with its end-of-document id, to its shard; returns tokens.
 
-    Long documents are encoded chunk by chunk, at most ``batch_chars`` characters per tokenizer
-    call, and kept as compact arrays: the tokenizer's per-token objects never exist for more than
-    one call's worth of text.
+    Documents are cut into chunks (``safe_chunks``) and encoded at most ``batch_chars`` characters per
+    tokenizer call; each call's ids are written to their shards at once, in document order, so the
+    tokenizer's per-token objects and the ids of a long document never exist for more than one call's
+    worth of text.
     """
-    per_doc: list[list[np.ndarray]] = [[] for _ in batch]
+    keys = []
+    for d in batch:
+        key = (d.lang or "unk", "val" if _is_validation_long(d.text, val_fraction) else "train")
+        if key not in shards:
+            (out / key[0]).mkdir(exist_ok=True)
+            shards[key] = _Shard(out / key[0] / f"{key[1]}-{segment:05d}.bin", dtype, *key)
+        s = shards[key]
+        s.documents += 1
+        s.characters += len(d.text)
+        s.sources.add(rels[d.file])
+        keys.append(key)
+    eos = np.array([tok.eos_id], dtype=dtype)
     group: list[tuple[int, str]] = []
-    size = 0
+    total = size = 0
 
     def encode() -> None:
+        nonlocal total
         for (i, _), ids in zip(group, tok.encode_batch([c for _, c in group])):
-            per_doc[i].append(np.array(ids, dtype=dtype))
+            arr = np.array(ids, dtype=dtype)
+            shards[keys[i]].write(arr)
+            total += len(arr)
         group.clear()
 
     unmerged = unmerged_characters(tok)
     for i, d in enumerate(batch):
-        for c in safe_chunks(d.text, chunk_chars, unmerged):
+        for c in _iter_chunks(d.text, chunk_chars, unmerged):
             group.append((i, c))
             size += len(c)
             if size >= batch_chars:
                 encode()
                 size = 0
-    if group:
-        encode()
-    eos = np.array([tok.eos_id], dtype=dtype)
-    rows: dict[tuple[str, str], list[np.ndarray]] = {}
-    total = 0
-    for d, parts in zip(batch, per_doc):
-        key = (d.lang or "unk", "val" if is_validation(d.text, val_fraction) else "train")
-        if key not in shards:
-            (out / key[0]).mkdir(exist_ok=True)
-            shards[key] = _Shard(out / key[0] / f"{key[1]}-{segment:05d}.bin", dtype, *key)
-        s = shards[key]
-        rows.setdefault(key, []).extend([*parts, eos])
-        s.documents += 1
-        s.characters += len(d.text)
-        s.sources.add(rels[d.file])
-        total += sum(len(p) for p in parts) + 1
-    for key, arrs in rows.items():
-        shards[key].write(np.concatenate(arrs))
+        if group:  # the document's last chunk may still wait: its end-of-document id follows it
+            encode()
+            size = 0
+        shards[keys[i]].write(eos)
+        total += 1
     return total
 
 
+def _iter_chunks(text: str, size: int, unmerged: frozenset[str] | None) -> Iterator[str]:
+    """``safe_chunks`` of ``text`` one window at a time, so a long document is never copied whole."""
+    window = max(size * 16, WINDOW_CHARS)
+    if len(text) <= window:
+        yield from safe_chunks(text, size, unmerged)
+        return
+    start = 0
+    while len(text) - start > window:
+        chunks = safe_chunks(text[start:start + window], size, unmerged)
+        # the last chunk may continue past the window (and a cut near its end saw too little of what follows):
+        # only chunks ending well inside the window are kept, the rest is cut again with what follows
+        done, kept = 0, []
+        for c in chunks[:-1]:
+            if done + len(c) > window - 64:
+                break
+            kept.append(c)
+            done += len(c)
+        if not kept:  # no boundary in the window: take the rest whole
+            break
+        yield from kept
+        start += done
+    yield from safe_chunks(text[start:], size, unmerged)
+
+
+def _is_validation_long(text: str, fraction: float) -> bool:
+    """``is_validation`` hashing the text in blocks (a long document is not encoded whole at once)."""
+    if len(text) <= BATCH_CHARS:
+        return is_validation(text, fraction)
+    h = hashlib.sha256(b"growlm/split/1\0")
+    for i in range(0, len(text), BATCH_CHARS):
+        h.update(text[i:i + BATCH_CHARS].encode("utf-8", "surrogatepass"))
+    return int.from_bytes(h.digest()[:8], "big") / 2**64 < fraction
+
+
 def _finish(out: Path, progress: Path, settings: dict, records: list[dict], hashes: dict[int, str],
-            rels: list[str], tok: Tokenizer, dtype: np.dtype, root: Path, log, skipped_after: list[str]) -> dict:
+            rels: list[str], tok: Tokenizer, dtype: np.dtype, root: Path, log, skipped_after: list[str],
+            split: TextSplit) -> dict:
     """Write meta.json (counts, manifest), warn about empty splits, remove the progress file."""
     shards = [s for r in records for s in r["shards"]]
     skipped = [e for r in records for e in r["skipped"]] + skipped_after
@@ -387,7 +484,8 @@ def _finish(out: Path, progress: Path, settings: dict, records: list[dict], hash
     if unheld:  # grow refuses such token files (no validation), so say it now
         warnings.warn(f"no validation document was held out for {unheld} ({root}, val_fraction "
                       f"{settings['val_fraction']}): training on these token files will be refused; give more "
-                      "documents or a larger --val-fraction", DataWarning, stacklevel=3)
+                      "documents, a larger --val-fraction, or cut long .txt files into more documents (a smaller "
+                      "--doc-chars, or --doc-separator)", DataWarning, stacklevel=3)
     untrained = sorted(lang for lang, c in langs.items() if c["train"]["documents"] == 0)
     if untrained:
         warnings.warn(f"every document of {untrained} was held out for validation ({root}): a mixture naming "
@@ -402,7 +500,8 @@ def _finish(out: Path, progress: Path, settings: dict, records: list[dict], hash
             "sources": {rels[i]: h for i, h in sorted(hashes.items())},
             "skipped": {"count": len(skipped), "documents": skipped[:100]},
             "languages": {k: langs[k] for k in sorted(langs)}, "shards": shards,
-            "settings": {k: settings[k] for k in ("text_column", "shard_tokens", "batch_chars", "chunk_chars")}}
+            "settings": {**{k: settings[k] for k in ("text_field", "txt_split", "shard_tokens", "batch_chars",
+                                                     "chunk_chars")}, "txt_split_described": split.describe()}}
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False))
     progress.unlink()
     fsync_dir(out)

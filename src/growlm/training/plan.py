@@ -341,7 +341,9 @@ def preflight(recipe: Recipe, data, world: int = 1) -> None:
         n = data.tokens(lang, "val").size
         if n == 0:
             raise ValueError(f"{lang!r} has an empty validation split in {where}: `growlm prepare` held out no "
-                             "document of it; give it more documents or a larger --val-fraction")
+                             "document of it; give it more documents, a larger --val-fraction, or (a few long .txt "
+                             "files) cut them into more documents with `growlm prepare --doc-chars` (smaller) or "
+                             "--doc-separator")
         used = min(n, t.val_tokens)
         if used - 1 < t.seq_len:
             raise ValueError(f"{lang!r}: validation uses {used} tokens (the split has {n}, [train] val_tokens = "
