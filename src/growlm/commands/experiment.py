@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from growlm.commands.options import add_no_progress
+
 
 def _experiment(args: argparse.Namespace) -> int:
     from growlm.experiments.framework import load_studies, markdown_table, run_study
@@ -51,5 +53,5 @@ def add_parser(sub) -> None:
     p.add_argument("--work", help="where the seeds' growth runs and models go (default OUT/work)")
     p.add_argument("--data", default="default", help="token files to train on (default: the embedded corpus)")
     p.add_argument("--list", action="store_true", help="list the studies")
-    p.add_argument("--no-progress", action="store_true")
+    add_no_progress(p)
     p.set_defaults(func=_experiment)

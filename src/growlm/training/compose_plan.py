@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from growlm.model.composition_methods import METHODS, either, names_where
-from growlm.training.plan import RECIPE_DIR, Recipe
+from growlm.training.plan import Recipe, resolve_recipe
 from growlm.util.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
 
 COMPOSE_KEYS = {"name", "description", "expert_recipe", "experts", "compose"}
@@ -51,11 +51,7 @@ class ComposeRecipe:
 
 def load_compose_recipe(name_or_path: str | Path) -> ComposeRecipe:
     """Read a composition recipe (shipped name or path) and check its keys and values."""
-    path = Path(name_or_path)
-    if not path.exists():
-        path = RECIPE_DIR / f"{name_or_path}.toml"
-    if not path.exists():
-        raise FileNotFoundError(f"composition recipe {name_or_path!r} not found")
+    path = resolve_recipe(name_or_path)
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     unknown = set(data) - COMPOSE_KEYS
     if unknown:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -233,12 +234,7 @@ class Recipe:
 
     @staticmethod
     def _read(name_or_path: str | Path) -> tuple[dict, str, Path]:
-        path = Path(name_or_path)
-        if not path.exists():
-            path = RECIPE_DIR / f"{name_or_path}.toml"
-        if not path.exists():
-            shipped = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
-            raise FileNotFoundError(f"recipe {name_or_path!r} not found; shipped recipes: {shipped}")
+        path = resolve_recipe(name_or_path)
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -312,6 +308,32 @@ class Recipe:
             return stage.steps
         per_step = self.train.batch_size * self.train.seq_len
         return max(1, -(-stage.tokens // per_step))
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped in the package."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def resolve_recipe(name_or_path: str | Path) -> Path:
+    """The recipe file a name or path means: a bare name of a shipped recipe (``demo``) is the shipped one even
+    where a file or folder of that name exists here (a warning says so; ``./demo`` names the local one);
+    anything else is a path."""
+    text = str(name_or_path)
+    shipped = RECIPE_DIR / f"{text}.toml"
+    bare = "/" not in text and "\\" not in text and not Path(text).suffix
+    if bare and shipped.is_file():
+        if Path(text).exists():
+            warnings.warn(f"recipe {text!r}: using the shipped recipe, not ./{text} here (give ./{text} for that)",
+                          stacklevel=3)
+        return shipped
+    path = Path(text)
+    if path.is_dir():
+        raise IsADirectoryError(f"recipe {text!r} is a directory, not a recipe file (.toml, or a run's plan.json); "
+                                f"shipped recipes: {shipped_recipes()}")
+    if not path.exists():
+        raise FileNotFoundError(f"recipe {text!r} not found; shipped recipes: {shipped_recipes()}")
+    return path
 
 
 def preflight(recipe: Recipe, data, world: int = 1) -> None:
