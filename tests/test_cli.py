@@ -145,6 +145,76 @@ def test_export_never_writes_into_its_input(runs, capsys):
     assert load_model(runs[0]) is not None
 
 
+def test_compose_twice_keeps_a_users_dot_old_directory(runs, tmp_path, capsys):
+    p = tmp_path / "p"
+    (p / ".E.old").mkdir(parents=True)
+    (p / ".E.old" / "draft.txt").write_text("mine")
+    for _ in range(2):
+        assert main(["compose", str(runs[0]), str(runs[1]), "--out", str(p / "E")]) == 0
+    assert (p / ".E.old" / "draft.txt").read_text() == "mine"
+    assert sorted(x.name for x in p.iterdir()) == [".E.old", "E"]
+
+
+def test_export_force_never_writes_into_a_model_checkpoint_or_run(runs, tiny_recipe, tmp_path, capsys):
+    run = tmp_path / "grown"
+    assert main(["grow", str(tiny_recipe(steps=2, ckpt_every=1)), "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    targets = [run / "stages" / "stage-00", run / "checkpoints" / "latest", run, runs[1] / "model",
+               run / "stages" / "stage-00" / "hf"]
+    before = tree(run)
+    for target in targets:
+        assert main(["export", str(runs[0]), str(target), "--force"]) == 2
+        assert "growlm" in error_of(capsys)
+    assert tree(run) == before
+    assert load_model(run / "stages" / "stage-00") is not None
+
+
+def test_eval_out_refuses_user_files_and_model_directories(runs, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    model_json = runs[0] / "model" / "model.json"
+    before = model_json.read_bytes()
+    for target, why in ((notes, "not a file growlm wrote"), (model_json, "model directory"),
+                        (runs[0] / "model" / "scores.json", "model directory")):
+        assert main(["eval", str(runs[0]), "--tasks", "ppl", "--limit", "1", "--quiet", "--out", str(target)]) == 2
+        assert why in error_of(capsys)
+    assert notes.read_text() == "my notes" and model_json.read_bytes() == before
+    assert not (runs[0] / "model" / "scores.json").exists()
+    out = tmp_path / "scores.json"  # its own earlier result may be replaced
+    for _ in range(2):
+        assert main(["eval", str(runs[0]), "--tasks", "ppl", "--limit", "1", "--quiet", "--out", str(out)]) == 0
+    assert "results" in json.loads(out.read_text())
+
+
+def test_experiment_report_refuses_a_users_file(tmp_path, capsys):
+    thesis = tmp_path / "thesis.tex"
+    thesis.write_text("\\documentclass{article}")
+    assert main(["experiment", "report", "--out", str(thesis)]) == 2
+    assert "not a file growlm wrote" in error_of(capsys)
+    assert thesis.read_text() == "\\documentclass{article}"
+
+
+@pytest.mark.parametrize("command", [["demo"], ["compose-study"]])
+def test_demo_and_study_refuse_a_directory_with_user_files(command, tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "thesis.tex").write_text("mine")
+    assert main([*command, "--out", str(d), "--no-progress"]) == 2
+    assert "thesis.tex" in error_of(capsys)
+    assert [x.name for x in d.iterdir()] == ["thesis.tex"]
+
+
+def test_prepare_and_experiment_refuse_outputs_inside_their_inputs(tiny_corpus, tiny_data, tmp_path, capsys):
+    assert main(["prepare", str(tiny_corpus), "--out", str(tiny_corpus / "tokens")]) == 2
+    assert "input" in error_of(capsys)
+    assert not (tiny_corpus / "tokens").exists()
+    before = tree(tiny_data)
+    assert main(["experiment", "depth", "--quick", "--seeds", "1", "--data", str(tiny_data), "--out",
+                 str(tmp_path / "e"), "--work", str(tiny_data / "work"), "--no-progress"]) == 2
+    assert "input" in error_of(capsys)
+    assert tree(tiny_data) == before
+
+
 # --------------------------------------------------------------------------- messages
 
 

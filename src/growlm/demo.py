@@ -36,6 +36,7 @@ from growlm.training.finetune import finetune
 from growlm.training.plan import Recipe
 from growlm.training.run import grow
 from growlm.training.validation import validate
+from growlm.util.fileio import claim_output_dir
 
 
 def demo_budget(grow_recipe: str = "demo", compose_recipe: str = "compose-demo", data=None,
@@ -78,8 +79,7 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
     validation, read back rather than computed again.
     """
     spec = load_compose_recipe(recipe)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(out, "compose-study", legacy=_is_legacy_study)  # before anything trains
     base = Recipe.load(spec.expert_recipe)
     opts = spec.compose
     t0 = time.perf_counter()
@@ -147,6 +147,15 @@ def _bpc(model, data, recipe: Recipe) -> dict:
     return {"bpc": v["val_bpc"], "val_loss": v["val_loss"]}
 
 
+DEMO_ENTRIES = {"grow", "compose", "report", "summary.json", ".growlm.lock"}  # what a demo directory holds
+
+
+def _is_legacy_study(d: Path) -> bool:
+    """A composition study's directory written before growlm marked its outputs."""
+    return all(p.name == "composition.json" or p.name.startswith(("expert-", "composed-", "finetuned-"))
+               for p in d.iterdir())
+
+
 def run_demo(out: str | Path = "runs/demo", grow_recipe: str = "demo", compose_recipe: str = "compose-demo",
              progress: bool = True, log=print) -> dict:
     """The README's main job: grow a small model, compose two experts, write the report.
@@ -158,7 +167,7 @@ def run_demo(out: str | Path = "runs/demo", grow_recipe: str = "demo", compose_r
     from growlm.model.sampling import depth_samples
     from growlm.report import write_report
 
-    out = Path(out)
+    out = claim_output_dir(out, "demo", legacy=lambda d: {p.name for p in d.iterdir()} <= DEMO_ENTRIES)
     t0 = time.perf_counter()
     budget = demo_budget(grow_recipe, compose_recipe)
     log(f"== budget: {budget.total / 1e12:.2f} TFLOP of model compute "

@@ -106,3 +106,51 @@ def test_lock_is_exclusive_and_released(tmp_path):
     lock.release()
     again = fileio.DirLock(tmp_path)
     again.release()
+
+
+def test_atomic_dir_never_deletes_a_users_old_directory(tmp_path):
+    final = tmp_path / "E"
+    mine = tmp_path / ".E.old"  # the name the old helper used for the version it replaced, then deleted
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    for v in (b"1", b"2", b"3"):
+        with fileio.atomic_dir(final, owned={"x.bin"}) as tmp:
+            (tmp / "x.bin").write_bytes(v)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert (final / "x.bin").read_bytes() == b"3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".E.old", "E"]  # none of growlm's temporary names left
+
+
+def test_atomic_dir_puts_the_old_version_back_when_the_swap_fails(tmp_path, monkeypatch):
+    final = tmp_path / "E"
+    with fileio.atomic_dir(final) as tmp:
+        (tmp / "x.bin").write_bytes(b"1")
+    real = os.replace
+
+    def fail_second(src, dst):
+        if str(dst) == str(final) and ".E.old." not in str(src):
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", fail_second)
+    with pytest.raises(OSError):
+        with fileio.atomic_dir(final) as tmp:
+            (tmp / "x.bin").write_bytes(b"2")
+    assert (final / "x.bin").read_bytes() == b"1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["E"]
+
+
+def test_output_files_and_model_directories(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    for target in (model / "notes.json", model / "model.json", model / "sub" / "x.json"):
+        with pytest.raises(fileio.OutputDirError, match="model directory"):
+            fileio.check_output_file(target, lambda p: True)
+    user = tmp_path / "notes.txt"
+    user.write_text("mine")
+    with pytest.raises(fileio.OutputDirError, match="not a file growlm wrote"):
+        fileio.check_output_file(user, lambda p: False)
+    assert fileio.check_output_file(user, lambda p: True) == user  # an earlier result of its own
+    assert fileio.check_output_file(tmp_path / "new.json", lambda p: False) == tmp_path / "new.json"

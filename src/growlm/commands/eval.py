@@ -108,12 +108,25 @@ def results_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def is_eval_json(path: Path) -> bool:
+    """Whether ``path`` holds results ``growlm eval`` wrote (objects with its ``results`` and ``model``)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    rows = data if isinstance(data, list) and data else [data]  # one model's result, or a list of them
+    return all(isinstance(r, dict) and isinstance(r.get("results"), dict) and isinstance(r.get("model"), dict)
+               for r in rows)
+
+
 def run(args: argparse.Namespace) -> int:
     from growlm.evaluate.runner import parse_tasks
-    from growlm.util.fileio import atomic_write_text
+    from growlm.util.fileio import atomic_write_text, check_output_file
 
     parse_tasks(args.tasks)  # fail before loading anything
     dirs = [d for r in args.runs_or_models for d in model_dirs(r, args.all_stages)]
+    if args.out:  # an earlier result may be replaced; a user's file, or a file in a model, never
+        check_output_file(args.out, is_eval_json, "--out")
     results = []
     for d in dirs:
         res = evaluate_dir(d, args)

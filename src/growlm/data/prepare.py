@@ -40,7 +40,7 @@ from growlm.data.documents import (
     iter_documents,
 )
 from growlm.substrate import Tokenizer
-from growlm.util.fileio import append_durable, atomic_write_text, fsync_dir
+from growlm.util.fileio import append_durable, atomic_write_text, check_not_input, fsync_dir
 
 DATA_FORMAT = "growlm-tokens-2"
 OLD_FORMATS = ("growlm-tokens-1",)  # one <lang>/<split>.bin per language and split; still read
@@ -246,6 +246,7 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
     tok = Tokenizer.load(vocab)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.uint32)
     out = Path(out_dir)
+    check_not_input(out, [root], "--out")  # the token files never go into (or around) the corpus they come from
     settings = {"format": DATA_FORMAT, "vocab": tok.name, "vocab_sha256": tok.vocab.sha256,
                 "val_fraction": val_fraction, "text_field": text_field,  # not skip_bad: may be added on resuming
                 "txt_split": {"separator": split.separator, "doc_chars": split.doc_chars},

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from growlm.util.fileio import atomic_write_text
+from growlm.util.fileio import atomic_write_text, check_not_input
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond 30 the normal's 1.96 is within 4%
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -244,6 +244,9 @@ def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, a
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     out = Path(out)
+    if data != "default":  # the token files are an input: neither the output nor the work directory may touch them
+        check_not_input(out, [data], "--out")
+        check_not_input(work or out / "work", [data], "--work")
     rundir = RunDir(out, "experiment")  # missing, empty or an earlier experiment's; locked while we write
     try:
         prov = provenance(argv)

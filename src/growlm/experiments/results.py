@@ -216,13 +216,16 @@ def benchmark_sections(docs: Path) -> list[str]:
     return out
 
 
+TITLE = "# Measured results"
+
+
 def render(docs: str | Path = "docs", argv: list[str] | None = None) -> str:
     """The text of docs/results.md from the raw JSON under ``docs``."""
     docs = Path(docs)
     studies = load_studies()
     summaries = _summaries(docs, studies)
     prov = provenance(argv or ["experiment", "report"])
-    lines = ["# Measured results", "",
+    lines = [TITLE, "",
              "Written by `growlm experiment report` from the raw JSON committed under `docs/` — do not edit by "
              "hand; rerun the command after adding data. Every table names the commit, machine and command that "
              "produced its data. Intervals are 95% t-intervals over seeds (mean ± half-width); bpc = bits per "
@@ -253,13 +256,23 @@ def render(docs: str | Path = "docs", argv: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def is_results_page(path: Path) -> bool:
+    """Whether ``path`` is a page ``render`` wrote (its heading and the line naming the command)."""
+    try:
+        head = path.read_text(encoding="utf-8")[:2000]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.startswith(TITLE) and "Written by `growlm experiment report`" in head
+
+
 def write_results(path: str | Path = "docs/results.md", argv: list[str] | None = None) -> Path:
     """Write docs/results.md (``path``; its directory holds the raw JSON) atomically; the path."""
-    from growlm.util.fileio import atomic_write_text
+    from growlm.util.fileio import atomic_write_text, check_output_file
 
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"{path.parent} does not exist; the report is written next to the raw JSON in docs/")
+    check_output_file(path, is_results_page, "--out")  # an earlier report may be replaced; a user's file never
     atomic_write_text(path, render(path.parent, argv))
     return path
 

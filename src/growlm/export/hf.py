@@ -27,8 +27,10 @@ from safetensors.torch import save_file
 from growlm.model.saved import CheckpointError, load_model, read_json, resolve_model_dir
 from growlm.util.fileio import (
     OutputDirError,
+    check_not_in_model,
     check_not_input,
     foreign_entries,
+    growlm_dir_kind,
     is_staging,
     remove_stale_staging,
     staged_files,
@@ -159,11 +161,17 @@ def write_tokenizer(vocab: str, out: Path, max_length: int) -> dict[str, int]:
 
 
 def check_export_dir(out: Path, force: bool = False) -> None:
-    """``out`` must be missing, empty or an earlier export; with ``force``, a directory holding other files too."""
+    """``out`` must be missing, empty or an earlier export; with ``force``, a directory holding other files too,
+    but never (one inside) a growlm model, checkpoint or run directory, whose files the export would replace."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} exists and is not a directory")
+    check_not_in_model(out, "export directory")
     if not out.is_dir():
         return
+    kind = growlm_dir_kind(out)
+    if kind is not None:
+        raise OutputDirError(f"export directory {out} is {kind}; an export never writes into growlm's own output "
+                             "(not even with --force): choose a new or empty directory")
     remove_stale_staging(out)  # a killed export's leftovers are growlm's own
     ours = (out / "growlm_export.json").is_file()
     foreign = [n for n in foreign_entries(out, EXPORT_FILES if ours else ()) if not is_staging(n)]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from growlm.model.saved import SUBSTRATE_KEY, CheckpointError, read_json, read_tensors, write_tensors
-from growlm.util.fileio import atomic_dir
+from growlm.util.fileio import atomic_dir, displaced_dirs, remove_stale_displaced
 
 # --------------------------------------------------------------------------- training state
 
@@ -47,13 +47,14 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module | dict, optimizer: 
                   ("rng.safetensors", rng)]}
         (tmp / "state.json").write_text(json.dumps({"format": TRAIN_FORMAT, **state, "param_groups": groups,
                                                     "files": files}, indent=1), encoding="utf-8")
+    remove_stale_displaced(path)  # a killed save's earlier version: superseded now
     return path
 
 
 def find_checkpoint(run: str | Path) -> Path | None:
     """The latest complete checkpoint of a run (``checkpoints/latest``, or the copy a crash left mid-swap)."""
     base = Path(run) / "checkpoints"
-    for cand in (base / "latest", base / ".latest.old"):
+    for cand in (base / "latest", *displaced_dirs(base / "latest"), base / ".latest.old"):
         if (cand / "state.json").exists():
             return cand
     return None

@@ -122,16 +122,45 @@ def atomic_dir(final: str | Path, owned: Iterable[str] | None = None):
         fsync_dir(tmp)
         old = None
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            # a fresh name of our own (never a fixed one: a user's `.NAME.old` is not ours to delete); the empty
+            # directory mkdtemp makes is replaced by the rename
+            prefix = OLD_PREFIX.format(name=final.name) + f"{os.getpid()}."
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=prefix))
             os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.replace(old, final)  # put the previous version back
+            raise
         fsync_dir(final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+OLD_PREFIX = ".{name}.old."  # + pid + random: where atomic_dir moves the version it replaces, for one rename
+
+
+def displaced_dirs(final: str | Path) -> list[Path]:
+    """Earlier versions of ``final`` that ``atomic_dir`` moved aside and a crash left behind, newest first."""
+    final = Path(final)
+    found = [d for d in final.parent.glob(OLD_PREFIX.format(name=final.name) + "*") if d.is_dir()]
+    return sorted(found, key=lambda d: d.stat().st_mtime, reverse=True)
+
+
+def remove_stale_displaced(final: str | Path) -> list[str]:
+    """Delete ``displaced_dirs(final)`` whose process is gone (a crash's leftovers); return their names."""
+    final = Path(final)
+    removed = []
+    for d in displaced_dirs(final):
+        pid = d.name[len(OLD_PREFIX.format(name=final.name)):].split(".")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
 
 
 STAGING_PREFIX = ".growlm-staging."
@@ -239,6 +268,41 @@ def claim_output_dir(out: str | Path, tool: str, legacy: Callable[[Path], bool] 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, tool + "\n")
     return out
+
+
+def growlm_dir_kind(d: Path) -> str | None:
+    """What growlm wrote directory ``d`` as ("a growlm model directory", ...), or None for any other directory."""
+    if (d / "model.json").is_file() and (d / "model.safetensors").exists():
+        return "a growlm model directory"
+    if (d / "state.json").is_file() and (d / "model.safetensors").exists():
+        return "a growlm training checkpoint"
+    if (d / MARKER).is_file():
+        return f"the output of `growlm {(d / MARKER).read_text(encoding='utf-8').strip()}`"
+    return None
+
+
+def check_not_in_model(path: str | Path, what: str = "output") -> None:
+    """Refuse a path that is, or lies inside, a growlm model or checkpoint directory: a file written there would
+    change a model (or stop it loading) behind the hashes that guard it."""
+    p = Path(path).absolute()
+    for d in (p, *p.parents):
+        kind = growlm_dir_kind(d) if d.is_dir() else None
+        if kind is not None and not kind.startswith("the output"):
+            raise OutputDirError(f"{what} {path} is (or lies inside) {kind}, {d}; growlm never writes other files "
+                                 "into a model or checkpoint: choose a path outside it")
+
+
+def check_output_file(path: str | Path, ours: Callable[[Path], bool], what: str = "--out") -> Path:
+    """``path`` may receive a file growlm writes: it is missing, or a file ``ours(path)`` recognises as growlm's
+    (an earlier result), and it lies in no model or checkpoint directory. Returns it as a Path."""
+    path = Path(path)
+    check_not_in_model(path, what)
+    if path.is_dir():
+        raise OutputDirError(f"{what} {path} is a directory; name the file to write")
+    if path.exists() and not ours(path):
+        raise OutputDirError(f"{what} {path} exists and is not a file growlm wrote; refusing to overwrite it: move it "
+                             "away or choose another file")
+    return path
 
 
 class DirLock:
