@@ -233,11 +233,12 @@ from pathlib import Path
 from growlm.data.prepare import prepare
 from growlm.substrate import Tokenizer
 n = int(sys.argv[1]); d = Path(tempfile.mkdtemp(dir=sys.argv[2]))
-(d / "en.jsonl").write_text(json.dumps({"text": ("lorem ipsum dolor sit amet " * (n // 27 + 1))[:n]}) + "\\n")
+(d / "c").mkdir()
+(d / "c" / "en.jsonl").write_text(json.dumps({"text": ("lorem ipsum dolor sit amet " * (n // 27 + 1))[:n]}) + "\\n")
 Tokenizer.load("compact").encode_batch(["warm up"])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 warnings.simplefilter("ignore")
-prepare(d, d / "out", batch_chars=1 << 18)
+prepare(d / "c", d / "out", batch_chars=1 << 18)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
 
