@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "src" / "growlm" / "experiments" / "heldout_texts"
-DEFAULT_CORPUS = ROOT / "src" / "growlm" / "default_corpus"
+DEFAULT_CORPUS = ROOT / "src" / "growlm" / "data" / "default_corpus"
 DOC_SEPARATOR = "\n\n---\n\n"
 
 # name, version, the archive pip saves, its SHA-256

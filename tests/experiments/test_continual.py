@@ -69,7 +69,7 @@ def test_continual_quick(tiny_data, tmp_path):
     assert rows[GROW]["train_flops"] == pytest.approx(base["train_flops"] + rows[GROW]["added_flops"])
     assert [r["arm"] for r in summary["rows"]] == list(rows)
     claims = verdict(summary)  # one seed: no interval, so no claim can pass its rule
-    assert len(claims) == 2 + len(composed) and all(v == "not reproduced at this scale" for *_, v in claims)
+    assert len(claims) == 2 + len(composed) and all(v.verdict == "not reproduced at this scale" for v in claims)
 
 
 def test_default_size_fits_the_flop_budget():
@@ -87,8 +87,8 @@ def test_verdict_rules_on_hand_made_seeds():
     seeds = {s: [{"arm": a, "forget_heldout": forget[a][s], "heldout_bpc_zh": zh[a][s]} for a in forget]
              for s in range(3)}
     rows = verdict({"rows": summarise(STUDY, seeds)})
-    assert [(r[0].split()[0], r[3]) for r in rows] == [("Growing", "reproduced"),  # no posterior rows: no numbers
-                                                        ("Adding", "not reproduced at this scale")]
+    assert [(r.claim.split()[0], r.verdict, r.source) for r in rows] == [  # no posterior rows: no numbers
+        ("Growing", "reproduced", "paper"), ("Adding", "not reproduced at this scale", "paper")]
     seeds = {s: [{**r, "forget_heldout": 0.3} if r["arm"] == GROW else r for r in rows_]
              for s, rows_ in seeds.items()}  # growth forgetting more than fine-tuning
-    assert verdict({"rows": summarise(STUDY, seeds)})[0][3] == "not reproduced at this scale"
+    assert verdict({"rows": summarise(STUDY, seeds)})[0].verdict == "not reproduced at this scale"

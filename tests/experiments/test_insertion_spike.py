@@ -76,7 +76,7 @@ def test_insertion_spike_quick(tiny_data, tmp_path):
     assert by[(NO_BLOCK, "restarted")]["train_flops"] < by[("fresh", "restarted")]["train_flops"]
     assert len(summary["rows"]) == 10
     claims = verdict(summary)  # one seed: no interval, so no claim can pass its rule
-    assert claims and all(v == "not reproduced at this scale" for *_, v in claims)
+    assert claims and all(v.verdict == "not reproduced at this scale" for v in claims)
 
 
 def test_default_size_fits_the_flop_budget():
@@ -98,11 +98,13 @@ def test_verdict_rules_on_hand_made_seeds():
               ("fresh", "frozen"): [0.2, 0.25, 0.3], (NO_BLOCK, "restarted"): [0.4, 0.5, 0.45],
               ("identity", "restarted"): [0.0, 0.02, -0.01]}
     rows = verdict(_summary(values))
-    assert [v for *_, v in rows] == ["reproduced"] * 3
-    assert "head's learning rate" in rows[0][0] and "new, untrained layer" in rows[1][0] and "Identity" in rows[2][0]
+    assert [v.verdict for v in rows] == ["reproduced"] * 3
+    assert "new, untrained layer" in rows[0].claim and "head's learning rate" in rows[1].claim
+    assert "Identity" in rows[2].claim and [v.source for v in rows] == ["paper", "growlm", "growlm"]
+    assert "the head's restart explains 55% of it" in rows[0].measured  # 1 - 0.25 / 0.55
     # a frozen head that spikes as much as the restarted one: the restart is not the cause; nor is the block when
     # the no-block control spikes as much; an identity block that still spikes has not removed it
     values[("fresh", "frozen")] = [0.52, 0.58, 0.56]
     values[(NO_BLOCK, "restarted")] = [0.52, 0.58, 0.56]
     values[("identity", "restarted")] = [0.3, 0.32, 0.31]
-    assert [v for *_, v in verdict(_summary(values))] == ["not reproduced at this scale"] * 3
+    assert [v.verdict for v in verdict(_summary(values))] == ["not reproduced at this scale"] * 3

@@ -37,7 +37,8 @@ def _substrate_summary(glyph, learned, rand, quick=False):
 def test_substrate_verdicts_follow_their_rule(glyph, verdicts, tmp_path):
     summary = _substrate_summary(glyph, [3.00, 3.00, 3.01], [3.20, 3.22, 3.21])
     rows = get_study("substrates").verdict(summary)
-    assert [r[3] for r in rows] == verdicts
+    assert [r.verdict for r in rows] == verdicts
+    assert [r.source for r in rows] == ["paper", "growlm"]
 
     d = tmp_path / "data" / "experiments" / "substrates"
     d.mkdir(parents=True)
@@ -81,3 +82,69 @@ def test_growth_speed_table_reads_the_benchmarks_summary(tmp_path):
     text = render(tmp_path)
     assert "d_model 64, depth 2:" in text
     assert "| grow | 1.4 (1.3-1.5) | 1.1 | 1.27 | - | - | - | - | - |" in text
+
+
+def test_the_paper_claims_and_growlms_own_are_two_tables_counted_apart(tmp_path):
+    d = tmp_path / "data" / "experiments" / "substrates"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps(_substrate_summary([3.00, 3.01, 3.02], [3.00, 3.00, 3.01],
+                                                                  [3.20, 3.22, 3.21])))
+    text = render(tmp_path)
+    paper, own = text.split("### The paper's claims: ")[1].split("### growlm's own hypotheses and controls: ")
+    own = own.split("\n## ")[0]
+    # substrates: the mean rule (reproduced); the parameter counts (2 reproduced); 3 not testable; the other studies
+    # not run yet
+    assert paper.startswith("3 reproduced, ") and "3 not testable here" in paper.splitlines()[0]
+    assert "| the author's prior paper (arXiv 2507.04886), restated in v1 §1 |" in paper
+    assert own.startswith("1 reproduced") and "glyph beats a frozen random table" in own
+    assert "frozen random table" not in paper
+
+
+def test_the_merge_claim_is_the_average_beating_each_expert():
+    from growlm.experiments.composition import PAIR, STUDY
+
+    def summary(avg: list[float]) -> dict:
+        rows = {("en+ru", "expert"): [6.7, 6.8, 6.6], ("en+zh", "expert"): [6.6, 6.7, 6.65],
+                (PAIR, "average"): avg}
+        seeds = {s: [{"experts": e, "method": m, "val_bpc": v[s], "heldout_bpc": v[s] + 0.5,
+                      "val_bpc_en": v[s] / 2, "heldout_bpc_en": v[s] / 2 + 0.1} for (e, m), v in rows.items()]
+                 for s in range(3)}
+        return {"rows": summarise(STUDY, seeds)}
+
+    beats, start = STUDY.verdict(summary([6.0, 6.1, 6.05]))[:2]
+    assert (beats.verdict, beats.source, start.verdict) == ("reproduced", "paper", "reproduced")
+    assert "v1 abstract, §4.1, Fig. 3" == beats.cite
+    beats, start = STUDY.verdict(summary([6.62, 6.9, 6.64]))[:2]  # not below the better expert on every seed
+    assert beats.verdict == "not reproduced at this scale"
+    assert start.verdict == "reproduced"  # within 5% of the better expert's final loss
+    assert STUDY.verdict(summary([7.5, 7.6, 7.4]))[1].verdict == "not reproduced at this scale"
+
+
+def test_rivals_monolithic_is_judged_at_equal_flops_on_the_same_interface():
+    study = get_study("grown-vs-monolithic")
+
+    def summary(grown: list[float]) -> dict:
+        arms = {("grown", "-"): grown, ("monolithic frozen", "equal FLOPs"): [6.0, 6.1, 6.05],
+                ("monolithic frozen", "equal tokens"): [6.0, 6.1, 6.05],
+                ("monolithic trainable", "equal FLOPs"): [5.9, 6.0, 5.95],
+                ("monolithic trainable", "equal tokens"): [5.9, 6.0, 5.95]}
+        seeds = {s: [{"arm": a, "matched": m, "heldout_bpc": v[s], "val_bpc": v[s] - 0.5} for (a, m), v in arms.items()]
+                 for s in range(3)}
+        return {"rows": summarise(study, seeds)}
+
+    rival = [v for v in study.verdict(summary([6.01, 6.11, 6.06])) if "rivals" in v.claim]
+    assert [(v.verdict, v.cite) for v in rival] == [("reproduced", "v2 abstract")]  # +0.2%
+    rival = [v for v in study.verdict(summary([6.2, 6.3, 6.25])) if "rivals" in v.claim]
+    assert rival[0].verdict == "not reproduced at this scale"  # +3%, every seed worse
+
+
+def test_substrates_are_judged_on_every_language_too():
+    study = get_study("substrates")
+    langs = {"en": ([3.5, 3.52, 3.51], [3.3, 3.29, 3.31]), "ru": ([4.6, 4.61, 4.62], [4.6, 4.62, 4.61]),
+             "zh": ([10.1, 10.2, 10.15], [10.2, 10.1, 10.15])}
+    seeds = {s: [{"arm": arm, "heldout_bpc": sum(v[i][s] for v in langs.values()) / 3,
+                  **{f"heldout_bpc_{k}": v[i][s] for k, v in langs.items()}}
+                 for i, arm in enumerate(("glyph", "learned (random init)"))] for s in range(3)}
+    rows = study.verdict({"rows": summarise(study, seeds)})
+    assert [(r.claim.split(": ")[-1], r.verdict) for r in rows] == [
+        ("three-language mean", "reproduced"), ("on every language", "not reproduced at this scale")]  # EN +6%

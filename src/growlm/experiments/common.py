@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from growlm.experiments.framework import SeedContext
-from growlm.experiments.heldout import heldout_bpc
+from growlm.experiments.heldout import heldout_scores
 from growlm.training.plan import Recipe
 
 # The shapes a study trains. "default" is sized by FLOPs to fit a study (all arms, 3 seeds) into ~20 minutes on
@@ -64,13 +64,27 @@ def measure(ctx: SeedContext, model_dir: Path, raw: dict) -> dict:
     if "val_bpc" not in meta:
         raise ValueError(f"{model_dir} carries no validation bits per character; measure a stage directory")
     val = meta["val_bpc"]
-    held = heldout_bpc(load_model(model_dir), raw["substrate"]["vocab"], raw["train"]["seq_len"],
-                       max_chars=size(ctx)["heldout_chars"])
+    scores = heldout_scores(load_model(model_dir), raw["substrate"]["vocab"], raw["train"]["seq_len"],
+                            max_chars=size(ctx)["heldout_chars"])
     row = {f"val_bpc_{k}": v for k, v in val.items()}
-    row.update({f"heldout_bpc_{k}": v for k, v in held.items()})
+    row.update(heldout_row(scores))
     row["val_bpc"] = round(sum(val.values()) / len(val), 4)
-    row["heldout_bpc"] = round(sum(held.values()) / len(held), 4)
     return row
+
+
+def heldout_row(scores: dict) -> dict:
+    """Held-out bpc per language and their mean, and per language with several documents the half-width of its 95%
+    bootstrap interval over documents (``heldout_doc_hw_LANG``: the texts' sampling error, beside the seeds')."""
+    row = {f"heldout_bpc_{k}": round(s.bpc, 4) for k, s in scores.items()}
+    row["heldout_bpc"] = round(sum(s.bpc for s in scores.values()) / len(scores), 4)
+    for k, s in scores.items():
+        ci = s.interval()
+        if ci is not None:
+            row[f"heldout_doc_hw_{k}"] = round((ci[1] - ci[0]) / 2, 4)
+    return row
+
+
+DOC_METRICS = tuple(f"heldout_doc_hw_{k}" for k in ("en", "ru", "zh"))  # summarised where a study lists them
 
 
 def last_stage(run: Path) -> Path:

@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 
 from growlm.experiments.common import last_stage, measure, plan, plan_flops, train
-from growlm.experiments.framework import SeedContext, Study, cell, fmt, paired, register
+from growlm.experiments.framework import SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 
 BASE_STEPS = {"default": 250, "quick": 2}  # per base stage; the base has two (depth 2) on English + Russian
 NEW_STEPS = {"default": 250, "quick": 2}  # steps on the new data, the same for every arm (the expert: over 2 stages)
@@ -135,17 +135,20 @@ def run(ctx: SeedContext) -> list[dict]:
     return rows
 
 
-def verdict(summary: dict) -> list[tuple[str, str, str, str]]:
+def verdict(summary: dict) -> list[Verdict]:
     """Growth (and composition) against whole-model fine-tuning: less forgetting of EN/RU at comparable ZH bpc."""
     rows = []
     ft_forget, ft_zh = cell(summary, "forget_heldout", arm=FINETUNE), cell(summary, "heldout_bpc_zh", arm=FINETUNE)
-    claims = [(GROW, "Growing new layers adds a language with less forgetting than fine-tuning the whole model (v1 "
-                     "discussion: growth enables continual learning)"),
-              (GROW_FROZEN_HEAD, "Growing new layers with the LM head frozen (v1 section 3.2: only the new layer "
-                                 "trains) adds a language with less forgetting than fine-tuning the whole model")]
+    claims = [(GROW, "Growing new layers adds a language with less forgetting than fine-tuning the whole model",
+               "paper", "v1 §5.3 (continual learning by extending the core model with new layers)"),
+              (GROW_FROZEN_HEAD, "Growing new layers with the LM head frozen (only the new layer trains) adds a "
+                                 "language with less forgetting than fine-tuning the whole model", "paper",
+               "v1 §3.2 (only the newest layer trains) and §5.3")]
     claims += [(label, f"Adding a new expert ({label.split(', ')[1]}) adds a language with less forgetting than "
-                       "fine-tuning the whole model (v1 discussion)") for label in COMPOSED.values()]
-    for arm, claim in claims:
+                       "fine-tuning the whole model", "growlm" if "posterior" in label else "paper",
+                "" if "posterior" in label else "v1 §5.3 (adding new expert modules)")
+               for label in COMPOSED.values()]
+    for arm, claim, source, cite in claims:
         forget, zh = cell(summary, "forget_heldout", arm=arm), cell(summary, "heldout_bpc_zh", arm=arm)
         if not (forget and ft_forget and zh and ft_zh):
             continue
@@ -154,12 +157,13 @@ def verdict(summary: dict) -> list[tuple[str, str, str, str]]:
             continue
         less = d["ci95"] is not None and d["ci95"][1] < 0
         comparable = dz["mean"] <= 0.05 * ft_zh["mean"]
-        rows.append((claim, "qualitative: 'drastically reducing the risk of catastrophic forgetting' (no number)",
-                     f"EN/RU held-out bpc change from the base: {arm} {fmt(forget)} vs fine-tuning {fmt(ft_forget)} "
-                     f"(difference {fmt(d)}); ZH held-out bpc {fmt(zh)} vs {fmt(ft_zh)} (difference {fmt(dz)}); "
-                     "rule: reproduced if the forgetting difference's 95% interval lies below 0 and the ZH bpc is "
-                     "at most 5% above fine-tuning's", "reproduced" if less and comparable
-                     else "not reproduced at this scale"))
+        rows.append(Verdict(
+            claim, "qualitative: 'drastically reducing the risk of catastrophic forgetting' (no number)"
+            if source == "paper" else "–",
+            f"EN/RU held-out bpc change from the base: {arm} {fmt(forget)} vs fine-tuning {fmt(ft_forget)} "
+            f"(difference {fmt(d)}); ZH held-out bpc {fmt(zh)} vs {fmt(ft_zh)} (difference {fmt(dz)}); rule: "
+            "reproduced if the forgetting difference's 95% interval lies below 0 and the ZH bpc is at most 5% above "
+            "fine-tuning's", decide(less and comparable), source=source, cite=cite))
     return rows
 
 

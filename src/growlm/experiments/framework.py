@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from growlm.experiments.heldout import CURRENT as HELDOUT_VERSION
 from growlm.util.fileio import atomic_write_text, check_not_input
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond 30 the normal's 1.96 is within 4%
@@ -71,6 +72,30 @@ class SeedContext:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """One row of results.md's verdict tables: a claim, where it is stated, the paper's number, growlm's measurement
+    (with its rule) and the verdict.
+
+    ``source`` is ``"paper"`` for a claim of the paper (or of the author's prior paper, model cards or code: ``cite``
+    says which) and ``"growlm"`` for growlm's own hypotheses and controls, which get a table of their own."""
+
+    claim: str
+    paper: str  # the paper's number or words ("–" where it has none)
+    measured: str  # growlm's measurement and the rule that decides the verdict
+    verdict: str  # one of VERDICTS
+    source: str = "paper"  # "paper" | "growlm"
+    cite: str = ""  # where the claim is stated: "v1 §4.2, Fig. 4", "v3 abstract", "prior paper (arXiv 2507.04886)"
+
+
+VERDICTS = ("reproduced", "not reproduced at this scale", "not testable here", "not run yet")
+
+
+def decide(ok: bool) -> str:
+    """The verdict of a rule that holds (``ok``) or does not."""
+    return VERDICTS[0] if ok else VERDICTS[1]
+
+
+@dataclass(frozen=True)
 class Study:
     """A registered study: ``run(ctx) -> list of rows`` for one seed; the runner does the rest."""
 
@@ -83,9 +108,8 @@ class Study:
     plot_x: str | None = None  # a numeric key of ``group``: plot each metric against it, one line per other group
     notes: tuple[str, ...] = field(default_factory=tuple)  # method notes printed under the table
     paper: str = ""  # the paper's number for the claim (the "Does it reproduce the paper?" table)
-    # summary -> rows (claim, paper's number, growlm's measurement, verdict) for that table; verdict is one of
-    # "reproduced", "not reproduced at this scale", "not testable here"; the rule belongs in the measurement text
-    verdict: Callable[[dict], list[tuple[str, str, str, str]]] | None = None
+    # summary -> the verdict rows this study gives (``Verdict``); the rule belongs in the measurement text
+    verdict: Callable[[dict], list[Verdict]] | None = None
 
 
 STUDIES: dict[str, Study] = {}
@@ -225,7 +249,8 @@ def provenance(argv: list[str] | None = None) -> dict:
         pass
     return {"commit": commit, "dirty": dirty, "machine": f"{cpu}, {os.cpu_count()} cores, torch threads "
             f"{torch.get_num_threads()}", "python": platform.python_version(), "torch": torch.__version__,
-            "command": " ".join(["growlm", *(argv if argv is not None else sys.argv[1:])])}
+            "command": " ".join(["growlm", *(argv if argv is not None else sys.argv[1:])]),
+            "heldout_texts": HELDOUT_VERSION}
 
 
 # --------------------------------------------------------------------------- the runner
@@ -301,7 +326,8 @@ def markdown_table(summary: dict) -> str:
     for r in summary["rows"]:
         lines.append("| " + " | ".join([str(r[g]) for g in group] + [fmt(r.get(m)) for m in metrics]) + " |")
     lines += ["", f"commit `{summary['commit']}`{' (uncommitted changes)' if summary.get('dirty') else ''}; "
-              f"machine: {summary['machine']}; torch {summary['torch']}; command: `{summary['command']}`"]
+              f"machine: {summary['machine']}; torch {summary['torch']}; command: `{summary['command']}`; held-out "
+              f"texts {summary.get('heldout_texts', 'v1')}"]
     lines += [f"- {n}" for n in summary.get("notes", [])]
     return "\n".join(lines)
 

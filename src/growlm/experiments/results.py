@@ -8,33 +8,35 @@ with the command that makes it):
 - benchmark JSON: ``data/substrate_stats.json``, ``growth_speed.json``, ``residual_init.json``,
   ``data/prepare_speed.json`` (each names its own commit and machine where its script records them).
 
-The "Does it reproduce the paper?" table takes one row per claim: a study's ``verdict`` hook turns its summary into
-(measurement, verdict), a study without a summary gives "not run yet", and claims this scale cannot test say so.
+The verdicts come in two tables: the paper's own claims (where each is stated, the paper's number, growlm's
+measurement, the verdict; counted in the header) and growlm's own hypotheses and controls. A study's ``verdict`` hook
+turns its summary into ``Verdict`` rows, a study without a summary gives "not run yet", and claims this scale cannot
+test say so.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from growlm.experiments.framework import Study, fmt, load_studies, markdown_table, provenance
+from growlm.experiments.framework import VERDICTS, Study, Verdict, fmt, load_studies, markdown_table, provenance
 
 ORDER = ("substrates", "grown-vs-monolithic", "insertion-spike", "composition", "depth", "continual")
 DATA = Path("data") / "experiments"  # relative to the docs directory
 
-VERDICTS = ("reproduced", "not reproduced at this scale", "not testable here", "not run yet")
-
-# Claims no CPU-scale experiment can test, with the paper's number (text of arXiv 2507.07129 v2/v3).
+# Claims no CPU-scale experiment can test: (claim, where stated, the paper's number, why not here)
 NOT_TESTABLE = [
-    ("Grown 1 -> 6 layers, MMLU rises with depth (v2, d_model 4096, ~9B tokens)", "18.08% -> 21.63%",
-     "multiple-choice accuracy sits at chance at CPU scale; study 5 measures gold-answer bits per byte instead"),
-    ("SQuAD appears only at depth (v2)", "1.21% at 1 layer, 3.75% at 3, 5.55% at 6",
+    ("Grown 1 -> 6 layers, MMLU rises with depth (d_model 4096, ~9B tokens)", "v1 §4.2, Fig. 5-6",
+     "18.08% -> 21.63%",
+     "multiple-choice accuracy sits at chance at CPU scale; study depth measures gold-answer bits per byte instead"),
+    ("SQuAD appears only at depth", "v1 §4.2, Fig. 5", "1.21% at 1 layer, 3.75% at 3, 5.55% at 6",
      "extractive QA needs a model far beyond CPU scale"),
-    ("16-layer binary-substrate model after 68.9B tokens (v3)", "28.92% MMLU", "68.9B tokens"),
+    ("16-layer binary-substrate model after 68.9B tokens", "v3 abstract", "28.92% MMLU", "68.9B tokens"),
 ]
 
 
-def _params_rows() -> list[tuple[str, str, str, str]]:
+def _params_rows() -> list[Verdict]:
     """The paper's parameter counts, counted from growlm's code now (meta device, no memory)."""
     from growlm.model import Config
     from growlm.substrate.binary import code_bits
@@ -49,13 +51,13 @@ def _params_rows() -> list[tuple[str, str, str, str]]:
     ok9 = (round(b9["grown_active"] / m, 1), round(b9["frozen_interface"] / m, 1),
            round(b9["fully_trainable"] / m, 1)) == (105.0, 180.5, 247.6)
     ok16 = round(b16["author_total"] / m, 1) == 269.7
-    return [("Active trainable parameters, 9 layers at d_model 1024: grown (3 newest) / monolithic frozen / fully "
-             "trainable (v3)", "105.0M / 180.5M / 247.6M",
-             f"{got9} (`growlm params --preset paper --d-model 1024 --n-layer 9 --vocab bmp65k --train-newest 3`)",
-             VERDICTS[0] if ok9 else VERDICTS[1]),
-            ("16-layer binary-substrate model size, code table counted (v3)", "269.7M",
-             f"{b16['author_total'] / m:.1f}M (`growlm params --preset paper --d-model 1024 --n-layer 16 --vocab "
-             "bmp65k --substrate binary`)", VERDICTS[0] if ok16 else VERDICTS[1])]
+    return [Verdict("Active trainable parameters, 9 layers at d_model 1024: grown (3 newest) / monolithic frozen / "
+                    "fully trainable", "105.0M / 180.5M / 247.6M",
+                    f"{got9} (`growlm params --preset paper --d-model 1024 --n-layer 9 --vocab bmp65k --train-newest "
+                    "3`)", VERDICTS[0] if ok9 else VERDICTS[1], cite="v3 abstract"),
+            Verdict("16-layer binary-substrate model size, code table counted", "269.7M",
+                    f"{b16['author_total'] / m:.1f}M (`growlm params --preset paper --d-model 1024 --n-layer 16 "
+                    "--vocab bmp65k --substrate binary`)", VERDICTS[0] if ok16 else VERDICTS[1], cite="v3 abstract")]
 
 
 def _summaries(docs: Path, studies: dict[str, Study]) -> dict[str, dict]:
@@ -75,23 +77,42 @@ def _run_command(name: str) -> str:
     return f"growlm experiment {name} --out docs/{(DATA / name).as_posix()} --work runs/experiments/{name}"
 
 
-def reproduce_table(studies: dict[str, Study], summaries: dict[str, dict]) -> list[str]:
-    rows: list[tuple[str, str, str, str]] = []
+def verdict_rows(studies: dict[str, Study], summaries: dict[str, dict]) -> list[Verdict]:
+    """Every verdict row: each study's (or "not run yet"), the parameter counts and the claims not testable here."""
+    rows: list[Verdict] = []
     for name in _ordered(studies):
         s = studies[name]
         if name not in summaries:
-            rows.append((s.claim, s.paper or "–", f"not run yet (`{_run_command(name)}`)", VERDICTS[3]))
+            rows.append(Verdict(s.claim, s.paper or "–", f"not run yet (`{_run_command(name)}`)", VERDICTS[3]))
         elif s.verdict is None:
-            rows.append((s.claim, s.paper or "–", f"see [{name}](#{name})", "no verdict rule"))
+            rows.append(Verdict(s.claim, s.paper or "–", f"see [{name}](#{name})", "no verdict rule"))
         else:
-            for claim, paper, measured, verdict in s.verdict(summaries[name]):
+            for v in s.verdict(summaries[name]):
                 if summaries[name].get("quick"):
-                    measured, verdict = measured + " (quick shape only)", VERDICTS[3]
-                rows.append((claim, paper or "–", measured, verdict))
+                    v = replace(v, measured=v.measured + " (quick shape only)", verdict=VERDICTS[3])
+                rows.append(v)
     rows += _params_rows()
-    rows += [(c, p, why, VERDICTS[2]) for c, p, why in NOT_TESTABLE]
-    lines = ["| claim | paper | growlm, at its scale | verdict |", "|---|---|---|---|"]
-    lines += [f"| {c} | {p} | {m} | **{v}** |" for c, p, m, v in rows]
+    rows += [Verdict(c, p, why, VERDICTS[2], cite=cite) for c, cite, p, why in NOT_TESTABLE]
+    return rows
+
+
+def verdict_counts(rows: list[Verdict]) -> str:
+    """'N reproduced, M not reproduced at this scale, ...' over ``rows``."""
+    return ", ".join(f"{sum(r.verdict == v for r in rows)} {v}" for v in VERDICTS if any(r.verdict == v for r in rows))
+
+
+def reproduce_table(studies: dict[str, Study], summaries: dict[str, dict]) -> list[str]:
+    """The two verdict tables: the paper's claims (counted) and growlm's own hypotheses and controls."""
+    rows = verdict_rows(studies, summaries)
+    paper = [r for r in rows if r.source == "paper"]
+    own = [r for r in rows if r.source != "paper"]
+    lines = [f"### The paper's claims: {verdict_counts(paper)}", "",
+             "| claim | stated in | paper | growlm, at its scale | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r.claim} | {r.cite or '–'} | {r.paper} | {r.measured} | **{r.verdict}** |" for r in paper]
+    lines += ["", f"### growlm's own hypotheses and controls: {verdict_counts(own)}", "",
+              "Not claims of the paper: controls its argument needs, or readings stricter than its words.", "",
+              "| hypothesis | paper | growlm, at its scale | verdict |", "|---|---|---|---|"]
+    lines += [f"| {r.claim} | {r.paper} | {r.measured} | **{r.verdict}** |" for r in own]
     return lines
 
 
@@ -230,13 +251,18 @@ def render(docs: str | Path = "docs", argv: list[str] | None = None) -> str:
              "hand; rerun the command after adding data. Every table names the commit, machine and command that "
              "produced its data. Intervals are 95% t-intervals over seeds (mean ± half-width); bpc = bits per "
              "character, lower is better; \"held-out\" = the shipped public-domain texts that no training source "
-             "contains (src/growlm/experiments/heldout_texts/SOURCES.md).", "",
+             "contains (src/growlm/experiments/heldout_texts/SOURCES.md). Each study names the held-out texts it was "
+             "measured on: v1 = the earlier single passages (3,888 / 5,193 / 2,394 characters), v2 = the longer "
+             "texts (several documents per language) that later runs score, with the sampling error over documents "
+             "(heldout_doc_hw_LANG: the half-width of a 95% bootstrap interval over documents) beside the interval "
+             "over seeds.", "",
              f"Report written at commit `{prov['commit']}`{' (uncommitted changes)' if prov['dirty'] else ''}.", "",
              "## Does it reproduce the paper?", "",
-             "Each claim of arXiv 2507.07129 that growlm can measure, the paper's number, growlm's measurement at "
-             "CPU scale (a few hundred thousand tokens per run, d_model 64: far below the paper's) and a verdict by "
-             "the rule the study states. \"Not reproduced at this scale\" says what this scale shows, not what the "
-             "paper's scale would.", ""]
+             "Each claim of arXiv 2507.07129 that growlm can measure, where it is stated (v1 = the full text; v2 and "
+             "v3 = their abstracts; the prior paper = arXiv 2507.04886), the paper's number, growlm's measurement "
+             "at CPU scale (a few hundred thousand tokens per run, d_model 64: far below the paper's) and a verdict "
+             "by the rule the study states. \"Not reproduced at this scale\" says what this scale shows, not what "
+             "the paper's scale would. growlm's own hypotheses and controls are in a second table.", ""]
     lines += reproduce_table(studies, summaries)
     for name in _ordered(studies):
         s = studies[name]
