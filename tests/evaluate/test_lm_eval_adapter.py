@@ -42,3 +42,16 @@ def test_lm_eval_scores_a_growlm_model(tiny_model, tok, tmp_path, monkeypatch):
         assert [float(r[0][0]) for r in sample["resps"]] == pytest.approx(ours, abs=1e-4)
         hits.append(max(range(len(ours)), key=ours.__getitem__) == doc["gold"])
     assert len(hits) == 3 and res["growlm_tiny_mc"]["acc,none"] == pytest.approx(sum(hits) / len(hits))
+
+
+def test_adapter_takes_pretrained_like_lm_evals_hf_model(tiny_model, tmp_path):
+    from growlm.evaluate.lm_eval_adapter import GrowLMEval
+    from growlm.model.saved import save_model
+
+    model_dir = save_model(tiny_model, tmp_path / "model")
+    lm = GrowLMEval.create_from_arg_string(f"pretrained={model_dir}", {"batch_size": 2, "device": "cpu"})
+    assert lm.tokenizer_name and lm.loglikelihood([]) == []
+    with pytest.raises(ValueError, match="two models"):
+        GrowLMEval(path=str(model_dir), pretrained=str(tmp_path))
+    with pytest.raises(ValueError, match="pretrained=RUN_OR_MODEL_DIR"):
+        GrowLMEval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import warnings
 
+import lm_eval.models  # noqa: F401  lm-eval's own models first: it loads them only while its registry is empty
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -26,20 +27,25 @@ def _split_space(context: str, continuation: str) -> tuple[str, str]:
 
 @register_model("growlm")
 class GrowLMEval(LM):
-    """A growlm model or run directory (``path=``) as an lm-eval ``LM``."""
+    """A growlm model or run directory (``pretrained=`` as lm-eval's hf model names it, or ``path=``) as an lm-eval
+    ``LM``."""
 
     def __init__(self, path: str | None = None, batch_size: int | str = 64, max_length: int | None = None,
-                 device: str | None = None, model=None, tokenizer=None, **kwargs):
+                 device: str | None = None, model=None, tokenizer=None, pretrained: str | None = None, **kwargs):
         super().__init__()
         from growlm.model.saved import load_model, read_json, resolve_model_dir
         from growlm.substrate import Tokenizer
 
+        if path and pretrained and path != pretrained:
+            raise ValueError(f"model_args name two models: path={path} and pretrained={pretrained}; give one")
+        path = path or pretrained
         if device and device.startswith("cuda") and not torch.cuda.is_available():
             warnings.warn(f"device {device!r} requested but CUDA is unavailable; using cpu", stacklevel=2)
             device = "cpu"
         if model is None:
             if not path:
-                raise ValueError("growlm needs model_args path=RUN_OR_MODEL_DIR (e.g. --model_args path=runs/demo)")
+                raise ValueError("growlm needs model_args pretrained=RUN_OR_MODEL_DIR "
+                                 "(e.g. --model_args pretrained=runs/demo/grow)")
             d = resolve_model_dir(path)
             model = load_model(d, map_location=device or "cpu")
             tokenizer = Tokenizer.load(read_json(d / "model.json")["substrate"]["vocab"])
