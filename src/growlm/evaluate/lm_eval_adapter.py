@@ -1,8 +1,9 @@
-"""lm-evaluation-harness model ``growlm``: ``lm_eval --model growlm --model_args path=RUN --tasks ...``.
+"""lm-evaluation-harness model ``growlm``: ``lm_eval --model growlm --model_args pretrained=RUN --tasks ...``.
 
-lm-eval 0.4.13 finds models only in its own registry (it does not read the ``lm_eval.models`` entry point), so this
-module registers ``growlm`` on import. Use ``python -m growlm.evaluate.lm_eval_adapter ARGS`` (the ``lm_eval``
-command line with ``growlm`` registered), or import this module before ``lm_eval.simple_evaluate(model="growlm")``.
+lm-eval 0.4.13 finds models only in its own registry (it does not read the ``lm_eval.models`` entry point): the
+``growlm-lm-eval.pth`` that growlm installs registers ``growlm`` whenever lm-eval loads its models (see
+``_growlm_lm_eval``), and importing this module registers it too. ``python -m growlm.evaluate.lm_eval_adapter ARGS``
+is the ``lm_eval`` command line with growlm's tasks (``growlm.evaluate.lm_eval_tasks``) on its include path.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import sys
 import warnings
 
-import lm_eval.models  # noqa: F401  lm-eval's own models first: it loads them only while its registry is empty
 import torch
 from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
+from _growlm_lm_eval import register
 from growlm.evaluate.scorer import Scorer
 
 
@@ -25,7 +25,6 @@ def _split_space(context: str, continuation: str) -> tuple[str, str]:
     return (context[:-n], context[-n:] + continuation) if n else (context, continuation)
 
 
-@register_model("growlm")
 class GrowLMEval(LM):
     """A growlm model or run directory (``pretrained=`` as lm-eval's hf model names it, or ``path=``) as an lm-eval
     ``LM``."""
@@ -95,12 +94,20 @@ class GrowLMEval(LM):
         return out
 
 
+register()  # a lazy entry naming this module: the same class whether or not the .pth registered it first
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The ``lm_eval`` command line with ``growlm`` registered."""
+    """The ``lm_eval`` command line with ``growlm`` registered and growlm's tasks included (unless
+    ``--include_path`` names another folder)."""
     from lm_eval.__main__ import cli_evaluate
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
+    from growlm.evaluate.lm_eval_tasks import TASKS_DIR
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--include_path" or a.startswith("--include_path=") for a in args) and len(args) > 1:
+        args += ["--include_path", str(TASKS_DIR)]
+    sys.argv = [sys.argv[0], *args]
     cli_evaluate()
 
 
