@@ -9,7 +9,6 @@ counts the demo's model FLOPs from the same recipes before anything runs (``grow
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -17,8 +16,6 @@ from pathlib import Path
 import torch
 
 from growlm.data.tokens import open_data
-from growlm.model.composition import compose
-from growlm.model.composition_methods import METHODS
 from growlm.model.saved import load_model, save_model
 from growlm.training import flops
 from growlm.training.budget import (
@@ -31,9 +28,8 @@ from growlm.training.budget import (
     validation_bound,
     validation_windows,
 )
-from growlm.training.compose_plan import expert_recipe, load_compose_recipe
-from growlm.training.finetune import finetune
-from growlm.training.plan import Recipe
+from growlm.training.compose_plan import ComposePipeline, load_compose_recipe
+from growlm.training.plan import Recipe, TrainSpec
 from growlm.training.run import grow
 from growlm.training.validation import validate
 from growlm.util.fileio import claim_output_dir
@@ -45,85 +41,77 @@ def demo_budget(grow_recipe: str = "demo", compose_recipe: str = "compose-demo",
 
     ``exact``: validation is counted on the token files (``data``, opened from the recipe when None; the
     embedded corpus is tokenised on first use); otherwise as ``val_tokens`` per language, an upper bound.
+    The composition's parts are counted from the pipeline ``compose_experiment`` runs.
     """
     from growlm.data.tokens import open_data
     from growlm.model.sampling import SAMPLE_MAX_TOKENS, SAMPLE_PROMPT
     from growlm.substrate import Tokenizer
-    from growlm.training.compose_plan import load_compose_recipe
 
     recipe = Recipe.load(grow_recipe)
-    spec = load_compose_recipe(compose_recipe)
-    base = Recipe.load(spec.expert_recipe)
-    if base.data.path != recipe.data.path:
-        raise ValueError(f"the demo's expert recipe reads {base.data.path!r}, its growth recipe "
+    pipeline = ComposePipeline.from_recipe(load_compose_recipe(compose_recipe))
+    expert_data = {e.recipe.data.path for e in pipeline.experts}
+    if expert_data != {recipe.data.path}:
+        raise ValueError(f"the demo's expert recipe reads {sorted(expert_data)}, its growth recipe "
                          f"{recipe.data.path!r}; the budget counts one data set")
     vocab = recipe.substrate.get("vocab", "compact")
     if exact:
         data = data or open_data(recipe.data.path, vocab)
-        windows, comp_windows = validation_windows(data, recipe.train), validation_windows(data, base.train)
+        windows, comp_windows = validation_windows(data, recipe.train), validation_windows(data, pipeline.train)
     else:
         langs = data.languages if data is not None else data_languages(recipe.data.path)
-        windows, comp_windows = validation_bound(langs, recipe.train), validation_bound(langs, base.train)
+        windows, comp_windows = validation_bound(langs, recipe.train), validation_bound(langs, pipeline.train)
     grow, depths = grow_part(recipe, windows)
     prompt = len(Tokenizer.load(vocab).encode(SAMPLE_PROMPT))
-    return Budget([grow, samples_part(depths, prompt, SAMPLE_MAX_TOKENS), *composition_parts(spec, comp_windows),
+    return Budget([grow, samples_part(depths, prompt, SAMPLE_MAX_TOKENS), *composition_parts(pipeline, comp_windows),
                    Part("report")])
 
 
 def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = True, log=print) -> dict:
     """Grow the experts, compose them by each method, fine-tune the trainable ones; write a bpc table.
 
-    The table's ``timings`` gives the seconds of each part: ``experts`` (their growth, stage-end validation
-    included), ``composition`` (evaluating the composed models that are not fine-tuned) and ``fine-tuning``
-    (whose validation before the first step is the composed model's row). An expert's row is its run's last
-    validation, read back rather than computed again.
+    The steps are the recipe's ``ComposePipeline`` (the one ``demo_budget`` counts). The table's ``timings`` gives
+    the seconds of each part: ``experts`` (their growth, stage-end validation included), ``composition``
+    (evaluating the composed models that are not fine-tuned) and ``fine-tuning`` (whose validation before the
+    first step is the composed model's row). An expert's row is its run's last validation, read back rather than
+    computed again.
     """
     spec = load_compose_recipe(recipe)
+    pipeline = ComposePipeline.from_recipe(spec)
     out = claim_output_dir(out, "compose-study", legacy=_is_legacy_study)  # before anything trains
-    base = Recipe.load(spec.expert_recipe)
-    opts = spec.compose
     t0 = time.perf_counter()
     timings = {"experts": 0.0, "composition": 0.0, "fine-tuning": 0.0}
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where grow() trained the experts
-    experts, rows = [], []
+    models, rows = {}, []
     data = None
-    for name, mixture in spec.experts.items():
+    for ex in pipeline.experts:
         t = time.perf_counter()
-        run = out / f"expert-{name}"
-        r = expert_recipe(base, name, mixture)
+        run = out / f"expert-{ex.name}"
         if not (run / "model" / "model.json").exists():
-            log(f"== expert {name}: mixture {mixture}")
-            grow(r, run, resume=(run / "checkpoints").exists(), progress=progress, log=log)
+            log(f"== expert {ex.name}: mixture {spec.experts[ex.name]}")
+            grow(ex.recipe, run, resume=(run / "checkpoints").exists(), progress=progress, log=log)
         model = load_model(run).to(device)
-        data = data or open_data(r.data.path, model.substrate_spec["vocab"])
-        experts.append((name, model))
-        rows.append({"name": name, "kind": "expert", **(_last_validation(run, model) or _bpc(model, data, r))})
-        log(f"expert {name}: bits/char {rows[-1]['bpc']}")
+        data = data or open_data(ex.recipe.data.path, model.substrate_spec["vocab"])
+        models[ex.name] = model
+        rows.append({"name": ex.name, "kind": "expert",
+                     **(_last_validation(run, model) or _bpc(model, data, pipeline.train))})
+        log(f"expert {ex.name}: bits/char {rows[-1]['bpc']}")
         timings["experts"] += time.perf_counter() - t
-    train = base.train
-    for method in opts.methods:
+    for step in pipeline.steps:
         t = time.perf_counter()
-        tuned = method in opts.finetune
-        heads = opts.train_heads and tuned
-        members = [copy.deepcopy(m) if heads else m for _, m in experts]  # fine-tuned heads stay out of the rest
-        composed = compose(members, method=method, rank=opts.rank, train_heads=heads,
-                           window=opts.window if METHODS[method].windowed else 0,
-                           names=[n for n, _ in experts])
-        label = f"{method}({'+'.join(n for n, _ in experts)})"
-        save_model(composed, out / f"composed-{method}")
-        if not tuned:
-            rows.append({"name": label, "kind": "composed", **_bpc(composed, data, base)})
-            log(f"composed {label}: bits/char {rows[-1]['bpc']}")
+        composed = pipeline.build(step, models)
+        save_model(composed, out / f"composed-{step.method}")
+        if not step.finetuned:
+            rows.append({"name": step.label, "kind": "composed", **_bpc(composed, data, pipeline.train)})
+            log(f"composed {step.label}: bits/char {rows[-1]['bpc']}")
             timings["composition"] += time.perf_counter() - t
             continue
-        res = finetune(composed, data, out / f"finetuned-{method}", opts.finetune_steps, train,
-                       lr=opts.lr_for(method), progress=progress, log=log)
+        res = pipeline.finetune(step, composed, data, out / f"finetuned-{step.method}", progress=progress, log=log)
         before = res["before"]  # the composed model as composed: its validation before the first step
-        rows.append({"name": label, "kind": "composed", "bpc": before["val_bpc"], "val_loss": before["val_loss"]})
-        log(f"composed {label}: bits/char {rows[-1]['bpc']}")
-        rows.append({"name": f"{label} + fine-tune", "kind": "finetuned", "bpc": res["after"]["val_bpc"],
+        rows.append({"name": step.label, "kind": "composed", "bpc": before["val_bpc"], "val_loss": before["val_loss"]})
+        log(f"composed {step.label}: bits/char {rows[-1]['bpc']}")
+        rows.append({"name": f"{step.label} + fine-tune", "kind": "finetuned", "bpc": res["after"]["val_bpc"],
                      "val_loss": res["after"]["val_loss"], "step0_val_loss": before["val_loss"]})
-        log(f"fine-tuned {label}: bits/char {rows[-1]['bpc']}")
+        log(f"fine-tuned {step.label}: bits/char {rows[-1]['bpc']}")
         timings["fine-tuning"] += time.perf_counter() - t
     table = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1), "recipe": spec.name,
              "timings": {k: round(v, 1) for k, v in timings.items()}}
@@ -142,8 +130,8 @@ def _last_validation(run: Path, model) -> dict | None:
     return {"bpc": ends[-1]["val_bpc"], "val_loss": ends[-1]["val_loss"]}
 
 
-def _bpc(model, data, recipe: Recipe) -> dict:
-    v = validate(model, data, recipe.train, next(model.parameters()).device)
+def _bpc(model, data, train: TrainSpec) -> dict:
+    v = validate(model, data, train, next(model.parameters()).device)
     return {"bpc": v["val_bpc"], "val_loss": v["val_loss"]}
 
 

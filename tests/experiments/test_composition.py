@@ -69,3 +69,17 @@ def test_composition_quick_models_behave(study, tiny_data):
     assert torch.allclose(w[:, 0], torch.full((2, 2), 0.5, dtype=w.dtype))  # position 0: the prior
     with torch.no_grad():
         assert torch.allclose(compose([a, load_model(last_stage(work / "expert-en-ru")).eval()])(x), a(x), atol=1e-5)
+
+
+def test_the_study_runs_one_pipeline_at_its_own_rates(tmp_path):
+    from growlm.experiments.composition import COMPOSITIONS, FINETUNE_LR, FINETUNED, methods, pipeline
+    from growlm.experiments.framework import SeedContext
+
+    ctx = SeedContext(seed=0, quick=True, work=tmp_path, data="default", log=lambda *a: None, progress=False)
+    p = pipeline(ctx)
+    assert [e.name for e in p.experts] == ["en+ru", "en+zh", "ru+zh"] and p.seed == p.train.seed
+    assert [(", ".join(s.experts), s.label) for s in p.steps] == [(c, label) for c in COMPOSITIONS
+                                                                  for label, _, _ in methods("quick")]
+    for s in p.steps:
+        assert s.finetuned == (s.method in FINETUNED) and s.lr == FINETUNE_LR.get(s.method)
+        assert (s.mixture is not None) == s.finetuned and not s.train_heads

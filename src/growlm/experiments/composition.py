@@ -10,11 +10,16 @@ validation split of each language and the shipped held-out texts, in bits per ch
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from growlm.experiments.common import DOC_METRICS, heldout_row, last_stage, plan, plan_flops, size, train
 from growlm.experiments.framework import SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 from growlm.experiments.heldout import LANGUAGES, heldout_scores
+
+if TYPE_CHECKING:
+    from growlm.training.compose_plan import ComposePipeline
 
 DEPTH = {"default": 2, "quick": 1}  # growth stages per expert, one block each
 STAGE_STEPS = {"default": 200, "quick": 2}
@@ -24,6 +29,7 @@ WINDOW = {"default": 16, "quick": 4}  # the sliding-window posterior's tokens (s
 
 # expert name -> data mixture (languages of the embedded corpus, equal weights)
 EXPERTS = {"en+ru": {"en": 1.0, "ru": 1.0}, "en+zh": {"en": 1.0, "zh": 1.0}, "ru+zh": {"ru": 1.0, "zh": 1.0}}
+# row label (the member names joined by ", ") -> members
 COMPOSITIONS = {"en+ru, en+zh": ("en+ru", "en+zh"), "en+ru, en+zh, ru+zh": ("en+ru", "en+zh", "ru+zh")}
 PAIR = "en+ru, en+zh"
 FINETUNED = ("adapter", "router")
@@ -80,18 +86,32 @@ def finetune_flops(model, raw: dict, steps: int) -> float:
     return counted_flops(model, seq, model.vocab_size).total * seq * batch * steps
 
 
-def run(ctx: SeedContext) -> list[dict]:
-    from growlm.data.tokens import open_data
-    from growlm.model.composition import compose
-    from growlm.model.saved import load_model
-    from growlm.training.finetune import finetune
+def pipeline(ctx: SeedContext) -> ComposePipeline:
+    """The study's grow -> compose -> fine-tune steps: every expert, then each composition by every method; the
+    FINETUNED methods fine-tuned on all three languages at the study's own rates (FINETUNE_LR)."""
+    from growlm.training.compose_plan import ComposePipeline, ComposeStep, ExpertStep
     from growlm.training.plan import Recipe
 
     shape = "quick" if ctx.quick else "default"
+    experts = [ExpertStep(name, Recipe.from_dict(expert_plan(ctx, name))) for name in EXPERTS]
+    steps = [ComposeStep(label=row_label, experts=tuple(names), method=method, window=window,
+                         finetune_steps=FINETUNE_STEPS[shape] if method in FINETUNED else 0,
+                         lr=FINETUNE_LR.get(method), mixture={lang: 1.0 for lang in LANGUAGES} if method in FINETUNED
+                         else None)
+             for names in COMPOSITIONS.values() for row_label, method, window in methods(shape)]
+    train_spec = experts[0].recipe.train  # the shared shape: sequence length, batch, validation, seed
+    return ComposePipeline(experts, steps, train_spec, seed=train_spec.seed)  # seeded: the adapter's projection
+
+
+def run(ctx: SeedContext) -> list[dict]:
+    from growlm.data.tokens import open_data
+    from growlm.model.saved import load_model
+
+    plan_ = pipeline(ctx)
     experts, rows, by_name = {}, [], {}
     data = None
-    for name in EXPERTS:
-        raw = expert_plan(ctx, name)
+    for ex in plan_.experts:
+        name, raw = ex.name, ex.recipe.raw
         run_dir = train(ctx, raw, f"expert-{name.replace('+', '-')}")
         experts[name] = load_model(last_stage(run_dir)).eval()
         data = data or open_data(ctx.data, raw["substrate"]["vocab"])
@@ -99,32 +119,27 @@ def run(ctx: SeedContext) -> list[dict]:
         ctx.log(f"composition seed {ctx.seed} expert {name}: val bpc {row['val_bpc']}, held-out {row['heldout_bpc']}")
         rows.append(row)
         by_name[name] = row
-    raw = expert_plan(ctx, "en+ru")  # the shared shape: sequence length, batch, validation, seed
-    spec = Recipe.from_dict(raw).train
-    steps = FINETUNE_STEPS[shape]
-    for label, names in COMPOSITIONS.items():
-        members = [experts[n] for n in names]
-        for row_label, method, window in methods(shape):
-            torch.manual_seed(spec.seed)  # the adapter's random projection
-            model = compose(members, method, window=window, names=list(names))
-            flops = 0.0
-            if method in FINETUNED:
-                out = ctx.work / f"finetune-{method}-{len(names)}"
-                flops = finetune_flops(model, raw, steps)
-                if (out / "model" / "model.json").exists():
-                    model = load_model(out / "model")
-                else:
-                    ctx.log(f"-- fine-tune {method} ({label})")
-                    finetune(model, data, out, steps, spec, lr=FINETUNE_LR[method],
-                             mixture={lang: 1.0 for lang in LANGUAGES}, progress=False, log=lambda *a, **k: None,
-                             validation=False)  # scored below, as every other row
-            row = {"experts": label, "method": row_label, **score(ctx, model, data, raw)}
-            row.update(gaps(row, [by_name[n] for n in names]))
-            row["train_flops"] = flops
-            ctx.log(f"composition seed {ctx.seed} {row_label} ({label}): val bpc {row['val_bpc']}, held-out "
-                    f"{row['heldout_bpc']}, worst gap to the best expert {row['gap_val']:+.2%} (val), "
-                    f"{row['gap_heldout']:+.2%} (held-out)")
-            rows.append(row)
+    raw = plan_.experts[0].recipe.raw  # the shared shape, as a dict (scoring, fine-tune FLOPs)
+    for step in plan_.steps:
+        label, names = ", ".join(step.experts), step.experts
+        model = plan_.build(step, experts)
+        flops = 0.0
+        if step.finetuned:
+            out = ctx.work / f"finetune-{step.method}-{len(names)}"
+            flops = finetune_flops(model, raw, step.finetune_steps)
+            if (out / "model" / "model.json").exists():
+                model = load_model(out / "model")
+            else:
+                ctx.log(f"-- fine-tune {step.method} ({label})")
+                plan_.finetune(step, model, data, out, progress=False, log=lambda *a, **k: None,
+                               validation=False)  # scored below, as every other row
+        row = {"experts": label, "method": step.label, **score(ctx, model, data, raw)}
+        row.update(gaps(row, [by_name[n] for n in names]))
+        row["train_flops"] = flops
+        ctx.log(f"composition seed {ctx.seed} {step.label} ({label}): val bpc {row['val_bpc']}, held-out "
+                f"{row['heldout_bpc']}, worst gap to the best expert {row['gap_val']:+.2%} (val), "
+                f"{row['gap_heldout']:+.2%} (held-out)")
+        rows.append(row)
     return rows
 
 

@@ -30,7 +30,7 @@ from growlm.training import flops, plan, stages
 from growlm.training.plan import Recipe
 
 if TYPE_CHECKING:
-    from growlm.training.compose_plan import ComposeRecipe
+    from growlm.training.compose_plan import ComposePipeline
 
 TERA = 1e12
 
@@ -217,40 +217,35 @@ def composed_step_flops(model: nn.Module, seq_len: int) -> float:
     return fwd + model.combiner.backward_flops(model, heads)
 
 
-def composition_parts(spec: ComposeRecipe, data_windows: list[int]) -> list[Part]:
-    """The experts' growth and the composition's evaluation and fine-tuning, from a composition recipe."""
-    from growlm.model.composition import compose
-    from growlm.training.compose_plan import expert_recipe
-
-    base = Recipe.load(spec.expert_recipe)
-    opts = spec.compose
-    experts_part, finals = Part("experts"), []
-    for name, mixture in spec.experts.items():
-        part, depths = grow_part(expert_recipe(base, name, mixture), data_windows, name)
+def composition_parts(pipeline: ComposePipeline, data_windows: list[int]) -> list[Part]:
+    """The experts' growth and the compositions' evaluation and fine-tuning: the steps of ``pipeline``, the one
+    ``growlm.demo.compose_experiment`` runs."""
+    experts_part, finals = Part("experts"), {}
+    for ex in pipeline.experts:
+        part, depths = grow_part(ex.recipe, data_windows, ex.name)
         for item in part.items:
             what = item.pop("what")
-            experts_part.add(what, item.pop("flops"), validation=what == "validate", expert=name, **item)
-        finals.append(depths[-1])
-    # an expert's row is its run's last validation (counted above); a fine-tuned method's composed row is the
+            experts_part.add(what, item.pop("flops"), validation=what == "validate", expert=ex.name, **item)
+        finals[ex.name] = depths[-1]
+    # an expert's row is its run's last validation (counted above); a fine-tuned step's composed row is the
     # fine-tune's validation before its first step (``compose_experiment``)
     evaluate, tune = Part("composition"), Part("fine-tuning")
-    steps = opts.finetune_steps
+    train = pipeline.train
     with torch.device("meta"):
-        for method in opts.methods:
-            heads = opts.train_heads and method in opts.finetune
-            members = [copy.deepcopy(m) for m in finals]
-            composed = compose(members, method=method, rank=opts.rank, train_heads=heads)
+        for step in pipeline.steps:
+            composed = pipeline.build(step, {n: copy.deepcopy(m) for n, m in finals.items()})
             val = forward_flops(composed, data_windows)
-            if method not in opts.finetune:
-                evaluate.add("validate composed", val, validation=True, method=method)
+            if not step.finetuned:
+                evaluate.add("validate composed", val, validation=True, method=step.method)
                 continue
-            tokens = steps * _tokens_per_step(base)
-            per_token = composed_step_flops(composed, base.train.seq_len)
-            tune.add("train", per_token * tokens, method=method, steps=steps, tokens=tokens,
+            steps = step.finetune_steps
+            tokens = steps * train.batch_size * train.seq_len  # what the trainer counts per optimiser step
+            per_token = composed_step_flops(composed, train.seq_len)
+            tune.add("train", per_token * tokens, method=step.method, steps=steps, tokens=tokens,
                      flops_per_token=per_token)
-            ve = base.train.val_every  # before the first step, every val_every steps, after the last
+            ve = train.val_every  # before the first step, every val_every steps, after the last
             passes = 2 + sum(1 for s in range(1, steps) if ve and s % ve == 0)
-            tune.add("validate", passes * val, validation=True, method=method, passes=passes)
+            tune.add("validate", passes * val, validation=True, method=step.method, passes=passes)
     return [experts_part, evaluate, tune]
 
 

@@ -1,7 +1,11 @@
-"""The composition recipe: two or more experts grown from one plan on different mixtures, then composed.
+"""The composition recipe and the one definition of "grow -> compose -> fine-tune" (``ComposePipeline``).
 
 A composition recipe (``recipes/compose-*.toml``) names an expert recipe, the experts' data mixtures and a
-``[compose]`` table (``ComposeOptions``: methods, which to fine-tune, steps, rates, rank, window).
+``[compose]`` table (``ComposeOptions``: methods, which to fine-tune, steps, rates, rank, window). A
+``ComposePipeline`` is what runs: the experts with their growth plans, then the composed models with their
+options and fine-tunes, as a list of steps. ``growlm demo`` / ``compose-study`` (``growlm.demo``) run the one
+built from a recipe, the composition study (``growlm.experiments.composition``) builds its own, and the FLOP
+budget (``growlm.training.budget.composition_parts``) counts the same steps.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
+
+from growlm.model.composition import ComposedLM, compose
 from growlm.model.composition_methods import METHODS, either, names_where
-from growlm.training.plan import Recipe, resolve_recipe
+from growlm.training.plan import Recipe, TrainSpec, resolve_recipe
 from growlm.util.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
 
 COMPOSE_KEYS = {"name", "description", "expert_recipe", "experts", "compose"}
@@ -105,3 +112,71 @@ def expert_recipe(base: Recipe, name: str, mixture: dict[str, float]) -> Recipe:
     for st in raw["stages"]:
         st["mixture"] = "expert"
     return Recipe.from_dict(raw)
+
+
+@dataclass(frozen=True)
+class ExpertStep:
+    """One expert of a pipeline: its name and its growth plan."""
+
+    name: str
+    recipe: Recipe
+
+
+@dataclass(frozen=True)
+class ComposeStep:
+    """One composed model of a pipeline: which experts, how they are combined, and its fine-tune (0 steps: none)."""
+
+    label: str  # the model's row in the results
+    experts: tuple[str, ...]  # names of ``ExpertStep``s, in order
+    method: str
+    window: int = 0
+    rank: int = ComposeOptions.rank
+    train_heads: bool = False  # the experts' heads train in the fine-tune (on copies, not the shared experts)
+    finetune_steps: int = 0
+    lr: float | None = None  # None: finetune's default (the train spec's rate)
+    mixture: dict[str, float] | None = None  # the fine-tune's data mixture (None: finetune's default)
+
+    @property
+    def finetuned(self) -> bool:
+        return self.finetune_steps > 0
+
+
+@dataclass
+class ComposePipeline:
+    """Grow the experts, compose them step by step, fine-tune the steps that say so: the sequence as data.
+
+    ``train`` is the fine-tunes' and the scoring's shape (batch, sequence length, validation); ``seed``, when set,
+    seeds torch before each composition is built (the adapter's random projection).
+    """
+
+    experts: list[ExpertStep]
+    steps: list[ComposeStep]
+    train: TrainSpec
+    seed: int | None = None
+
+    @classmethod
+    def from_recipe(cls, spec: ComposeRecipe) -> ComposePipeline:
+        """The recipe's experts, each on its mixture, composed by each of its methods; its ``finetune`` ones tuned."""
+        base, o = Recipe.load(spec.expert_recipe), spec.compose
+        names = tuple(spec.experts)
+        steps = [ComposeStep(label=f"{m}({'+'.join(names)})", experts=names, method=m,
+                             window=o.window if METHODS[m].windowed else 0, rank=o.rank,
+                             train_heads=o.train_heads and m in o.finetune,
+                             finetune_steps=o.finetune_steps if m in o.finetune else 0, lr=o.lr_for(m))
+                 for m in o.methods]
+        return cls([ExpertStep(n, expert_recipe(base, n, mix)) for n, mix in spec.experts.items()], steps, base.train)
+
+    def build(self, step: ComposeStep, models: dict) -> ComposedLM:
+        """The composed model of ``step`` from the trained experts (by name); experts whose heads will train are
+        copied, so the other steps keep theirs."""
+        members = [copy.deepcopy(models[n]) if step.train_heads else models[n] for n in step.experts]
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        return compose(members, step.method, rank=step.rank, train_heads=step.train_heads, window=step.window,
+                       names=list(step.experts))
+
+    def finetune(self, step: ComposeStep, model: ComposedLM, data, out: str | Path, **kw) -> dict:
+        """Fine-tune ``step``'s composed model (``growlm.training.finetune.finetune``; kw: progress, log, ...)."""
+        from growlm.training.finetune import finetune
+
+        return finetune(model, data, out, step.finetune_steps, self.train, lr=step.lr, mixture=step.mixture, **kw)
