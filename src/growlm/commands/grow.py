@@ -22,7 +22,7 @@ def _grow(args: argparse.Namespace) -> int:
         raise ValueError("give either --out (new run) or --resume (continue a run), not both")
     if args.resume:
         check_run_exists(args.resume)
-    recipe = Recipe.load(args.recipe) if args.recipe else Recipe.load(f"{args.resume}/plan.json")
+    recipe = Recipe.load(args.recipe or f"{args.resume}/plan.json", overrides=args.set)
     path = grow(recipe, run, resume=bool(args.resume), device=args.device, progress=not args.no_progress)
     print(f"final model: {path}")
     return 0
@@ -32,7 +32,7 @@ def _plan(args: argparse.Namespace) -> int:
     from growlm.training.plan import Recipe
     from growlm.training.stages import plan_budgets
 
-    recipe = Recipe.load(args.recipe)
+    recipe = Recipe.load(args.recipe, overrides=args.set)
     print(json.dumps({"recipe": recipe.name, "config": recipe.config().to_dict(), "stages": plan_budgets(recipe)},
                      indent=1))
     return 0
@@ -46,9 +46,17 @@ def _prepare(args: argparse.Namespace) -> int:
                       doc_chars=args.doc_chars)
     meta = prepare(args.corpus, args.out, vocab=args.vocab, val_fraction=args.val_fraction,
                    text_field=args.text_field, skip_bad=args.skip_bad, split=split,
-                   log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress)
+                   log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress, hub_split=args.hub_split)
     print(json.dumps({"out": args.out, "vocab": meta["vocab"], "dtype": meta["dtype"], "shards": len(meta["shards"]),
                       "skipped": meta["skipped"]["count"], "languages": meta["languages"]}, indent=1))
+    return 0
+
+
+def _init_recipe(args: argparse.Namespace) -> int:
+    from growlm.training.plan import recipe_from_template
+
+    out = recipe_from_template(args.template, args.out, data=args.data)
+    print(f"wrote {out} (from the shipped recipe {args.template!r}); run it with: growlm grow {out} --out runs/NAME")
     return 0
 
 
@@ -61,6 +69,12 @@ def _corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, checked as the file is and recorded in the run's plan.json "
+                        "(repeatable): --set train.lr=1e-3 --set stages.1.steps=50 --set data.path=data/mine")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("grow", help="run a growth plan (a TOML recipe) into a run directory, or resume one")
     p.add_argument("recipe", nargs="?", help="recipe file or shipped name (demo, paper-v1-grow6, ...); "
@@ -68,18 +82,28 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="new run directory (missing or empty; or a run that stopped before its first "
                    "checkpoint, started over)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
+    _add_set(p)
     add_device(p)
     add_no_progress(p)
     p.set_defaults(func=_grow)
 
     p = sub.add_parser("plan", help="parse a recipe and print every stage's active-parameter budget")
     p.add_argument("recipe", help="recipe file or shipped name")
+    _add_set(p)
     p.set_defaults(func=_plan)
+
+    p = sub.add_parser("init-recipe", help="start a recipe of your own from a shipped one (copied with its comments)")
+    p.add_argument("out", metavar="OUT.toml", help="the new recipe file (must not exist)")
+    p.add_argument("--from", dest="template", default="demo", help="shipped recipe to start from (growlm plan NAME "
+                   "shows one; the names are listed when one is not found)")
+    p.add_argument("--data", help="set [data] path to this `growlm prepare` directory (default: keep the template's)")
+    p.set_defaults(func=_init_recipe)
 
     p = sub.add_parser("prepare", help="tokenise a corpus once into sharded, memory-mapped token files "
                        "(re-run the same command to resume an interrupted one)")
-    p.add_argument("corpus", nargs="?", help="a folder of .txt, .jsonl (.gz, .zst) and .parquet files, or one file "
-                   "(default: the embedded corpus)")
+    p.add_argument("corpus", nargs="?", help="a folder of .txt, .jsonl (.gz, .zst), .parquet and .arrow files "
+                   "(a `datasets` save_to_disk folder is one), or one file, or hf:NAME[:CONFIG] for a Hugging Face hub "
+                   "dataset, downloaded by `datasets` (default: the embedded corpus)")
     p.add_argument("--out", required=True, help="new or empty directory (or an interrupted preparation to resume)")
     p.add_argument("--vocab", default="compact", help="vocabulary to tokenise with (growlm tokenize --help lists them)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out for validation")
@@ -90,6 +114,7 @@ def add_parser(sub) -> None:
                         "lines (else line breaks, else spaces); 0 = every .txt file is one document")
     p.add_argument("--doc-separator", metavar="SEP",
                    help="instead, end a .txt document at every SEP (e.g. '<|endoftext|>'; '\\f' for a form feed)")
+    p.add_argument("--hub-split", default="train", help="with hf:NAME, the split to prepare")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out documents that are not UTF-8 or not valid JSON, counting them (else: stop)")
     add_no_progress(p)

@@ -141,7 +141,9 @@ def pack_records(records: Iterable[str], target: int, sep: str = "\n\n") -> list
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 PARQUET_SUFFIXES = (".parquet",)
-CORPUS_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+ARROW_SUFFIXES = (".arrow",)  # Arrow IPC files, as Hugging Face ``datasets`` writes them (save_to_disk, its cache)
+TABLE_SUFFIXES = PARQUET_SUFFIXES + ARROW_SUFFIXES
+CORPUS_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + TABLE_SUFFIXES
 
 
 class BadDocument(ValueError):
@@ -278,8 +280,10 @@ def default_corpus_dir() -> Path:
     return Path(__file__).resolve().parent / "default_corpus"
 
 
-def corpus_files(path_or_dir: str | Path) -> list[Path]:
-    """The corpus files under a directory (sorted), or the file itself."""
+def corpus_files(path_or_dir: str | Path, files: list[Path] | None = None) -> list[Path]:
+    """The corpus files under a directory (sorted), or the file itself; ``files`` given: those."""
+    if files is not None:
+        return list(files)
     root = Path(path_or_dir)
     if root.is_dir():
         return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(CORPUS_SUFFIXES))
@@ -381,19 +385,43 @@ def _jsonl_docs(f: BinaryIO, rel: str, file_lang: str | None, skip_to: int, text
             yield i, e
 
 
-def _parquet_docs(path: Path, rel: str, file_lang: str | None, text_field: str, skip_to: int
-                  ) -> Iterator[tuple[int, object]]:
+def _arrow_batches(path: Path, rel: str, columns: Callable[[list[str]], list[str]]) -> Iterator:
+    """Record batches of the chosen columns of a Parquet file, or of an Arrow IPC stream or file (memory-mapped)."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ImportError(f"{rel}: reading Parquet needs pyarrow: pip install 'growlm[data]'") from None
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    if text_field not in names:
-        raise ValueError(f"{rel}: no column {text_field!r} (it has {names}); name the text column with --text-field")
-    cols = [text_field] + (["lang"] if "lang" in names else [])
+        raise ImportError(f"{rel}: reading Parquet and Arrow files needs pyarrow: pip install 'growlm[data]'") from None
+    if path.name.endswith(PARQUET_SUFFIXES):
+        pf = pq.ParquetFile(path)
+        yield from pf.iter_batches(batch_size=1024, columns=columns(pf.schema_arrow.names))
+        return
+    with pa.memory_map(str(path)) as source:
+        try:
+            reader = pa.ipc.open_stream(source)
+            batches = iter(reader)
+        except pa.ArrowInvalid:
+            source.seek(0)
+            f = pa.ipc.open_file(source)
+            reader, batches = f, (f.get_batch(i) for i in range(f.num_record_batches))
+        cols = columns(reader.schema.names)
+        for batch in batches:
+            for start in range(0, batch.num_rows, 1024):
+                yield batch.slice(start, 1024).select(cols)
+
+
+def _parquet_docs(path: Path, rel: str, file_lang: str | None, text_field: str, skip_to: int
+                  ) -> Iterator[tuple[int, object]]:
+    """(row, (lang, text) or BadDocument) of a Parquet or Arrow file's ``text_field`` column after row ``skip_to``."""
+
+    def columns(names: list[str]) -> list[str]:
+        if text_field not in names:
+            raise ValueError(f"{rel}: no column {text_field!r} (it has {names}); name the text column with "
+                             "--text-field")
+        return [text_field] + (["lang"] if "lang" in names else [])
+
     row = 0
-    for batch in pf.iter_batches(batch_size=1024, columns=cols):
+    for batch in _arrow_batches(path, rel, columns):
         d = batch.to_pydict()
         for j, text in enumerate(d[text_field]):
             row += 1
@@ -411,7 +439,8 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_fie
                    on_error: str = "raise", skipped: list[BadDocument] | None = None,
                    start: tuple[int, int] = (0, 0), hashes: dict[int, str] | None = None,
                    split: TextSplit | None = None, txt_documents: dict[int, int] | None = None,
-                   on_read: Callable[[int], None] | None = None) -> Iterator[Document]:
+                   on_read: Callable[[int], None] | None = None, files: list[Path] | None = None
+                   ) -> Iterator[Document]:
     """Stream the documents of a corpus file or folder (.txt, .jsonl, optionally .gz/.zst, and .parquet).
 
     A .txt file is one document, or with ``split`` is cut into documents (``txt_documents`` receives how
@@ -426,7 +455,7 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_fie
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     root = Path(path_or_dir)
-    files = corpus_files(root)
+    files = corpus_files(root, files)
     base = root if root.is_dir() else root.parent
     for fi, path in enumerate(files):
         if fi < start[0]:
@@ -436,8 +465,8 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_fie
         file_lang = _lang_of(path, base)
         hasher = hashlib.sha256() if hashes is not None else None
         jsonl = path.name.endswith(JSONL_SUFFIXES)
-        streamed = not path.name.endswith(PARQUET_SUFFIXES) and (jsonl or (split is not None and not split.whole_files))
-        if path.name.endswith(PARQUET_SUFFIXES):
+        streamed = not path.name.endswith(TABLE_SUFFIXES) and (jsonl or (split is not None and not split.whole_files))
+        if path.name.endswith(TABLE_SUFFIXES):
             items: Iterator[tuple[int, object]] = _parquet_docs(path, rel, file_lang, text_field, skip_to)
         elif path.name.endswith(JSONL_SUFFIXES):
             f, hashing = _open_binary(path, hasher, on_read)
@@ -479,9 +508,9 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_fie
             if streamed:
                 f.close()
         if hashes is not None:
-            hashes[fi] = sha256_file(path) if hasher is None or path.name.endswith(PARQUET_SUFFIXES) \
+            hashes[fi] = sha256_file(path) if hasher is None or path.name.endswith(TABLE_SUFFIXES) \
                 else hasher.hexdigest()
-            if on_read is not None and path.name.endswith(PARQUET_SUFFIXES):
+            if on_read is not None and path.name.endswith(TABLE_SUFFIXES):
                 on_read(path.stat().st_size)
 
 

@@ -39,6 +39,7 @@ from growlm.data.documents import (
     default_corpus_dir,
     iter_documents,
 )
+from growlm.data.hub import hub_files, is_hub_name
 from growlm.substrate import Tokenizer
 from growlm.util.fileio import append_durable, atomic_write_text, check_not_input, fsync_dir
 
@@ -223,7 +224,8 @@ def _read_progress(path: Path) -> list[dict]:
 def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compact",
             val_fraction: float = VAL_FRACTION, *, text_field: str = "text", skip_bad: bool = False,
             split: TextSplit | None = None, shard_tokens: int = SHARD_TOKENS, batch_chars: int = BATCH_CHARS,
-            chunk_chars: int = CHUNK_CHARS, log: Callable[[str], None] | None = None, progress: bool = False) -> dict:
+            chunk_chars: int = CHUNK_CHARS, log: Callable[[str], None] | None = None, progress: bool = False,
+            hub_split: str = "train") -> dict:
     """Tokenise ``corpus`` (default: the embedded corpus) into sharded token files under ``out_dir``.
 
     Returns the metadata written to ``meta.json``. ``out_dir`` must be new or empty, or an
@@ -234,14 +236,20 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
     characters). A bad document (not UTF-8, invalid JSON) stops preparation with its file and line, or
     with ``skip_bad`` is left out and counted. A language left without validation (or training)
     documents gets a :class:`DataWarning`. ``progress`` shows a bar (input bytes, throughput, ETA).
+    ``corpus`` may also be a ``datasets`` ``save_to_disk`` folder (its .arrow files) or ``hf:NAME[:CONFIG]``, a hub
+    dataset (``hub_split`` of it), downloaded by ``datasets`` (see :mod:`growlm.data.hub`).
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1 or batch_chars < 1 or chunk_chars < 1:
         raise ValueError("shard_tokens, batch_chars and chunk_chars must be positive")
     split = TextSplit() if split is None else split
-    root = Path(corpus) if corpus else default_corpus_dir()
-    files = corpus_files(root)
+    listed = None
+    if is_hub_name(corpus):
+        root, listed = hub_files(str(corpus), hub_split)
+    else:
+        root = Path(corpus) if corpus else default_corpus_dir()
+    files = corpus_files(root, listed)
     base = root if root.is_dir() else root.parent
     tok = Tokenizer.load(vocab)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.uint32)
@@ -251,7 +259,7 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
                 "val_fraction": val_fraction, "text_field": text_field,  # not skip_bad: may be added on resuming
                 "txt_split": {"separator": split.separator, "doc_chars": split.doc_chars},
                 "shard_tokens": shard_tokens, "batch_chars": batch_chars, "chunk_chars": chunk_chars,
-                "corpus": str(root.resolve()),
+                "corpus": str(corpus) if is_hub_name(corpus) else str(root.resolve()),
                 "inputs": [[str(p.relative_to(base)), p.stat().st_size] for p in files]}
     progress_file = out / PROGRESS
     say = log or (lambda m: None)
@@ -267,7 +275,7 @@ def prepare(corpus: str | Path | None, out_dir: str | Path, vocab: str = "compac
     split_docs: dict[int, int] = {}
     docs = iter_documents(root, text_field=text_field, on_error="skip" if skip_bad else "raise",
                           skipped=skipped, start=start, hashes=hashes, split=split, txt_documents=split_docs,
-                          on_read=bar.update if bar else None)
+                          on_read=bar.update if bar else None, files=listed)
     rels = [str(p.relative_to(base)) for p in files]
     segment = len(records)
     while True:

@@ -222,9 +222,12 @@ class Recipe:
         return recipe
 
     @classmethod
-    def load(cls, name_or_path: str | Path) -> Recipe:
-        """Read a recipe (TOML, or the plan.json a run saved), or a shipped recipe by name (``demo``, ...)."""
+    def load(cls, name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+        """Read a recipe (TOML, or the plan.json a run saved), or a shipped recipe by name (``demo``, ...), with
+        ``overrides`` (``train.lr=1e-3``, ``stages.1.steps=50``: see :func:`apply_overrides`) applied first."""
         data, text, path = cls._read(name_or_path)
+        if overrides:
+            data, text = apply_overrides(data, overrides), ""  # the TOML text no longer describes the plan
         return cls.from_dict(data, name=data.get("name", path.stem), source=text if path.suffix == ".toml" else "")
 
     @classmethod
@@ -308,6 +311,79 @@ class Recipe:
             return stage.steps
         per_step = self.train.batch_size * self.train.seq_len
         return max(1, -(-stage.tokens // per_step))
+
+
+def _toml_value(text: str):
+    """A TOML value (``1e-3``, ``true``, ``"x"``, ``[0.9, 0.95]``, ``{rank = 4}``); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """A copy of a parsed recipe with ``KEY=VALUE`` overrides set (``train.lr=1e-3``, ``stages.1.steps=50``,
+    ``data.path=data/mine``): dotted keys into tables, numbers into ``[[stages]]``; the value is read as TOML,
+    else taken as a string. The result is checked by the same rules as the file (``Recipe.from_dict``)."""
+    out = json.loads(json.dumps(raw))  # a deep copy of plain data
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. train.lr=1e-3 or "
+                             "stages.1.steps=50")
+        node, where = out, []
+        for part in parts[:-1]:
+            where.append(part)
+            if isinstance(node, list):
+                node = _stage_at(node, part, ".".join(where))
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ValueError(f"--set {item!r}: {'.'.join(where)} is a value, not a table")
+        last = parts[-1]
+        if isinstance(node, list):
+            raise ValueError(f"--set {item!r}: name a key of the stage ({key}.steps=...), not the stage itself")
+        node[last] = _toml_value(value.strip())
+    return out
+
+
+def _stage_at(stages: list, index: str, where: str) -> dict:
+    if not index.isdigit() or int(index) >= len(stages):
+        raise ValueError(f"--set: {where}: the recipe has stages 0 .. {len(stages) - 1}")
+    return stages[int(index)]
+
+
+def recipe_from_template(template: str, out: str | Path, data: str | None = None,
+                         overrides: list[str] | None = None) -> Path:
+    """Write a new recipe ``out`` (.toml) started from a shipped one: its text and comments, named after ``out``,
+    with ``[data] path = data`` if given; ``overrides`` are checked (not written) so a bad one fails here. The
+    result is loaded back to check it; ``out`` must not exist."""
+    import re
+
+    out = Path(out)
+    if out.suffix != ".toml":
+        raise ValueError(f"{out}: a recipe file ends in .toml")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose another name (nothing was written)")
+    if template not in shipped_recipes():
+        raise FileNotFoundError(f"no shipped recipe {template!r}; shipped recipes: {shipped_recipes()}")
+    text = (RECIPE_DIR / f"{template}.toml").read_text(encoding="utf-8")
+    text = re.sub(r'(?m)^name = "[^"\n]*"', f"name = {json.dumps(out.stem)}", text, count=1)
+    if data is not None:
+        section = re.search(r"(?ms)^\[data\]\n(.*?)(?=^\[)", text)
+        if section is None or not re.search(r"(?m)^path = ", section.group(1)):
+            raise ValueError(f"recipe {template!r} has no [data] path line to replace")
+        body = re.sub(r'(?m)^path = .*$', f"path = {json.dumps(str(data))}  # a `growlm prepare` directory",
+                      section.group(1), count=1)
+        text = text[:section.start(1)] + body + text[section.end(1):]
+    header = f"# Started from the shipped recipe {template!r} (growlm init-recipe); edit freely.\n"
+    Recipe.from_dict(apply_overrides(tomllib.loads(text), overrides or []), name=out.stem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from growlm.util.fileio import atomic_write_text
+
+    atomic_write_text(out, header + text)
+    return out
 
 
 def shipped_recipes() -> list[str]:
