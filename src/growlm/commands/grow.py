@@ -23,7 +23,8 @@ def _grow(args: argparse.Namespace) -> int:
     if args.resume:
         check_run_exists(args.resume)
     recipe = Recipe.load(args.recipe or f"{args.resume}/plan.json", overrides=args.set)
-    path = grow(recipe, run, resume=bool(args.resume), device=args.device, progress=not args.no_progress)
+    path = grow(recipe, run, resume=bool(args.resume), device=args.device, progress=not args.no_progress,
+                loggers=args.logger)
     print(f"final model: {path}")
     return 0
 
@@ -83,6 +84,9 @@ def add_parser(sub) -> None:
                    "checkpoint, started over)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
     _add_set(p)
+    p.add_argument("--logger", action="append", choices=["tensorboard", "wandb"],
+                   help="also log metrics to TensorBoard (RUN/tensorboard) or Weights & Biases (repeatable; "
+                        "replaces [train] loggers; default: the recipe's, none in the shipped ones)")
     add_device(p)
     add_no_progress(p)
     p.set_defaults(func=_grow)

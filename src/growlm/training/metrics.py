@@ -13,9 +13,10 @@ from growlm.util.fileio import append_durable
 class MetricsLog:
     """Append-only JSONL metrics file that can be cut back to a checkpointed offset on resume."""
 
-    def __init__(self, path: str | Path, enabled: bool = True):
+    def __init__(self, path: str | Path, enabled: bool = True, loggers: list | None = None):
         self.path = Path(path)
         self.enabled = enabled
+        self.loggers = list(loggers or [])  # also given every record (growlm.training.loggers)
 
     def offset(self) -> int:
         """Current size of the file in bytes (stored in checkpoints)."""
@@ -44,6 +45,14 @@ class MetricsLog:
         if not self.enabled:
             return
         append_durable(self.path, json.dumps(record, ensure_ascii=False))
+        for logger in self.loggers:
+            logger.log(record)
+
+    def close(self) -> None:
+        """Close the loggers beside the file (their last events written)."""
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -79,7 +79,7 @@ class Stage:
 PARALLEL = ("ddp", "fsdp")
 # [train] keys that choose how a run executes, not what it computes: a run may resume under other values
 # (checkpoints hold full, unsharded state), so they stay out of the plan's fingerprint.
-EXECUTION_ONLY = ("parallel", "activation_checkpointing")
+EXECUTION_ONLY = ("parallel", "activation_checkpointing", "loggers")
 # stage keys added after runs existed: left out of the fingerprint at their default, so those runs still resume
 LATER_STAGE_KEYS = {"head_freeze_steps": 0, "head_warmup_steps": 0}
 
@@ -107,6 +107,7 @@ class TrainSpec:
     loss_chunk: int = 0  # rows per chunk of the head's loss; 0 = automatic
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated model) | "fsdp" (FSDP2, each block sharded)
     activation_checkpointing: bool = False  # recompute each trained block in backward: less memory, ~1/3 more compute
+    loggers: list[str] = field(default_factory=list)  # beside metrics.jsonl: "tensorboard", "wandb" (optional extras)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -116,6 +117,11 @@ class TrainSpec:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if str(self.compile).lower() not in ("auto", "true", "false"):
             raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
+        from growlm.training.loggers import LOGGERS
+
+        unknown = sorted(set(self.loggers) - set(LOGGERS))
+        if unknown:
+            raise ValueError(f"[train] loggers: unknown {unknown}; choose from {list(LOGGERS)}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"[train] parallel must be one of {sorted(PARALLEL)}, got {self.parallel!r}")
         # the numeric ranges a recipe is held to, for a TrainSpec built in Python too (e.g. val_every = -1)

@@ -29,6 +29,7 @@ from growlm.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from growlm.training.loggers import open_loggers
 from growlm.training.loop import (
     Hooks,
     Loop,
@@ -53,7 +54,7 @@ class Run:
     """One growth run: its directory, model, data, state and logs."""
 
     def __init__(self, recipe: Recipe, out: str | Path, resume: bool = False, device: str | None = None,
-                 progress: bool = True, log=print):
+                 progress: bool = True, log=print, loggers: list[str] | None = None):
         self.recipe, self.out, self.progress = recipe, Path(out), progress
         tune_allocator()
         self.train = recipe.train
@@ -82,12 +83,19 @@ class Run:
                 self._resume(cfg)
             else:
                 self._start(cfg)
+            names = self.train.loggers if loggers is None else loggers
+            if names and self.dist.main:
+                self.metrics.loggers = open_loggers(names, self.out, self.recipe.raw,
+                                                    resume_step=self.state.step if resume else None)
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        """Release the run directory's lock."""
+        """Close the loggers and release the run directory's lock."""
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.close()
         self.rundir.close()
 
     # -- set-up -------------------------------------------------------------------------
@@ -251,11 +259,12 @@ class Run:
 
 
 def grow(recipe: Recipe | str | Path, out: str | Path, resume: bool = False, device: str | None = None,
-         progress: bool = True, log=print) -> Path:
-    """Run (or resume) a growth plan into the run directory ``out``; returns the final model directory."""
+         progress: bool = True, log=print, loggers: list[str] | None = None) -> Path:
+    """Run (or resume) a growth plan into the run directory ``out``; returns the final model directory.
+    ``loggers`` (``tensorboard``, ``wandb``) replace the recipe's ``[train] loggers``."""
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
-    run = Run(recipe, out, resume=resume, device=device, progress=progress, log=log)
+    run = Run(recipe, out, resume=resume, device=device, progress=progress, log=log, loggers=loggers)
     try:
         return run.run()
     finally:
