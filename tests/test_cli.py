@@ -44,6 +44,14 @@ def tree(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+def assert_is_expert(run: Path, glyph: Substrate, seed: int) -> None:
+    """The model saved in ``run`` loads with exactly the weights ``runs`` saved there."""
+    loaded, saved = load_model(run).state_dict(), tiny_model(glyph, seed, head_bias=False).state_dict()
+    assert loaded.keys() == saved.keys()
+    for k in saved:
+        assert torch.equal(loaded[k], saved[k]), k
+
+
 def error_of(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
@@ -63,14 +71,14 @@ def test_compose_refuses_a_directory_with_user_files(runs, tmp_path, capsys):
     assert tree(d) == before and (d / "sub").is_dir()
 
 
-def test_compose_never_writes_into_an_input(runs, capsys):
+def test_compose_never_writes_into_an_input(runs, glyph, capsys):
     before = tree(runs[0])
     assert main(["compose", str(runs[0]), str(runs[1]), "--out", str(runs[0])]) == 2
     assert "input" in error_of(capsys)
     assert main(["compose", str(runs[0]), str(runs[1]), "--out", str(runs[0] / "model")]) == 2
     assert "input" in error_of(capsys)
     assert tree(runs[0]) == before
-    assert load_model(runs[0]) is not None
+    assert_is_expert(runs[0], glyph, 0)
 
 
 def test_compose_may_replace_its_own_output_only(runs, glyph, tmp_path, capsys):
@@ -136,13 +144,13 @@ def test_export_refuses_foreign_files_and_force_touches_only_its_own(runs, tmp_p
     assert main(["export", str(runs[1]), str(tmp_path / "hf2")]) == 0
 
 
-def test_export_never_writes_into_its_input(runs, capsys):
+def test_export_never_writes_into_its_input(runs, glyph, capsys):
     before = tree(runs[0])
     for target in (runs[0] / "model", runs[0], runs[0] / "model" / "hf"):
         assert main(["export", str(runs[0]), str(target), "--force"]) == 2
         assert "input" in error_of(capsys)
     assert tree(runs[0]) == before
-    assert load_model(runs[0]) is not None
+    assert_is_expert(runs[0], glyph, 0)
 
 
 def test_compose_twice_keeps_a_users_dot_old_directory(runs, tmp_path, capsys):

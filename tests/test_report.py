@@ -81,6 +81,7 @@ def test_full_report(tmp_path):
                       {"name": "average+ft", "kind": "finetuned", "bpc": {"en": 2.0, "ru": 2.2, "zh": 4.4}}]}
     (tmp_path / "table.json").write_text(json.dumps(table))
     md = write_report(runs, tmp_path / "report", composition=tmp_path / "table.json")
+    assert md == tmp_path / "report" / "report.md"
     text = md.read_text()
     for name in ["loss.png", "bpc_depth.png", "benchmarks.png", "mmlu_run-a.png", "mmlu_run-b.png",
                  "composition.png"]:
@@ -99,6 +100,7 @@ def test_full_report(tmp_path):
 def test_missing_data_is_skipped_with_a_note(tmp_path):
     run = write_run(tmp_path / "run", evals=False)
     md = write_report([run], tmp_path / "out")
+    assert md == tmp_path / "out" / "report.md"
     text = md.read_text()
     assert_png(tmp_path / "out" / "loss.png")
     assert "Skipped: no `stages/stage-NN/eval.json` files" in text
@@ -144,7 +146,10 @@ def test_parse_eval_is_tolerant():
 
 def test_plot_composition_empty_table(tmp_path):
     assert plot_composition({"rows": []}, tmp_path / "c.png") is None
-    assert plot_composition({"rows": [{"name": "a", "kind": "expert", "bpc": {"en": 2.0}}]}, tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()  # nothing to draw: no file
+    out = plot_composition({"rows": [{"name": "a", "kind": "expert", "bpc": {"en": 2.0}}]}, tmp_path / "c.png")
+    assert out == tmp_path / "c.png"
+    assert_png(out)
 
 
 def test_parse_eval_nested_protocol_format():

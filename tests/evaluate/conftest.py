@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from growlm.model import Config, GrowLM
 from growlm.substrate import Substrate, Tokenizer
@@ -115,3 +118,26 @@ def tiny_model(tok) -> GrowLM:
     torch.manual_seed(0)
     cfg = Config.from_preset("tiny", vocab_size=tok.vocab_size, block_size=64)
     return GrowLM(cfg, Substrate.build("glyph", "compact", cfg.d_model)).eval()
+
+
+def bpc_by_hand(model: nn.Module, tok, docs: list[str], window: int) -> tuple[float, int, int]:
+    """(bits per character, predicted tokens, characters) by hand: the stream <|eos|> d1 <|eos|> d2 <|eos|> ...,
+    each non-overlapping window of ``window`` predicted tokens scored by one plain forward, summed nats / ln 2 /
+    Unicode code points of the documents."""
+    ids = [tok.eos_id]
+    for d in docs:
+        ids += tok.encode(d) + [tok.eos_id]
+    nats = 0.0
+    with torch.no_grad():
+        for lo in range(0, len(ids) - 1, window):
+            y = torch.tensor(ids[lo + 1:lo + 1 + window])
+            x = torch.tensor(ids[lo:lo + len(y)])
+            nats += float(F.cross_entropy(model(x[None])[0].double(), y, reduction="sum"))
+    chars = sum(len(d) for d in docs)
+    return nats / math.log(2) / chars, len(ids) - 1, chars
+
+
+@pytest.fixture(scope="session")
+def reference_bpc():
+    """``bpc_by_hand``: bits per character computed independently of ``growlm.evaluate.bpc``."""
+    return bpc_by_hand

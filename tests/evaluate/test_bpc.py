@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from growlm.cli import main
 from growlm.data.documents import default_corpus_dir, load_documents
 from growlm.data.prepare import prepare
 from growlm.data.tokens import TokenData, heldout_texts
@@ -141,3 +142,90 @@ def test_capped_validation_is_the_first_whole_documents(tiny_model, tok, small_c
     ids, chars, n_docs = split_stream(data, "en", max_tokens=7)
     stream = np.asarray(data.tokens("en", "val")[:7])
     assert len(ids) == 8 and n_docs == 1 and chars == len(tok.decode(stream.tolist()))
+
+
+# --------------------------------------------------------------------------- pinned to an independent computation
+
+WINDOW = 12  # predicted tokens per window: short, so that documents cross window boundaries
+TEXTS = {  # multi-character tokens, three scripts, and one document shorter than a window ("Hi.")
+    "en": ["The quick brown fox jumps over the lazy dog, and then the dog sleeps again in the warm afternoon sun.",
+           "Hi.", "Another sentence: there is nothing unusual about these words, which is the whole point."],
+    "ru": ["Съешь же ещё этих мягких французских булок, да выпей чаю.", "Да.",
+           "Москва — столица России, и в ней живёт очень много людей."],
+    "zh": ["天地玄黄，宇宙洪荒。日月盈昃，辰宿列张。", "好。", "我们今天在学校学习中文，老师说我们的进步很大。"],
+}
+
+
+def pinned(text: str, val: bool) -> str:
+    """``text`` with a numbered suffix, the first that ``prepare``'s hash split puts in validation (``val``) or not."""
+    from growlm.data.prepare import is_validation
+
+    for k in range(1000):
+        t = f"{text} {k}" if k else text
+        if is_validation(t, 0.5) == val:
+            return t
+    raise AssertionError("no suffix puts the document on the wanted side")
+
+
+@pytest.fixture(scope="module")
+def pinned_docs(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
+    """A corpus whose validation split is exactly ``TEXTS`` (suffixed where the split needs it), plus training
+    documents; returns (corpus dir, validation documents per language)."""
+    root = tmp_path_factory.mktemp("pinned-corpus")
+    val = {lang: [pinned(t, True) for t in texts] for lang, texts in TEXTS.items()}
+    for lang, docs in val.items():
+        train = [pinned(f"Training text {i} of {lang}.", False) for i in range(3)]
+        (root / f"{lang}.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n"
+                                                    for d in train[:1] + docs[:2] + train[1:] + docs[2:]),
+                                            encoding="utf-8")
+    return root, val
+
+
+def test_bits_per_char_matches_a_hand_computation_on_every_path(tiny_model, tok, pinned_docs, tmp_path,
+                                                                 reference_bpc):
+    """Training validation, ``growlm eval --tasks ppl`` (text and token directory) and held-out scoring all give
+    summed nats / ln 2 / characters, on text where tokens != characters: dividing by tokens (or by bytes, or
+    leaving out the <|eos|> losses) fails here."""
+    from growlm.experiments.heldout import heldout_bpc, heldout_text
+    from growlm.model.saved import save_model
+
+    corpus, val = pinned_docs
+    ref = {}
+    for lang, docs in val.items():
+        ref[lang], n_tokens, chars = reference_bpc(tiny_model, tok, docs, WINDOW)
+        assert n_tokens < 0.8 * chars or lang == "zh"  # multi-character tokens (Chinese: about one per character)
+        assert n_tokens != chars and n_tokens > 2 * WINDOW  # several windows; documents cross their boundaries
+        assert len(tok.encode(docs[1])) + 1 < WINDOW  # and one document shorter than a window
+    assert len({round(v, 3) for v in ref.values()}) == 3
+    data_dir = tmp_path / "data"
+    prepare(corpus, data_dir, vocab="compact", val_fraction=0.5)
+    data = TokenData.open(data_dir)
+    for lang, docs in val.items():
+        assert data.characters(lang) == sum(len(d) for d in docs)  # the split is exactly these documents
+    # training validation (what a run logs as val_bpc)
+    got = validate(tiny_model, data, TrainSpec(seq_len=WINDOW, val_tokens=10**9, precision="fp32"),
+                   torch.device("cpu"))
+    assert got["val_bpc"] == pytest.approx(ref, abs=1e-4)
+    assert got["val_bpc_mean"] == pytest.approx(sum(ref.values()) / 3, abs=2e-4)
+    # growlm eval --tasks ppl on a text file (one language at a time) and on the token directory
+    model_dir = save_model(tiny_model, tmp_path / "model")
+    for lang, docs in val.items():
+        text = tmp_path / f"{lang}.jsonl"
+        text.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+        out = tmp_path / f"eval-{lang}.json"
+        assert main(["eval", str(model_dir), "--tasks", "ppl", "--ppl-data", str(text), "--max-length", str(WINDOW),
+                     "--out", str(out), "--quiet"]) == 0
+        res = json.loads(out.read_text())["results"]["ppl"]
+        assert res["bits_per_char"] == pytest.approx(ref[lang], rel=1e-5)
+        assert res["characters"] == sum(len(d) for d in docs) and res["documents"] == len(docs)
+    out = tmp_path / "eval-tokens.json"
+    assert main(["eval", str(model_dir), "--tasks", "ppl", "--ppl-data", str(data_dir), "--max-length", str(WINDOW),
+                 "--out", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())["results"]
+    assert {lang: res[f"ppl_{lang}"]["bits_per_char"] for lang in val} == pytest.approx(ref, rel=1e-5)
+    # held-out scoring (the studies' forgetting measure) on the shipped texts, cut short
+    held = heldout_bpc(tiny_model, "compact", WINDOW, max_chars=300)
+    for lang, v in held.items():
+        text = heldout_text(lang, 300)
+        expected, n_tokens, chars = reference_bpc(tiny_model, tok, [text], WINDOW)
+        assert n_tokens != chars and v == pytest.approx(expected, abs=1e-4)

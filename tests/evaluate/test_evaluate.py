@@ -185,7 +185,7 @@ def test_data_root_override_and_missing(data_root, monkeypatch, tmp_path):
         T.data_root(tmp_path / "nowhere")
 
 
-def test_evaluate_end_to_end_with_limit(tiny_model, tok, data_root, tmp_path):
+def test_evaluate_end_to_end_with_limit(tiny_model, tok, data_root, tmp_path, reference_bpc):
     ppl = tmp_path / "ppl.txt"
     ppl.write_text("A small held-out text for perplexity. " * 10, encoding="utf-8")
     res = evaluate(tiny_model, tok, "mmlu,csqa,arc_easy,squad,ppl", limit=2, protocol="both", runs=1,
@@ -198,7 +198,9 @@ def test_evaluate_end_to_end_with_limit(tiny_model, tok, data_root, tmp_path):
     assert r["squad"]["standard"]["n"] == 2 and r["squad"]["paper"]["n"] == 2
     p = r["ppl"]
     assert p["perplexity"] == pytest.approx(2.718281828 ** p["nats_per_token"])
-    assert p["bits_per_char"] > 0 and p["characters"] == len(ppl.read_text())
+    bpc, tokens, chars = reference_bpc(tiny_model, tok, [ppl.read_text()], 64)  # windows of the block size
+    assert p["characters"] == chars == len(ppl.read_text()) and p["tokens"] == tokens < chars
+    assert p["bits_per_char"] == pytest.approx(bpc, rel=1e-5)
     for task in ("mmlu", "csqa"):
         lo, hi = r[task]["loglik"]["acc"]["ci95"]
         assert 0 <= lo <= r[task]["loglik"]["acc"]["value"] <= hi <= 1

@@ -165,18 +165,37 @@ def test_files_follow_the_umask(glyph, tmp_path, mask):
             assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f
 
 
+def assert_same_checkpoint(state: dict, weights: dict, opt_state: dict | None, rng: dict, model: nn.Module,
+                           opt: torch.optim.Optimizer, rng_state: torch.Tensor) -> None:
+    """A loaded checkpoint holds exactly the model, optimiser, RNG and run state that were saved."""
+    assert state["run"] == {"step": 1} and state["substrate_fingerprint"] == model.substrate_fingerprint
+    sd = model.state_dict()
+    assert weights.keys() == sd.keys() and all(torch.equal(weights[k], sd[k]) for k in sd)
+    saved = opt.state_dict()
+    assert opt_state["param_groups"] == json.loads(json.dumps(saved["param_groups"]))
+    assert opt_state["state"].keys() == saved["state"].keys()
+    for i, st in saved["state"].items():
+        assert opt_state["state"][i].keys() == st.keys()
+        for k, v in st.items():
+            assert torch.equal(opt_state["state"][i][k], torch.as_tensor(v)), (i, k)
+    assert rng.keys() == {"torch"} and torch.equal(rng["torch"], rng_state)
+
+
 def test_training_checkpoint_files_are_hashed(glyph, tmp_path):
     m = tiny(glyph)
     opt = torch.optim.AdamW(m.parameters())
     m(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).backward()
     opt.step()
-    tck.save_checkpoint(tmp_path / "c", m, opt, {"run": {}, "substrate_fingerprint": glyph.fingerprint},
-                       {"torch": torch.get_rng_state()})
-    state, weights, o, _ = tck.load_checkpoint(tmp_path / "c")
+    rng_state = torch.get_rng_state()
+    tck.save_checkpoint(tmp_path / "c", m, opt, {"run": {"step": 1}, "substrate_fingerprint": glyph.fingerprint},
+                       {"torch": rng_state})
+    state, weights, o, rng = tck.load_checkpoint(tmp_path / "c")
     assert set(state["files"]) == {"model.safetensors", "optimizer.safetensors", "rng.safetensors"}
+    assert_same_checkpoint(state, weights, o, rng, m, opt, rng_state)
     for name in state["files"]:
-        tck.save_checkpoint(tmp_path / "c", m, opt, {"run": {}, "substrate_fingerprint": glyph.fingerprint},
-                           {"torch": torch.get_rng_state()})
+        tck.save_checkpoint(tmp_path / "c", m, opt, {"run": {"step": 1}, "substrate_fingerprint": glyph.fingerprint},
+                           {"torch": rng_state})
+        assert_same_checkpoint(*tck.load_checkpoint(tmp_path / "c"), m, opt, rng_state)  # re-saved: the same again
         flip_middle(tmp_path / "c" / name, 16)
         with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
             tck.load_checkpoint(tmp_path / "c")

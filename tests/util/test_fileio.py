@@ -23,6 +23,34 @@ def test_atomic_file_replaces_or_leaves_no_trace(tmp_path):
     assert p.read_text() == "one" and sorted(x.name for x in tmp_path.iterdir()) == ["a.json"]
 
 
+def test_atomic_file_fsyncs_the_whole_file_before_the_rename(tmp_path, monkeypatch):
+    """The data is durable before the new name points at it, and the rename is durable after: a power cut leaves the
+    old file or the whole new one, never a renamed empty file."""
+    events: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", path, open(path, "rb").read() if os.path.isfile(path) else None))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    p = tmp_path / "a.json"
+    fileio.atomic_write_bytes(p, b"new contents")
+    assert p.read_bytes() == b"new contents"
+    kinds = [e[0] for e in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    tmp = events[1][1]
+    assert events[1][2] == str(p) and os.path.dirname(tmp) == str(tmp_path) and tmp != str(p)
+    assert events[0][1:] == (tmp, b"new contents")  # the temporary file, whole, before it is renamed
+    assert events[2][1:] == (str(tmp_path), None)  # then the directory entry of the rename
+
+
 def test_atomic_dir_fsyncs_files_and_directories(tmp_path, monkeypatch):
     synced: list[str] = []
     real = os.fsync
@@ -67,7 +95,8 @@ def test_permissions_follow_the_umask(tmp_path):
 
 def test_claim_output_dir(tmp_path):
     assert fileio.claim_output_dir(tmp_path / "new", "run") == tmp_path / "new"
-    assert fileio.claim_output_dir(tmp_path / "new", "run")  # its own: fine
+    assert (tmp_path / "new" / fileio.MARKER).read_text() == "run\n"
+    assert fileio.claim_output_dir(tmp_path / "new", "run") == tmp_path / "new"  # its own: fine
     with pytest.raises(fileio.OutputDirError, match="finetune"):
         fileio.claim_output_dir(tmp_path / "new", "finetune")  # another tool's
     (tmp_path / "user").mkdir()
