@@ -68,29 +68,69 @@ def test_head_schedule_keys_leave_older_fingerprints_alone():
     assert frozen.settings()["stages"][0]["head_freeze_steps"] == 2
 
 
-def _vocab_shipped(name: str) -> bool:
-    from growlm.substrate import Vocabulary
-
-    try:
-        Vocabulary.load(name)
-    except (FileNotFoundError, ValueError, KeyError):
-        return False
-    return True
+# (depth, active parameters, total parameters) of every stage of every shipped recipe (a composition recipe: of its
+# expert's plan), as plan_budgets computes them on the meta device; paper-v3-9layer's are derived by hand below.
+SHIPPED_BUDGETS = {
+    "compose-demo-full": [(1, 2_312_064, 2_312_064), (2, 2_312_064, 2_510_336)],
+    "compose-demo": [(1, 2_312_064, 2_312_064), (2, 2_312_064, 2_510_336)],
+    "compose-expert-full": [(1, 2_312_064, 2_312_064), (2, 2_312_064, 2_510_336)],
+    "compose-expert": [(1, 2_312_064, 2_312_064), (2, 2_312_064, 2_510_336)],
+    "demo-full": [
+        (1, 2_312_064, 2_312_064), (2, 2_312_064, 2_510_336), (3, 2_312_064, 2_708_608), (3, 2_162_944, 2_757_760),
+        (4, 2_312_064, 2_906_880)],
+    "demo": [
+        (1, 2_312_064, 2_312_064), (2, 2_312_064, 2_510_336), (3, 2_312_064, 2_708_608), (3, 2_162_944, 2_757_760),
+        (4, 2_312_064, 2_906_880)],
+    "paper-v1-compose-expert": [(16, 268_682_240, 268_682_240)],
+    "paper-v1-compose": [(16, 268_682_240, 268_682_240)],
+    "paper-v1-grow6-head": [
+        (1, 738_377_728, 738_377_728), (2, 738_377_728, 939_749_376), (3, 742_572_032, 1_145_315_328),
+        (4, 744_669_184, 1_348_784_128), (5, 746_766_336, 1_552_252_928), (6, 748_863_488, 1_755_721_728)],
+    "paper-v1-grow6": [
+        (1, 738_377_728, 738_377_728), (2, 201_371_648, 939_749_376), (3, 205_565_952, 1_145_315_328),
+        (4, 207_663_104, 1_348_784_128), (5, 209_760_256, 1_552_252_928), (6, 211_857_408, 1_755_721_728)],
+    "paper-v3-16bit-9layer-monolithic": [(9, 180_523_008, 180_523_008)],
+    "paper-v3-16bit-9layer": [
+        (3, 104_957_952, 104_957_952), (6, 104_957_952, 142_740_480), (9, 104_957_952, 180_523_008)],
+    "paper-v3-9layer-monolithic": [(9, 180_523_008, 180_523_008)],
+    "paper-v3-9layer-trainable": [(9, 247_631_872, 247_631_872)],
+    "paper-v3-9layer-unfrozen": [
+        (3, 172_066_816, 172_066_816), (6, 104_957_952, 209_849_344), (9, 104_957_952, 247_631_872)],
+    "paper-v3-9layer": [(3, 104_957_952, 104_957_952), (6, 104_957_952, 142_740_480), (9, 104_957_952, 180_523_008)],
+    "paper-v3-binary16": [
+        (4, 117_552_128, 117_552_128), (8, 117_552_128, 167_928_832), (8, 75_564_032, 176_317_440),
+        (12, 117_552_128, 218_305_536), (16, 117_552_128, 268_682_240), (16, 83_952_640, 285_459_456)],
+}
 
 
 @pytest.mark.parametrize("path", sorted(RECIPE_DIR.glob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_recipes_parse_and_report_budgets(path):
+    """Every shipped recipe loads as written (the author's vocabularies included: a missing one fails here) and its
+    stages have exactly the budgets listed."""
+    name = path.stem
     if "expert_recipe" in path.read_text():  # a composition recipe: its experts follow a growth plan
         from growlm.training.compose_plan import load_compose_recipe
 
         path = RECIPE_DIR / f"{load_compose_recipe(path).expert_recipe}.toml"
-    raw = Recipe.load_raw(path)
-    pending = {"bvv241-2-3", "bvv241-abs"}  # the author's vocabularies, added by the vocabulary work
-    if raw["substrate"]["vocab"] in pending and not _vocab_shipped(raw["substrate"]["vocab"]):
-        raw["substrate"]["vocab"] = "bmp65k"  # the same V = 65,536 until it lands
-    r = Recipe.from_dict(raw)
+    r = Recipe.load(path)
     budgets = plan_budgets(r)
-    assert len(budgets) == len(r.stages) and all(b["active_params"] > 0 for b in budgets)
+    assert [(b["depth"], b["active_params"], b["total_params"]) for b in budgets] == SHIPPED_BUDGETS[name]
+
+
+def test_shipped_recipes_are_all_listed():
+    assert sorted(SHIPPED_BUDGETS) == sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def test_paper_v3_9layer_budget_by_hand():
+    """The paper's 9-layer model grown 3 blocks at a time on bvv241-2-3 (V = 65,536, d = 1024): a block is
+    qkv + attention output + 4x MLP with biases and two weight-only norms; each stage trains its 3 new blocks, the
+    head (with bias) and the final norm."""
+    d, V = 1024, 65536
+    assert Recipe.load(RECIPE_DIR / "paper-v3-9layer.toml").config().vocab_size == V
+    block = (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * d
+    head, norm = d * V + V, d
+    assert SHIPPED_BUDGETS["paper-v3-9layer"] == [(k, 3 * block + head + norm, k * block + head + norm)
+                                                  for k in (3, 6, 9)]
 
 
 @pytest.mark.parametrize("kwargs, message", [
