@@ -72,6 +72,25 @@ def test_fingerprint_depends_on_spec_only():
     assert Substrate.build("random", "compact", 32, cache=False).fingerprint == fp("random", 32)
 
 
+def test_fingerprint_hashes_spec_vocabulary_source_and_algorithm():
+    """Every field that defines the matrix is in the fingerprint: another vocabulary content, glyph source or
+    algorithm version with the same spec gives another fingerprint."""
+    import hashlib
+    import json
+    from types import SimpleNamespace
+
+    from growlm.substrate import SubstrateSpec, Vocabulary
+    from growlm.substrate import substrate as S
+
+    voc = Vocabulary.load("compact")
+    spec = SubstrateSpec("glyph", "compact", 32, voc.version, S.resolve_options("glyph", {}, 32))
+    payload = {"spec": spec.to_dict(), "vocab_sha256": voc.sha256, "source_sha256": S.SOURCE["glyph"],
+               "algorithm": S.ALGORITHM_VERSION["glyph"]}
+    by_hand = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    assert S.compute_fingerprint(spec, voc) == by_hand == Substrate.build("glyph", "compact", 32).fingerprint
+    assert S.compute_fingerprint(spec, SimpleNamespace(sha256="0" * 64)) != by_hand  # same spec, other content
+
+
 @pytest.mark.parametrize("kind", ["glyph", "glyph16"])
 def test_errors_are_clear(monkeypatch, tmp_path, kind):
     with pytest.raises(ValueError, match=r"unknown substrate kind 'noise'; valid kinds are \['glyph', 'glyph16'"):
