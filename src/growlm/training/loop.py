@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,20 @@ class RunState:
     stage_step: int = 0  # optimiser steps done in this stage
     step: int = 0  # optimiser steps done in the whole run
     tokens: int = 0
+    skipped: int = 0  # batches skipped in the run for a non-finite loss or gradient norm ([train] skip_bad_batches)
+
+
+class NonFiniteError(ValueError):
+    """A training step met a non-finite loss, gradient norm or weight; nothing of it was kept."""
+
+
+class NonFiniteWarning(UserWarning):
+    """A batch was skipped for a non-finite loss or gradient norm ([train] skip_bad_batches)."""
+
+
+RECOVER = ("the last checkpoint is kept and no model was written; resume from it (`growlm grow --resume RUN`, "
+           "`growlm finetune ... --resume`) after lowering lr or fixing the data, or let [train] skip_bad_batches = N "
+           "skip such batches")
 
 
 @dataclass
@@ -202,10 +217,25 @@ class Loop:
             loss.backward()
             loss_sum += float(loss.detach())
         if train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, train.grad_clip)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, train.grad_clip))
+        else:
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+        # the norm is of the reduced gradients, the same on every process; the loss is this process's own, so it
+        # decides alone only in a single process (a non-finite loss elsewhere shows in the reduced norm)
+        if not math.isfinite(norm) or (self.dist.world == 1 and not math.isfinite(loss_sum)):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(f"the loss is {loss_sum:.6g} and the gradient norm {norm:.6g}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss_sum
+
+    def check_weights(self, state: RunState, when: str) -> None:
+        """Refuse trained weights that are no longer finite (a finite step can still overflow them)."""
+        bad = [n for n, p in self.trainee.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteError(f"stage {state.stage}, step {state.stage_step} (global step {state.step}): the "
+                                 f"weights {', '.join(bad[:3])} are no longer finite {when}; nothing was saved from "
+                                 f"this point: {RECOVER}")
 
     def run(self, optimizer: torch.optim.Optimizer, total: int, state: RunState,
             batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], lr_of: Callable[[int], float],
@@ -221,7 +251,17 @@ class Loop:
         while state.stage_step < total:
             lr = lr_of(state.stage_step)
             x, y = batches()
-            losses.append(self.step(optimizer, x, y, lr, head_scale_of(state.stage_step) if head_scale_of else 1.0))
+            try:
+                losses.append(self.step(optimizer, x, y, lr, head_scale_of(state.stage_step) if head_scale_of else 1.0))
+            except NonFiniteError as e:
+                where = f"stage {state.stage}, step {state.stage_step + 1} (global step {state.step + 1})"
+                if state.skipped >= train.skip_bad_batches:
+                    raise NonFiniteError(f"{where}: {e}; the weights were not updated and the run stops: "
+                                         f"{RECOVER}") from None
+                state.skipped += 1
+                warnings.warn(f"{where}: {e}; batch skipped ({state.skipped} of [train] skip_bad_batches = "
+                              f"{train.skip_bad_batches} in this run)", NonFiniteWarning, stacklevel=2)
+                continue
             state.stage_step += 1
             state.step += 1
             state.tokens += train.batch_size * train.seq_len
@@ -239,5 +279,7 @@ class Loop:
             if hooks.validate and train.val_every and state.step % train.val_every == 0 and not last:
                 hooks.validate(state)
             if hooks.checkpoint and train.ckpt_every and state.step % train.ckpt_every == 0 and not last:
+                self.check_weights(state, "before this checkpoint")  # the last good checkpoint stays
                 hooks.checkpoint(state)
         bar.close()
+        self.check_weights(state, "at the end of the loop")

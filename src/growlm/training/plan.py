@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -82,6 +83,7 @@ PARALLEL = ("ddp", "fsdp")
 EXECUTION_ONLY = ("parallel", "activation_checkpointing", "loggers")
 # stage keys added after runs existed: left out of the fingerprint at their default, so those runs still resume
 LATER_STAGE_KEYS = {"head_freeze_steps": 0, "head_warmup_steps": 0}
+LATER_TRAIN_KEYS = {"skip_bad_batches": 0}  # the same for [train] keys
 
 
 @dataclass
@@ -108,6 +110,8 @@ class TrainSpec:
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated model) | "fsdp" (FSDP2, each block sharded)
     activation_checkpointing: bool = False  # recompute each trained block in backward: less memory, ~1/3 more compute
     loggers: list[str] = field(default_factory=list)  # beside metrics.jsonl: "tensorboard", "wandb" (optional extras)
+    # a step whose loss or gradient norm is not finite stops the run (0), or is skipped, up to this many times a run
+    skip_bad_batches: int = 0
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -145,7 +149,8 @@ RANGES = {
     "TrainSpec": {"batch_size": AT_LEAST_1, "seq_len": AT_LEAST_1, "grad_accum": AT_LEAST_1, "lr": POSITIVE,
                   "min_lr_ratio": (0, 1, True), "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0,
                   "grad_clip": AT_LEAST_0, "seed": AT_LEAST_0, "log_every": AT_LEAST_1, "val_every": AT_LEAST_0,
-                  "val_tokens": AT_LEAST_1, "ckpt_every": AT_LEAST_0, "loss_chunk": AT_LEAST_0},
+                  "val_tokens": AT_LEAST_1, "ckpt_every": AT_LEAST_0, "loss_chunk": AT_LEAST_0,
+                  "skip_bad_batches": AT_LEAST_0},
     "LoRASpec": {"rank": AT_LEAST_1, "alpha": POSITIVE},
 }
 
@@ -155,8 +160,8 @@ def _check_mixtures(mixtures: dict) -> None:
         if not isinstance(mix, dict) or not mix:
             raise ValueError(f"[data.mixtures] {name} must be a table of language = weight, got {mix!r}")
         for lang, w in mix.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-                raise ValueError(f"[data.mixtures] {name}.{lang} must be a number >= 0, got {w!r}")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+                raise ValueError(f"[data.mixtures] {name}.{lang} must be a finite number >= 0, got {w!r}")
         if sum(mix.values()) <= 0:
             raise ValueError(f"[data.mixtures] {name}: the weights sum to 0; give at least one language a weight > 0")
 
@@ -220,7 +225,11 @@ class Recipe:
             resolve_options(recipe.substrate.get("kind", "glyph"), sub_opts)
         except ValueError as e:
             raise ValueError(f"[substrate] {e}") from None
-        recipe.config()  # validates the model section
+        cfg = recipe.config()  # validates the model section
+        if recipe.train.seq_len > cfg.block_size:
+            raise ValueError(f"[train] seq_len = {recipe.train.seq_len} is longer than [model] block_size = "
+                             f"{cfg.block_size}, the longest context the model is built for; lower seq_len or "
+                             "raise block_size")
         for st in stages:
             if st.mixture != "all" and st.mixture not in recipe.data.mixtures:
                 raise ValueError(f"stage {st.name} names mixture {st.mixture!r}; [data.mixtures] defines "
@@ -292,7 +301,8 @@ class Recipe:
 
     def settings(self) -> dict:
         """Everything that determines the run, as plain data (not comments or formatting)."""
-        train = {k: v for k, v in asdict(self.train).items() if k not in EXECUTION_ONLY}
+        train = {k: v for k, v in asdict(self.train).items()
+                 if k not in EXECUTION_ONLY and LATER_TRAIN_KEYS.get(k, object()) != v}
         stages = [{k: v for k, v in asdict(s).items() if LATER_STAGE_KEYS.get(k, object()) != v}
                   for s in self.stages]
         return {"model": self.model, "substrate": self.substrate, "data": asdict(self.data),

@@ -204,7 +204,8 @@ class Run:
             if self.dist.main:
                 save_model(self.model, self.out / "stages" / f"stage-{si:02d}",
                            extra={"stage": si, "stage_name": stage.name, "depth": depth, **val})
-            self.state = RunState(stage=si + 1, step=self.state.step, tokens=self.state.tokens)
+            self.state = RunState(stage=si + 1, step=self.state.step, tokens=self.state.tokens,
+                                  skipped=self.state.skipped)
             self.checkpoint(None)
         if self.dist.main:
             save_model(self.model, self.out / "model", extra={"depth": len(self.model.blocks)})

@@ -7,6 +7,7 @@ would accept all of them (``True`` is an ``int``) and fail later, after a run di
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import fields
@@ -54,6 +55,8 @@ def _check(value, tp, key: str, where: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):  # TOML reads nan and inf; no setting means them
+            raise ValueError(f"[{where}] {key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
