@@ -7,7 +7,8 @@ import pytest
 from growlm.training.plan import RECIPE_DIR, Recipe
 from growlm.training.stages import plan_budgets
 
-BASE = {"model": {"preset": "tiny", "d_model": 32, "n_head": 2}, "substrate": {"kind": "glyph", "vocab": "compact"}}
+BASE = {"model": {"preset": "tiny", "d_model": 32, "n_head": 2, "block_size": 128},
+        "substrate": {"kind": "glyph", "vocab": "compact"}}
 
 
 def recipe(*stages, **extra):
@@ -196,7 +197,7 @@ def test_model_section_is_type_checked():
         Recipe.from_dict({**BASE, "model": {"preset": "tiny", "d_model": "32"}, "stages": [{"add": 1, "steps": 1}]})
     with pytest.raises(ValueError, match=r"\[model\] n_head must be >= 1, got 0"):
         Recipe.from_dict({**BASE, "model": {"preset": "tiny", "n_head": 0}, "stages": [{"add": 1, "steps": 1}]})
-    with pytest.raises(ValueError, match=r"\[data.mixtures\] m.en must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"\[data.mixtures\] m.en must be a finite number >= 0"):
         recipe({"add": 1, "steps": 1}, data={"mixtures": {"m": {"en": "lots"}}})
 
 
