@@ -8,6 +8,7 @@ parsed arguments and returning an exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -23,6 +24,7 @@ COMMAND_MODULES = [
     "growlm.commands.generate",
     "growlm.commands.export",
     "growlm.commands.report",
+    "growlm.commands.rehash",
 ]
 
 
@@ -82,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="growlm", description=__import__("growlm").__doc__)
     parser.add_argument("--version", action="version", version=f"growlm {__import__('growlm').__version__}")
     parser.add_argument("--debug", action="store_true", help="on error, show the full traceback")
+    parser.add_argument("--trust-unhashed", action="store_true",
+                        help="load model and checkpoint files whose JSON records no SHA-256 (older growlm) unchecked, "
+                             "with a warning; without it they are refused (`growlm rehash` records their hashes)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("params", help="parameter counts (fully trainable, frozen interface, grown active) as JSON")
     p.add_argument("--preset", default="paper", help="config preset (paper, llama, demo, tiny)")
@@ -103,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _accept_debug_everywhere(sub: argparse._SubParsersAction) -> None:
-    """Let ``--debug`` follow any subcommand, nested ones included (``growlm substrate info ... --debug``)."""
+    """Let ``--debug`` and ``--trust-unhashed`` follow any subcommand, nested ones included
+    (``growlm substrate info ... --debug``)."""
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("--trust-unhashed", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         for action in p._actions:
             if isinstance(action, argparse._SubParsersAction):
                 _accept_debug_everywhere(action)
@@ -137,8 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     from growlm.util.alloc import tune_allocator
 
     tune_allocator()  # before the command allocates anything large: freed blocks are reused, not re-faulted
+    trust = contextlib.nullcontext()
+    if args.trust_unhashed:  # files without recorded hashes load, with a warning (growlm.model.saved)
+        from growlm.model.saved import trusting_unhashed
+
+        trust = trusting_unhashed()
     try:
-        code = int(args.func(args) or 0)
+        with trust:
+            code = int(args.func(args) or 0)
         _end_process_group()
         return code
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import ast
 import inspect
 import json
 import os
+import shutil
 import stat
 import warnings
 from pathlib import Path
@@ -74,15 +75,59 @@ def test_composed_model_is_hashed_and_bound_too(glyph, tmp_path):
         load_model(tmp_path / "c")
 
 
-def test_old_model_without_a_hash_loads_with_a_warning(glyph, tmp_path):
+def unhash(desc: Path) -> None:
+    """Drop the hash records from a model.json or state.json, as an older growlm wrote them."""
+    meta = json.loads(desc.read_text())
+    del meta["files"]
+    desc.write_text(json.dumps(meta))
+
+
+def test_old_model_without_a_hash_is_refused_unless_trusted(glyph, tmp_path):
     m = tiny(glyph)
     save_model(m, tmp_path / "m")
-    meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    del meta["files"]
-    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
-    with pytest.warns(ck.IntegrityWarning, match="no recorded SHA-256"):
+    unhash(tmp_path / "m" / "model.json")
+    with pytest.raises(CheckpointError, match="no recorded SHA-256.*growlm rehash.*--trust-unhashed"):
+        load_model(tmp_path / "m")
+    with ck.trusting_unhashed(), pytest.warns(ck.IntegrityWarning, match="no recorded SHA-256"):
         again = load_model(tmp_path / "m")
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(CheckpointError, match="no recorded SHA-256"):  # trust ends with the block
+        load_model(tmp_path / "m")
+
+
+def test_unhashed_files_with_flipped_bytes_are_refused_and_rehash_records_good_ones(glyph, tmp_path, capsys):
+    from growlm.cli import main
+
+    save_model(tiny(glyph), tmp_path / "m")
+    unhash(tmp_path / "m" / "model.json")
+    flip_middle(tmp_path / "m" / "model.safetensors", 16)  # finite garbage or NaN: either way unverifiable
+    assert main(["generate", str(tmp_path / "m"), "hi", "--max-tokens", "2"]) == 2
+    assert "no recorded SHA-256" in capsys.readouterr().err
+    save_model(tiny(glyph), tmp_path / "good")
+    unhash(tmp_path / "good" / "model.json")
+    assert main(["rehash", str(tmp_path / "good")]) == 0
+    assert "recorded the SHA-256 of model.safetensors" in capsys.readouterr().out
+    load_model(tmp_path / "good")  # verified again from now on
+    flip_middle(tmp_path / "good" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(tmp_path / "good")
+    assert main(["rehash", str(tmp_path / "good")]) == 2  # a recorded hash is checked, never replaced
+    assert "corrupt" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(tmp_path / "good")
+
+
+def test_rehash_refuses_non_finite_weights(glyph, tmp_path, capsys):
+    from growlm.cli import main
+
+    m = tiny(glyph)
+    with torch.no_grad():
+        m.head.weight[0, 0] = float("nan")
+    save_model(m, tmp_path / "m")
+    unhash(tmp_path / "m" / "model.json")
+    assert main(["rehash", str(tmp_path / "m")]) == 2
+    assert "non-finite" in capsys.readouterr().err
+    assert "files" not in json.loads((tmp_path / "m" / "model.json").read_text())
 
 
 def test_unreadable_weights_are_reported_as_unreadable(glyph, tmp_path, monkeypatch):
@@ -213,3 +258,23 @@ def test_save_replaces_only_its_own_model_directory(glyph, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_model(d)
+
+
+def test_resume_from_an_unhashed_checkpoint_needs_trust_or_rehash(tiny_recipe, tmp_path, capsys):
+    from growlm.cli import main
+
+    run = tmp_path / "run"
+    recipe = tiny_recipe(steps=2, ckpt_every=1)
+    assert main(["grow", str(recipe), "--out", str(run), "--no-progress"]) == 0
+    shutil.rmtree(run / "model")  # as if it stopped after its last checkpoint
+    unhash(run / "checkpoints" / "latest" / "state.json")
+    assert main(["grow", "--resume", str(run), "--no-progress"]) == 2
+    assert "no recorded SHA-256" in capsys.readouterr().err
+    assert main(["rehash", str(run)]) == 0
+    assert "optimizer.safetensors" in capsys.readouterr().out
+    assert main(["grow", "--resume", str(run), "--no-progress"]) == 0
+    shutil.rmtree(run / "model")
+    unhash(run / "checkpoints" / "latest" / "state.json")
+    with pytest.warns(ck.IntegrityWarning):
+        assert main(["--trust-unhashed", "grow", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "model" / "model.json").is_file()

@@ -17,22 +17,32 @@ module knows no kind by name.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from growlm.util.fileio import OutputDirError, atomic_dir, default_mode, foreign_entries, sha256_file
+from growlm.util.fileio import (
+    OutputDirError,
+    atomic_dir,
+    atomic_write_text,
+    default_mode,
+    foreign_entries,
+    sha256_file,
+)
 
 FORMAT = "growlm-model-1"
 SUBSTRATE_KEY = "substrate_fingerprint"  # in the safetensors metadata of every weights file
 MODEL_OWNED = {"model.json", "model.safetensors", "eval.json"}  # what growlm writes in a model directory
 
 __all__ = ["FORMAT", "CheckpointError", "IntegrityWarning", "OutputDirError", "KINDS", "register_kind", "save_model",
-           "load_model", "resolve_model_dir", "read_json", "read_tensors", "sha256_file"]
+           "load_model", "resolve_model_dir", "read_json", "read_tensors", "record_hashes", "sha256_file",
+           "trusting_unhashed"]
 
 
 class CheckpointError(ValueError):
@@ -40,7 +50,21 @@ class CheckpointError(ValueError):
 
 
 class IntegrityWarning(UserWarning):
-    """A file was loaded without a recorded hash to check it against (written by an older growlm)."""
+    """A file was loaded without a recorded hash to check it against (only inside ``trusting_unhashed()``)."""
+
+
+_TRUST_UNHASHED: contextvars.ContextVar[bool] = contextvars.ContextVar("growlm_trust_unhashed", default=False)
+
+
+@contextmanager
+def trusting_unhashed():
+    """Inside the ``with``, a tensor file with no recorded SHA-256 loads with an ``IntegrityWarning``; outside, it is
+    refused (``growlm --trust-unhashed``; ``growlm rehash`` records the hashes once the files are checked)."""
+    token = _TRUST_UNHASHED.set(True)
+    try:
+        yield
+    finally:
+        _TRUST_UNHASHED.reset(token)
 
 
 # --------------------------------------------------------------------------- model kinds
@@ -123,6 +147,11 @@ def read_tensors(path: Path, what: str = "weights", record: dict | None = None, 
                                   f"{described_by} names substrate {fingerprint[:12] or '<none>'}: the description "
                                   "does not belong to these weights (copied from another model?)")
 
+    if record is None and not _TRUST_UNHASHED.get():
+        raise CheckpointError(f"{what} file {path} has no recorded SHA-256 in {described_by} (written by an older "
+                              "growlm, or the record was removed), so corrupted bytes would go unnoticed; check it, "
+                              f"then record its hashes with `growlm rehash {path.parent}`, or load it unchecked with "
+                              "--trust-unhashed (in Python: `with trusting_unhashed(): ...`)")
     if record is not None and digest != record.get("sha256"):
         relabelled(_saved_fingerprint(path))  # the more telling reason, when the header still says it
         size, written = path.stat().st_size, record.get("bytes")
@@ -140,8 +169,8 @@ def read_tensors(path: Path, what: str = "weights", record: dict | None = None, 
     relabelled(meta.get(SUBSTRATE_KEY))
     if record is None:
         warnings.warn(f"{what} file {path} has no recorded SHA-256 in {described_by} (written by an older growlm), "
-                      "so its integrity cannot be checked; save it again to record one", IntegrityWarning,
-                      stacklevel=3)
+                      "so its integrity cannot be checked (--trust-unhashed); record one with `growlm rehash`",
+                      IntegrityWarning, stacklevel=3)
     return tensors
 
 
@@ -220,3 +249,28 @@ def load_model(path: str | Path, substrate=None, map_location: str = "cpu") -> t
     state = read_tensors(d / "model.safetensors", "weights", (meta.get("files") or {}).get("model.safetensors"),
                          meta.get(SUBSTRATE_KEY), d / "model.json")
     return cls.from_saved(d, meta, state, substrate).to(map_location)
+
+
+def record_hashes(desc: str | Path, names: list[str]) -> list[str]:
+    """Record the SHA-256 of the tensor files ``names`` (beside the JSON ``desc``) that have none, after checking
+    each: it reads whole, its values are finite and it names the substrate ``desc`` names. Returns those recorded.
+
+    A check cannot tell bytes flipped into other finite values: record hashes only for files you trust."""
+    desc = Path(desc)
+    meta = read_json(desc)
+    files = dict(meta.get("files") or {})
+    todo = [n for n in names if n not in files]
+    for name in todo:
+        path = desc.parent / name
+        with trusting_unhashed(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", IntegrityWarning)
+            tensors = read_tensors(path, name, None, meta.get(SUBSTRATE_KEY), desc)
+        bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise CheckpointError(f"{path} holds non-finite values ({', '.join(bad[:3])}): corrupt, or from a run "
+                                  "that diverged; no hash recorded")
+        files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if todo:
+        meta["files"] = files
+        atomic_write_text(desc, json.dumps(meta, indent=1))
+    return todo
