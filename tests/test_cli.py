@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -322,3 +326,63 @@ def test_finetune_never_takes_over_a_growth_run(runs, tiny_recipe, tmp_path, cap
         assert main(["finetune", str(composed), "--out", str(run), "--steps", "1"]) == 2
         assert str(run) in error_of(capsys)
         assert tree(run) == before
+
+
+# --------------------------------------------------------------------------- clear errors before work (issue 22, 3)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_generate_refuses_a_non_finite_temperature(runs, value, capsys):
+    assert main(["generate", str(runs[0]), "hi", "--temperature", value, "--max-new-tokens", "2"]) == 2
+    assert "--temperature must be a finite number >= 0" in error_of(capsys)
+
+
+def test_eval_refuses_a_context_longer_than_the_model_was_built_for(runs, capsys):
+    block = load_model(runs[0]).cfg.block_size
+    assert main(["eval", str(runs[0]), "--tasks", "ppl", "--limit", "1", "--quiet", "--max-length", "100000"]) == 2
+    assert f"max_length 100000 is longer than the model's block_size {block}" in error_of(capsys)
+
+
+def test_a_failed_tensor_write_names_the_file(glyph, tmp_path):
+    script = f"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+import torch
+from growlm.model import Config, GrowLM
+from growlm.model.saved import save_model
+from growlm.substrate import Substrate
+sub = Substrate.build("glyph", "compact", 32)
+model = GrowLM(Config.from_preset("tiny", vocab_size=sub.vocab_size, d_model=32, n_layer=1, n_head=2), sub)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+    save_model(model, {str(tmp_path / "m")!r})
+except OSError as e:
+    print(e)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert f"{tmp_path}/.m." in r.stdout and "model.safetensors could not be written" in r.stdout, r.stdout + r.stderr
+    assert "File too large" in r.stdout and "is the disk full" in r.stdout
+    assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_before_work(tiny_recipe, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["grow", str(tiny_recipe(steps=2, ckpt_every=1)), "--out", str(run), "--no-progress"]) == 0
+    shutil.rmtree(run / "model")
+    (run / "stages" / "stage-01" / "notes.txt").write_text("mine")  # a user file inside growlm's own output
+    metrics = (run / "metrics.jsonl").read_bytes()
+    assert main(["grow", "--resume", str(run), "--no-progress"]) == 2
+    assert "notes.txt" in error_of(capsys)
+    assert (run / "metrics.jsonl").read_bytes() == metrics and not (run / "model").exists()
+    (run / "stages" / "stage-01" / "notes.txt").unlink()
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):  # as a read-only directory answers (root ignores chmod, so simulate it)
+        if dir is not None and Path(dir).resolve() == run.resolve():
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(["grow", "--resume", str(run), "--no-progress"]) == 2
+    assert f"{run} is not writable" in error_of(capsys)
+    assert (run / "metrics.jsonl").read_bytes() == metrics and not (run / "model").exists()

@@ -333,3 +333,42 @@ def test_cli_names_the_bad_line_and_skips_with_the_flag(tmp_path: Path, capsys) 
     assert json.loads(out.out)["skipped"] == 3 and "skipped 3 bad document(s)" in out.err
     assert main(["prepare", str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 2
     assert "already holds prepared tokens" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- unreadable inputs, a full disk
+
+
+@pytest.mark.parametrize("name", ["en.jsonl.gz", "en.txt.gz", "en.parquet"])
+def test_truncated_or_corrupt_input_names_the_file(tmp_path: Path, name: str, capsys) -> None:
+    from growlm.cli import main
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    docs = [f"document {i} " * 200 for i in range(50)]
+    target = corpus / name
+    if name.endswith(".parquet"):
+        pq = pytest.importorskip("pyarrow.parquet")
+        pa = pytest.importorskip("pyarrow")
+        pq.write_table(pa.table({"text": docs}), target)
+    else:
+        text = "\n".join(json.dumps({"text": d}) for d in docs) if "jsonl" in name else "\n\n".join(docs)
+        target.write_bytes(gzip.compress(text.encode()))
+    data = target.read_bytes()
+    target.write_bytes(data[:len(data) // 2])  # cut short, as a failed download leaves it
+    assert main(["prepare", str(corpus), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(target) in err and "truncated or corrupt" in err and "Traceback" not in err, err
+
+
+def test_full_disk_names_the_file_and_leaves_no_temporary_shard(tmp_path: Path, tiny_corpus: Path) -> None:
+    script = f"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+from growlm.cli import main
+sys.exit(main(["prepare", {str(tiny_corpus)!r}, "--out", {str(tmp_path / "out")!r}, "--no-progress"]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "File too large" in r.stderr and str(tmp_path / "out") in r.stderr and "Traceback" not in r.stderr
+    assert not [p for p in (tmp_path / "out").rglob("*.tmp")]

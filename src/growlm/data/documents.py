@@ -146,6 +146,10 @@ TABLE_SUFFIXES = PARQUET_SUFFIXES + ARROW_SUFFIXES
 CORPUS_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + TABLE_SUFFIXES
 
 
+class CorruptInput(ValueError):
+    """A corpus file that cannot be read at all (a truncated archive, a corrupt Parquet file); names the file."""
+
+
 class BadDocument(ValueError):
     """A document that cannot be read: not UTF-8, invalid JSON, no text field; names its file and line."""
 
@@ -457,62 +461,72 @@ def iter_documents(path_or_dir: str | Path, lang: str | None = None, *, text_fie
     root = Path(path_or_dir)
     files = corpus_files(root, files)
     base = root if root.is_dir() else root.parent
-    for fi, path in enumerate(files):
-        if fi < start[0]:
-            continue
-        skip_to = start[1] if fi == start[0] else 0
-        rel = str(path)
-        file_lang = _lang_of(path, base)
-        hasher = hashlib.sha256() if hashes is not None else None
-        jsonl = path.name.endswith(JSONL_SUFFIXES)
-        streamed = not path.name.endswith(TABLE_SUFFIXES) and (jsonl or (split is not None and not split.whole_files))
-        if path.name.endswith(TABLE_SUFFIXES):
-            items: Iterator[tuple[int, object]] = _parquet_docs(path, rel, file_lang, text_field, skip_to)
-        elif path.name.endswith(JSONL_SUFFIXES):
-            f, hashing = _open_binary(path, hasher, on_read)
-            items = _jsonl_docs(f, rel, file_lang, skip_to, text_field)
-        elif split is not None and not split.whole_files:
-            f, hashing = _open_binary(path, hasher, on_read)
-            items = _txt_docs(f, rel, file_lang, skip_to, split)
-        else:
-            f, hashing = _open_binary(path, hasher, on_read)
-            with f:
-                data = f.read()
-                if hashing is not None:
-                    while hashing.read(1 << 20):  # bytes after the compressed stream: hash the whole file
-                        pass
+    rel = str(root)
+    try:
+        for fi, path in enumerate(files):
+            if fi < start[0]:
+                continue
+            skip_to = start[1] if fi == start[0] else 0
+            rel = str(path)
+            file_lang = _lang_of(path, base)
+            hasher = hashlib.sha256() if hashes is not None else None
+            jsonl = path.name.endswith(JSONL_SUFFIXES)
+            streamed = not path.name.endswith(TABLE_SUFFIXES) and (jsonl or (split is not None
+                                                                             and not split.whole_files))
+            if path.name.endswith(TABLE_SUFFIXES):
+                items: Iterator[tuple[int, object]] = _parquet_docs(path, rel, file_lang, text_field, skip_to)
+            elif path.name.endswith(JSONL_SUFFIXES):
+                f, hashing = _open_binary(path, hasher, on_read)
+                items = _jsonl_docs(f, rel, file_lang, skip_to, text_field)
+            elif split is not None and not split.whole_files:
+                f, hashing = _open_binary(path, hasher, on_read)
+                items = _txt_docs(f, rel, file_lang, skip_to, split)
+            else:
+                f, hashing = _open_binary(path, hasher, on_read)
+                with f:
+                    data = f.read()
+                    if hashing is not None:
+                        while hashing.read(1 << 20):  # bytes after the compressed stream: hash the whole file
+                            pass
+                try:
+                    item: object = (file_lang, _decode_utf8(data, rel, line_base=1))
+                except BadDocument as e:
+                    item = e
+                items = iter([(1, item)] if skip_to < 1 else [])
             try:
-                item: object = (file_lang, _decode_utf8(data, rel, line_base=1))
-            except BadDocument as e:
-                item = e
-            items = iter([(1, item)] if skip_to < 1 else [])
-        try:
-            for line, item in items:
-                if isinstance(item, BadDocument):
-                    if on_error == "raise":
-                        raise item
-                    if skipped is not None:
-                        skipped.append(item)
-                    continue
-                doc_lang, text = item  # type: ignore[misc]
-                del item
-                if txt_documents is not None and streamed and not jsonl:
-                    txt_documents[fi] = line
-                if text and (lang is None or doc_lang == lang):
-                    yield Document(doc_lang, text, fi, line)
-                del text
-            if streamed and hashing is not None:
-                while hashing.read(1 << 20):
-                    pass
-        finally:
-            if streamed:
-                f.close()
-        if hashes is not None:
-            hashes[fi] = sha256_file(path) if hasher is None or path.name.endswith(TABLE_SUFFIXES) \
-                else hasher.hexdigest()
-            if on_read is not None and path.name.endswith(TABLE_SUFFIXES):
-                on_read(path.stat().st_size)
+                for line, item in items:
+                    if isinstance(item, BadDocument):
+                        if on_error == "raise":
+                            raise item
+                        if skipped is not None:
+                            skipped.append(item)
+                        continue
+                    doc_lang, text = item  # type: ignore[misc]
+                    del item
+                    if txt_documents is not None and streamed and not jsonl:
+                        txt_documents[fi] = line
+                    if text and (lang is None or doc_lang == lang):
+                        yield Document(doc_lang, text, fi, line)
+                    del text
+                if streamed and hashing is not None:
+                    while hashing.read(1 << 20):
+                        pass
+            finally:
+                if streamed:
+                    f.close()
+            if hashes is not None:
+                hashes[fi] = sha256_file(path) if hasher is None or path.name.endswith(TABLE_SUFFIXES) \
+                    else hasher.hexdigest()
+                if on_read is not None and path.name.endswith(TABLE_SUFFIXES):
+                    on_read(path.stat().st_size)
 
+    except (BadDocument, ImportError):
+        raise
+    except Exception as e:  # a truncated .gz, a corrupt .parquet: say which file, whatever the library said
+        if rel in str(e):
+            raise
+        raise CorruptInput(f"{rel} cannot be read: {type(e).__name__}: {e}; is it truncated or corrupt? Replace "
+                           "it (or move it out of the corpus) and run again") from None
 
 def load_documents(path_or_dir: str | Path, lang: str | None = None) -> Iterator[tuple[str | None, str]]:
     """Yield (lang, text) for every document of a corpus file or folder (see :func:`iter_documents`)."""

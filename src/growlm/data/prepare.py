@@ -192,13 +192,27 @@ class _Shard:
 
     def write(self, ids: np.ndarray) -> None:
         data = ids.astype(self.dtype, copy=False).tobytes()
-        self.f.write(data)
+        try:
+            self.f.write(data)
+        except OSError as e:  # the OS names no file for a full disk or a size limit
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self.sha.update(data)
         self.tokens += len(ids)
 
+    def discard(self) -> None:
+        """Close and delete the temporary file (the shard is not kept)."""
+        try:
+            self.f.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
+
     def close(self, root: Path) -> dict:
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self.f.close()
         os.replace(self.tmp, self.path)
         return {"path": str(self.path.relative_to(root)), "lang": self.lang, "split": self.split,
@@ -367,31 +381,36 @@ def _write_segment(docs: Iterator[Document], tok: Tokenizer, dtype: np.dtype, ou
                    chunk_chars: int, bar=None) -> dict | None:
     """Encode documents into one shard per language and split until ``shard_tokens``; None if none were left."""
     shards: dict[tuple[str, str], _Shard] = {}
-    batch: list[Document] = []
-    size = tokens = 0
-    end = None
-    for doc in docs:
-        batch.append(doc)
-        size += len(doc.text)
-        end = (doc.file, doc.line)
-        del doc
-        if size >= batch_chars:
-            tokens += _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars,
-                                    batch_chars)
-            batch, size = [], 0
-            if bar is not None:
-                bar.set_postfix_str(f"{tokens:,} tokens in this segment", refresh=False)
-            if tokens >= shard_tokens:
-                break
-    if batch:
-        _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars, batch_chars)
-        batch.clear()
-    if end is None:
-        return None
-    written = [s.close(out) for _, s in sorted(shards.items())]
-    for d in {s.path.parent for s in shards.values()}:
-        fsync_dir(d)
-    return {"segment": segment, "end": list(end), "shards": written}
+    try:
+        batch: list[Document] = []
+        size = tokens = 0
+        end = None
+        for doc in docs:
+            batch.append(doc)
+            size += len(doc.text)
+            end = (doc.file, doc.line)
+            del doc
+            if size >= batch_chars:
+                tokens += _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars,
+                                        batch_chars)
+                batch, size = [], 0
+                if bar is not None:
+                    bar.set_postfix_str(f"{tokens:,} tokens in this segment", refresh=False)
+                if tokens >= shard_tokens:
+                    break
+        if batch:
+            _encode_batch(batch, tok, dtype, out, segment, rels, shards, val_fraction, chunk_chars, batch_chars)
+            batch.clear()
+        if end is None:
+            return None
+        written = [s.close(out) for _, s in sorted(shards.items())]
+        for d in {s.path.parent for s in shards.values()}:
+            fsync_dir(d)
+        return {"segment": segment, "end": list(end), "shards": written}
+    except BaseException:  # a full disk, a bad document, an interrupt: no temporary shard is left behind
+        for sh in shards.values():
+            sh.discard()
+        raise
 
 
 def _encode_batch(batch: list[Document], tok: Tokenizer, dtype: np.dtype, out: Path, segment: int,

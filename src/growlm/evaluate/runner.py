@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -86,8 +87,8 @@ def evaluate(model: nn.Module, tokenizer, tasks: list[str] | str, limit: int | N
     _check_int("num_fewshot", num_fewshot, 0)
     _check_int("batch_size", batch_size, 1, allow_none=False)
     _check_int("max_length", max_length, 1)
-    if temperature is not None and not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if arc_split not in ("test", "validation"):
         raise ValueError(f"arc_split must be 'test' or 'validation', got {arc_split!r}")
     names = parse_tasks(tasks)

@@ -44,7 +44,11 @@ class Scorer:
         cfg = getattr(model, "cfg", None)
         if cfg is None and hasattr(model, "experts"):
             cfg = getattr(model.experts[0], "cfg", None)
-        self.max_length = max_length or int(getattr(cfg, "block_size", 0) or 1024)
+        block = int(getattr(cfg, "block_size", 0) or 0)
+        if max_length and block and max_length > block:
+            raise ValueError(f"max_length {max_length} is longer than the model's block_size {block}, the longest "
+                             "context it was built for; give at most that")
+        self.max_length = max_length or block or 1024
         self.progress = progress
         if hasattr(model, "score_positions"):
             self.mode = "positions"

@@ -101,7 +101,10 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_tensors(tensors: dict[str, torch.Tensor], path: Path, fingerprint: str) -> dict:
     """Write a safetensors file bound to a substrate fingerprint; returns its record (sha256, bytes)."""
-    save_file(_cpu(tensors), str(path), metadata={"format": "pt", SUBSTRATE_KEY: fingerprint or ""})
+    try:
+        save_file(_cpu(tensors), str(path), metadata={"format": "pt", SUBSTRATE_KEY: fingerprint or ""})
+    except (SafetensorError, OSError) as e:  # safetensors names no file (a full disk: "File too large")
+        raise OSError(f"{path} could not be written ({e}); is the disk full? Nothing was replaced") from None
     default_mode(path)  # safetensors writes 0600 whatever the umask
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 

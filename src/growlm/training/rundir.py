@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
-from growlm.training.checkpoint import find_checkpoint
-from growlm.util.fileio import MARKER, DirLock, OutputDirError, claim_output_dir
+from growlm.model.saved import MODEL_OWNED
+from growlm.training.checkpoint import CHECKPOINT_OWNED, find_checkpoint
+from growlm.util.fileio import MARKER, DirLock, OutputDirError, claim_output_dir, foreign_entries
 
 
 def is_legacy_run(d: Path) -> bool:
@@ -31,6 +34,32 @@ def check_run_exists(run: str | Path) -> Path:
     return run
 
 
+def check_writable(run: Path) -> None:
+    """Refuse, before any work, a run directory (or its checkpoints/, stages/) where no file can be created."""
+    for d in (run, run / "checkpoints", run / "stages"):
+        if not d.is_dir():
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(dir=d, prefix=".growlm-probe.")
+        except OSError as e:
+            raise OutputDirError(f"{d} is not writable ({e.strerror}): growlm could not save checkpoints or models "
+                                 "there; make it writable (or copy the run elsewhere) and run again") from None
+        os.close(fd)
+        os.unlink(probe)
+
+
+def check_own_outputs(run: Path) -> None:
+    """Refuse, before any work, a run whose model or checkpoint directories hold files growlm did not write (they
+    would be refused only when the trained model is saved)."""
+    for d in [run / "model", *sorted(run.glob("stages/stage-*")), run / "checkpoints" / "latest"]:
+        if not d.is_dir():
+            continue
+        extra = foreign_entries(d, CHECKPOINT_OWNED if d.parent.name == "checkpoints" else MODEL_OWNED)
+        if extra:
+            raise OutputDirError(f"{d} holds files growlm did not write ({', '.join(extra[:5])}); it would replace "
+                                 "that directory when it saves there: move them away and run again")
+
+
 class RunDir:
     """Claim ``out`` for ``tool`` (it must be missing, empty or that tool's own) and lock it until ``close()``.
 
@@ -49,6 +78,8 @@ class RunDir:
                 raise OutputDirError(f"{self.path} is not the output of `growlm {tool}`")
         else:
             claim_output_dir(self.path, tool, legacy=LEGACY.get(tool))
+        check_writable(self.path)
+        check_own_outputs(self.path)
         self.lock = DirLock(self.path)
 
     def started(self) -> bool:
