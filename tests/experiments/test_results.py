@@ -118,6 +118,25 @@ def test_the_merge_claim_is_the_average_beating_each_expert():
     assert beats.verdict == "not reproduced at this scale"
     assert start.verdict == "reproduced"  # within 5% of the better expert's final loss
     assert STUDY.verdict(summary([7.5, 7.6, 7.4]))[1].verdict == "not reproduced at this scale"
+    further = STUDY.verdict(summary([6.0, 6.1, 6.05]))[2]  # a summary made before the arm existed
+    assert (further.verdict, further.cite) == ("not run yet", "v1 §4.1, Fig. 1-2")
+    assert "growlm experiment composition" in further.measured
+
+
+def test_further_training_is_judged_on_the_paired_drop_from_step_0():
+    from growlm.experiments.composition import AVERAGE_FT, PAIR, STUDY
+
+    def summary(start: list[float], end: list[float]) -> dict:
+        seeds = {s: [{"experts": "en+ru", "method": "expert", "val_bpc": 6.7},
+                     {"experts": "en+zh", "method": "expert", "val_bpc": 6.6},
+                     {"experts": PAIR, "method": "average", "val_bpc": start[s]},
+                     {"experts": PAIR, "method": AVERAGE_FT, "val_bpc_step0": start[s], "val_bpc": end[s]}]
+                 for s in range(3)}
+        return {"rows": summarise(STUDY, seeds)}
+
+    row = STUDY.verdict(summary([6.8, 6.9, 6.85], [6.1, 6.3, 6.2]))[2]
+    assert (row.verdict, row.source) == ("reproduced", "paper") and "step 0 6.85" in row.measured
+    assert STUDY.verdict(summary([6.8, 6.9, 6.85], [6.7, 7.0, 6.8]))[2].verdict == "not reproduced at this scale"
 
 
 def test_rivals_monolithic_is_judged_at_equal_flops_on_the_same_interface():
