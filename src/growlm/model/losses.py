@@ -77,9 +77,14 @@ class _HeadChunks:
             logits = self.buf[:n]
             if low is None:  # fp32: the bias rides along in the matmul
                 torch.mm(hc, w.t(), out=logits) if b is None else torch.addmm(b, hc, w.t(), out=logits)
-            else:  # low precision matmul, then float32 logits (the bias added in float32, in the same pass)
+            else:  # low precision matmul, then float32 logits (the bias added in float32)
                 torch.mm(hc, w.t(), out=low[:n])
-                logits.copy_(low[:n]) if b is None else torch.add(low[:n], b, out=logits)
+                if b is None:
+                    logits.copy_(low[:n])
+                elif logits.is_cpu:  # CPU kernels cast a mixed-dtype input into a temporary [n, V]: cast in place
+                    logits.copy_(low[:n]).add_(b)
+                else:  # CUDA casts inside the kernel: one pass
+                    torch.add(low[:n], b, out=logits)
             yield s, hc, logits
 
 
