@@ -90,12 +90,15 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+# devices where AdamW runs torch's fused kernel, one pass over each tensor; on CPU the per-tensor loop it replaces
+# took 4.2 s against 0.64 s for a 33.6M-parameter step (d_model 512 x 8 layers, V 16,384; benchmarks/plain_gpt.py)
+FUSED_ADAMW = ("cuda", "cpu")
 HEAD = ("head.", "norm.")  # parameter names of the head a stage may schedule apart: the LM head and the final norm
 
 
 def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.device,
                     split_head: bool = False) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only (matrices decay, vectors don't); fused on CUDA.
+    """AdamW over the trainable parameters only (matrices decay, vectors don't); fused on CUDA and CPU.
 
     ``split_head``: the head's parameters get groups of their own, marked ``"head": True`` (see ``set_lr``)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -113,7 +116,7 @@ def build_optimizer(model: torch.nn.Module, train: TrainSpec, device: torch.devi
                 group["head"] = head
             if group["params"] or not split_head:  # the unsplit optimiser keeps its two groups as it always had
                 groups.append(group)
-    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=device.type in FUSED_ADAMW)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, head_scale: float = 1.0) -> None:

@@ -100,13 +100,13 @@ def fake_copy(model: nn.Module, mode) -> nn.Module:
         return twin.to_empty(device="cpu")
 
 
-def measure_step(model: GrowLM, train: TrainSpec, micro: int, precision: str = "fp32", fused: bool = False,
+def measure_step(model: GrowLM, train: TrainSpec, micro: int, precision: str = "fp32",
                  fake: bool = True) -> StepMemory:
     """Memory of a training step of ``model`` as it stands (what trains is set) at ``micro`` sequences per
     micro-batch and ``train.grad_accum`` micro-batches (at most 2 are run: a third adds nothing new).
 
     ``fake``: ``model`` is on the meta device and is measured on a fake copy; else it is measured as it is (real
-    CPU tensors, for checking the fake measurement). ``fused``: AdamW's fused kernel (the trainer's choice on CUDA).
+    CPU tensors, for checking the fake measurement). AdamW is the trainer's (``build_optimizer``: fused).
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -116,9 +116,8 @@ def measure_step(model: GrowLM, train: TrainSpec, micro: int, precision: str = "
     trainable = [p for p in m.parameters() if p.requires_grad]
     accum = min(train.grad_accum, 2)
     spec = replace(train, batch_size=micro * accum, grad_accum=accum)
-    device = torch.device("cuda" if fused else "cpu")  # build_optimizer fuses AdamW on CUDA only
     with mode if fake else contextlib.nullcontext(), LiveBytes(fake=fake) as live:
-        opt = build_optimizer(m, spec, device)
+        opt = build_optimizer(m, spec, torch.device("cpu"))
         for p in trainable:  # AdamW's state as after a first step
             p.grad = torch.zeros_like(p)
         opt.step()
@@ -278,7 +277,7 @@ def plan_cluster(recipe: Recipe, gpus: int, gpu: str = "h100-80gb", parallel: st
     rows, hours = [], 0.0
     for si, (st, model) in enumerate(stage_models(recipe)):
         model.activation_checkpointing = ckpt
-        mem = measure_step(model, train, micro, precision, fused=True)
+        mem = measure_step(model, train, micro, precision)
         parts = per_gpu(model, mem, gpus, parallel, precision)
         need = total(parts, gpus, mem)
         largest = largest_micro_batch(model, train, precision, gpus, parallel, room, (micro, mem))
