@@ -33,11 +33,11 @@ def _params(args: argparse.Namespace) -> int:
     from growlm.training.plan import parameter_budget
 
     overrides = {"d_model": args.d_model, "n_layer": args.n_layer, "n_head": args.n_head}
-    cfg = Config.from_preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
     if args.vocab:
         from growlm.substrate import Vocabulary
 
-        cfg.vocab_size = len(Vocabulary.load(args.vocab))
+        overrides["vocab_size"] = len(Vocabulary.load(args.vocab))
+    cfg = Config.from_preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
     table = None
     if args.substrate == "binary":  # the author's V x k code table (k = 16 for V = 65536)
         from growlm.substrate.binary import code_bits

@@ -53,7 +53,7 @@ def demo_budget(grow_recipe: str = "demo", compose_recipe: str = "compose-demo",
     if expert_data != {recipe.data.path}:
         raise ValueError(f"the demo's expert recipe reads {sorted(expert_data)}, its growth recipe "
                          f"{recipe.data.path!r}; the budget counts one data set")
-    vocab = recipe.substrate.get("vocab", "compact")
+    vocab = recipe.substrate.vocab
     if exact:
         data = data or open_data(recipe.data.path, vocab)
         windows, comp_windows = validation_windows(data, recipe.train), validation_windows(data, pipeline.train)

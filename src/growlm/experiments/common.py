@@ -64,7 +64,8 @@ def measure(ctx: SeedContext, model_dir: Path, raw: dict) -> dict:
     if "val_bpc" not in meta:
         raise ValueError(f"{model_dir} carries no validation bits per character; measure a stage directory")
     val = meta["val_bpc"]
-    scores = heldout_scores(load_model(model_dir), raw["substrate"]["vocab"], raw["train"]["seq_len"],
+    recipe = Recipe.from_dict(raw)
+    scores = heldout_scores(load_model(model_dir), recipe.substrate.vocab, recipe.train.seq_len,
                             max_chars=size(ctx)["heldout_chars"])
     row = {f"val_bpc_{k}": v for k, v in val.items()}
     row.update(heldout_row(scores))

@@ -92,8 +92,8 @@ def composed_dir(ctx: SeedContext, method: str, base_dir: Path, expert_dir: Path
     out = ctx.work / f"composed-{method}"
     if not (out / "model.json").exists():
         composed = compose([load_model(base_dir), load_model(expert_dir)], method=method, names=["base", "zh"])
-        t = Recipe.from_dict(raw).train
-        val = validate(composed, open_data(raw["data"]["path"], raw["substrate"]["vocab"]), t, torch.device("cpu"))
+        r = Recipe.from_dict(raw)
+        val = validate(composed, open_data(r.data.path, r.substrate.vocab), r.train, torch.device("cpu"))
         save_model(composed, out, extra=val)
     return out
 

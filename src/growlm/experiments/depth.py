@@ -5,6 +5,7 @@ from __future__ import annotations
 from growlm.experiments.common import DOC_METRICS, measure, plan, train
 from growlm.experiments.framework import SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 from growlm.model.saved import load_model
+from growlm.training.plan import Recipe
 
 DEPTH = {"default": 6, "quick": 2}
 STAGE_STEPS = {"default": 100, "quick": 2}
@@ -54,11 +55,11 @@ def run(ctx: SeedContext) -> list[dict]:
     stages = [{"name": f"grow-{i + 1}", "add": 1, "train_newest": 1, "steps": n} for i in range(depth)]
     raw = plan(ctx, stages, name="depth")
     run_dir = train(ctx, raw, "grown")
-    rows = []
+    vocab, rows = Recipe.from_dict(raw).substrate.vocab, []
     for i in range(depth):
         stage = run_dir / "stages" / f"stage-{i:02d}"
         row = {"arm": "grown", "depth": i + 1, **measure(ctx, stage, raw),
-               **gold_bpb(load_model(stage), raw["substrate"]["vocab"], ctx.quick, ctx.log)}
+               **gold_bpb(load_model(stage), vocab, ctx.quick, ctx.log)}
         ctx.log(f"depth seed {ctx.seed} depth {i + 1}: val bpc {row['val_bpc']}, held-out {row['heldout_bpc']}")
         rows.append(row)
     return rows

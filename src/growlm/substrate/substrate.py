@@ -28,6 +28,8 @@ from growlm.util.fileio import atomic_file
 ALGORITHM_VERSION = {"glyph": glyph.ALGORITHM, "glyph16": "glyph-pca-2", "binary": "binary-lift-2",
                      "random": random.ALGORITHM}
 KINDS = tuple(ALGORITHM_VERSION)
+# what a recipe builds when its [substrate] table leaves a key out
+DEFAULT_KIND, DEFAULT_VOCAB = "glyph", "compact"
 # options each kind takes, with their defaults (None: derived from the vocabulary or d_model)
 OPTIONS: dict[str, dict] = {"glyph": {"cell": None}, "glyph16": {},
                             "binary": {"bits": None, "lift": binary.DEFAULT_LIFT}, "random": {"seed": 0}}
@@ -109,6 +111,49 @@ class SubstrateSpec:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class SubstratePlan:
+    """A recipe's ``[substrate]`` table: kind, vocabulary and the kind's options; ``d_model`` comes from the model.
+
+    ``build(d_model)`` makes the ``Substrate`` (whose ``SubstrateSpec`` fills in every default). ``to_dict`` is the
+    table as the recipe wrote it, so a plan's fingerprint does not change with the typing.
+    """
+
+    kind: str = DEFAULT_KIND
+    vocab: str = DEFAULT_VOCAB
+    options: dict = field(default_factory=dict)  # as the recipe gives them; their defaults are filled at build
+    left_out: frozenset[str] = field(default=frozenset(), compare=False, repr=False)  # kind/vocab the table omitted
+
+    def __post_init__(self) -> None:
+        for key in ("kind", "vocab"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"[substrate] {key} must be a string, got {getattr(self, key)!r}")
+        try:
+            resolve_options(self.kind, self.options)
+        except ValueError as e:
+            raise ValueError(f"[substrate] {e}") from None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SubstratePlan:
+        """The plan of a ``[substrate]`` table (``kind``, ``vocab`` and the kind's options, all optional)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"[substrate] must be a table, got {d!r}")
+        given = {k: d[k] for k in ("kind", "vocab") if k in d}
+        return cls(**given, options={k: v for k, v in d.items() if k not in ("kind", "vocab")},
+                   left_out=frozenset({"kind", "vocab"} - set(given)))
+
+    def to_dict(self) -> dict:
+        """The ``[substrate]`` table: kind, vocab (unless the recipe left it out at its default) and options."""
+        defaults = {"kind": DEFAULT_KIND, "vocab": DEFAULT_VOCAB}
+        named = {k: getattr(self, k) for k in ("kind", "vocab")
+                 if k not in self.left_out or getattr(self, k) != defaults[k]}
+        return {**named, **self.options}
+
+    def build(self, d_model: int, *, cache: bool = True) -> Substrate:
+        """The substrate this plan names at ``d_model`` (built, or read from the on-disk cache)."""
+        return Substrate.build(self.kind, self.vocab, d_model, cache=cache, **self.options)
+
+
 def cache_dir() -> Path:
     """Where built substrates are cached (``GROWLM_CACHE`` or ``~/.cache/growlm``)."""
     return Path(os.environ.get("GROWLM_CACHE", Path.home() / ".cache" / "growlm")) / "substrates"
@@ -150,7 +195,7 @@ class Substrate:
         return self.fingerprint[:12]
 
     @classmethod
-    def build(cls, kind: str = "glyph", vocab: str = "compact", d_model: int = 256, *,
+    def build(cls, kind: str = DEFAULT_KIND, vocab: str = DEFAULT_VOCAB, d_model: int = 256, *,
               cache: bool = True, **options) -> Substrate:
         """Build (or load from the on-disk cache) the substrate ``kind`` for ``vocab`` at ``d_model``."""
         if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from growlm.model import Config, GrowLM, lora
+from growlm.substrate import SubstratePlan, Vocabulary
 from growlm.util.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"  # the recipes shipped in the package
@@ -36,7 +37,7 @@ def _from_dict(cls, d: dict, where: str):
     return cls(**check_fields(cls, d, where, RANGES.get(cls.__name__)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
     """One step of a growth plan."""
 
@@ -86,7 +87,7 @@ LATER_STAGE_KEYS = {"head_freeze_steps": 0, "head_warmup_steps": 0}
 LATER_TRAIN_KEYS = {"skip_bad_batches": 0}  # the same for [train] keys
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSpec:
     """Optimisation and logging settings shared by all stages."""
 
@@ -114,7 +115,7 @@ class TrainSpec:
     skip_bad_batches: int = 0
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
+        object.__setattr__(self, "betas", tuple(self.betas))  # a TOML array arrives as a list
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"[train] betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -133,7 +134,7 @@ class TrainSpec:
         check_fields(type(self), {k: getattr(self, k) for k in ranges}, "train", ranges)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSpec:
     """Where the token files are and which mixtures the stages may name."""
 
@@ -166,13 +167,14 @@ def _check_mixtures(mixtures: dict) -> None:
             raise ValueError(f"[data.mixtures] {name}: the weights sum to 0; give at least one language a weight > 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
-    """A whole growth plan: model, substrate, data, training settings and stages."""
+    """A whole growth plan: model, substrate, data, training settings and stages (frozen once validated: a variant
+    is a new recipe, ``dataclasses.replace`` or ``from_dict``)."""
 
     name: str
     model: dict  # a Config preset name under "preset" plus field overrides; n_layer = depth before stage 0
-    substrate: dict  # kind, vocab (d_model comes from the model)
+    substrate: SubstratePlan  # kind, vocab, options (d_model comes from the model)
     data: DataSpec
     train: TrainSpec
     stages: list[Stage]
@@ -198,33 +200,22 @@ class Recipe:
         for i, s in enumerate(d.get("stages", [])):
             if not isinstance(s, dict):
                 raise ValueError(f"[stages.{i}] must be a table, got {s!r}")
-            s = dict(s)
+            s = {**s, "name": f"stage-{i}"} if s.get("name", "") == "" else dict(s)
             if "lora" in s:
                 s["lora"] = _from_dict(lora.LoRASpec, s["lora"], f"stages.{i}.lora")
             st = _from_dict(Stage, s, f"stages.{i}")
-            st.name = st.name or f"stage-{i}"
             st.validate(i)
             stages.append(st)
         if not stages:
             raise ValueError("the recipe has no [[stages]]; a growth plan needs at least one stage")
         recipe = cls(name=d.get("name", name), model=dict(d.get("model", {})),
-                     substrate=dict(d.get("substrate", {"kind": "glyph", "vocab": "compact"})),
+                     substrate=SubstratePlan.from_dict(d["substrate"]) if "substrate" in d else SubstratePlan(),
                      data=_from_dict(DataSpec, d.get("data", {}), "data"),
                      train=_from_dict(TrainSpec, d.get("train", {}), "train"), stages=stages, source=source,
                      raw=d)
         _check_mixtures(recipe.data.mixtures)
         if not isinstance(recipe.model.get("preset", "demo"), str):
             raise ValueError(f"[model] preset must be a string, got {recipe.model['preset']!r}")
-        for key in ("kind", "vocab"):
-            if key in recipe.substrate and not isinstance(recipe.substrate[key], str):
-                raise ValueError(f"[substrate] {key} must be a string, got {recipe.substrate[key]!r}")
-        from growlm.substrate.substrate import resolve_options
-
-        sub_opts = {k: v for k, v in recipe.substrate.items() if k not in ("kind", "vocab")}
-        try:
-            resolve_options(recipe.substrate.get("kind", "glyph"), sub_opts)
-        except ValueError as e:
-            raise ValueError(f"[substrate] {e}") from None
         cfg = recipe.config()  # validates the model section
         if recipe.train.seq_len > cfg.block_size:
             raise ValueError(f"[train] seq_len = {recipe.train.seq_len} is longer than [model] block_size = "
@@ -273,16 +264,11 @@ class Recipe:
         m.setdefault("n_layer", 0)
         if "vocab" in m:
             raise ValueError("[model] has no 'vocab' key: the vocabulary is set in [substrate]")
-        cfg = Config.from_preset(preset, **m)
-        from growlm.substrate import Vocabulary
-
-        cfg.vocab_size = len(Vocabulary.load(self.substrate.get("vocab", "compact")))
-        return cfg
+        return Config.from_preset(preset, **{**m, "vocab_size": len(Vocabulary.load(self.substrate.vocab))})
 
     def _saved_config(self, m: dict) -> Config:
         """``[model] init_from``: the config of the saved model the plan starts from (its depth included)."""
         from growlm.model.saved import read_json, resolve_model_dir
-        from growlm.substrate import Vocabulary
 
         extra = sorted(set(m) - {"init_from"})
         if extra:
@@ -293,7 +279,7 @@ class Recipe:
             raise ValueError(f"[model] init_from: {d} holds a {meta.get('kind')!r} model; a growth plan starts "
                              "from a single grown model (a run's model/ or stages/stage-NN/)")
         cfg = Config.from_dict(meta["config"])
-        vocab = len(Vocabulary.load(self.substrate.get("vocab", "compact")))
+        vocab = len(Vocabulary.load(self.substrate.vocab))
         if cfg.vocab_size != vocab:
             raise ValueError(f"[model] init_from: {d} has a vocabulary of {cfg.vocab_size} ids, the plan's "
                              f"[substrate] vocab has {vocab}")
@@ -305,7 +291,7 @@ class Recipe:
                  if k not in EXECUTION_ONLY and LATER_TRAIN_KEYS.get(k, object()) != v}
         stages = [{k: v for k, v in asdict(s).items() if LATER_STAGE_KEYS.get(k, object()) != v}
                   for s in self.stages]
-        return {"model": self.model, "substrate": self.substrate, "data": asdict(self.data),
+        return {"model": self.model, "substrate": self.substrate.to_dict(), "data": asdict(self.data),
                 "train": train, "stages": stages}
 
     def fingerprint(self) -> str:

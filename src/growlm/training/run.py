@@ -19,7 +19,7 @@ import torch
 from growlm.data.tokens import open_data
 from growlm.model import Config, GrowLM
 from growlm.model.saved import CheckpointError, load_model, save_model
-from growlm.substrate import Substrate, SubstrateSpec
+from growlm.substrate import SubstrateSpec
 from growlm.training import flops, plan, stages
 from growlm.training.checkpoint import (
     find_checkpoint,
@@ -61,9 +61,7 @@ class Run:
         self.dist = Distributed.setup(device, self.train.parallel)
         self.log = log if self.dist.main else (lambda *a, **k: None)
         cfg = recipe.config()
-        sub_opts = {k: v for k, v in recipe.substrate.items() if k not in ("kind", "vocab")}
-        kind, vocab = recipe.substrate.get("kind", "glyph"), recipe.substrate.get("vocab", "compact")
-        self.substrate = Substrate.build(kind, vocab, cfg.d_model, **sub_opts)
+        self.substrate = recipe.substrate.build(cfg.d_model)
         if self.dist.main:  # the first use of the default corpus tokenises it: once, on rank 0
             open_data(recipe.data.path, self.substrate.spec.vocab)
             if self.dist.device.type == "cpu":
