@@ -7,7 +7,8 @@ The model interface is duck-typed, tried in this order:
    gathered positions (the head is most of a small model's forward time);
 3. ``model(idx [B, T]) -> logits [B, T, V]``: full logits (e.g. composed models), then gathered.
 
-Generation uses ``model(idx, caches=, pos=)`` with ``model.new_caches(B, max_len)`` when present, else recomputes.
+Generation runs ``growlm.model.model.decode`` (the package's one decode loop), stepping ``model(idx, caches=, pos=)``
+with ``model.new_caches(B, max_len)`` when present, else recomputing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from growlm.model.model import sample_next
+from growlm.model.model import decode, model_logits
 
 
 @dataclass
@@ -174,10 +175,7 @@ class Scorer:
         res = self.run_rows(rows, desc)
         return [(-res[w][0], res[w][2]) for w in range(len(rows))]
 
-    # -- generation -----------------------------------------------------------------------
-
-    def _sample(self, logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> torch.Tensor:
-        return sample_next(logits, temperature, None, None, gen)[:, 0]
+    # -- generation (``growlm.model.model.decode``: the one decode loop, sampling on the CPU generators) ------
 
     def generate_short(self, prompts: list[list[int]], n_new: int, temperature: float = 0.0, runs: int = 1,
                        seed: int = 0, desc: str = "generating") -> list[list[list[int]]]:
@@ -191,17 +189,16 @@ class Scorer:
         for batch in self._batches([len(p) for p in prompts], desc):
             seqs = [prompts[i] for i in batch]
             first = self._last_logits(seqs)
+
+            def logits_of(new: torch.Tensor, seqs=seqs, first=first) -> torch.Tensor:  # the runs share step 1
+                return self._last_logits([s + new[j].tolist() for j, s in enumerate(seqs)]) if new.shape[1] else first
+
             for r in range(runs):
-                cur = [list(s) for s in seqs]
-                logits = first
-                for step in range(n_new):
-                    if step:
-                        logits = self._last_logits(cur)
-                    nxt = self._sample(logits.cpu(), temperature, gens[r]).tolist()
-                    for j, t in enumerate(nxt):
-                        cur[j].append(t)
+                new = torch.cat([torch.empty(len(seqs), 0, dtype=torch.long),
+                                 *decode(logits_of, len(seqs), n_new, temperature, generator=gens[r], device="cpu")],
+                                dim=1)
                 for j, i in enumerate(batch):
-                    out[r][i] = cur[j][len(seqs[j]):]
+                    out[r][i] = new[j].tolist()
         return out
 
     def _last_logits(self, seqs: list[list[int]]) -> torch.Tensor:
@@ -210,31 +207,29 @@ class Scorer:
         cols = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
         return self.logits_at(idx, rows, cols)
 
+    def _step_logits(self, model: nn.Module, idx: torch.Tensor, caches, pos: int) -> torch.Tensor:
+        """Float logits [1, V] after idx at ``pos`` with the model's KV caches (``model_logits``' ``last``)."""
+        if self.mode == "hidden":
+            return model.head(model.hidden_states(idx, caches, pos)[:, -1]).float()
+        return model(idx, caches=caches, pos=pos)[:, -1].float()
+
     @torch.no_grad()
     def generate(self, prompt: list[int], max_new: int, temperature: float = 0.0,
                  generator: torch.Generator | None = None, stop: Callable[[list[int]], bool] | None = None
                  ) -> list[int]:
         """Up to ``max_new`` tokens after one prompt (KV-cached when the model has caches); ``stop(new)`` ends early."""
         prompt = (list(prompt) or [self.tok.eos_id])[-max(1, self.max_length - max_new):]
+        if hasattr(self.model, "new_caches"):
+            logits_of = model_logits(self.model, torch.tensor([prompt], device=self.device), max_new,
+                                     last=self._step_logits)
+        else:
+            def logits_of(new: torch.Tensor) -> torch.Tensor:
+                return self._last_logits([prompt + new[0].tolist()])
         new: list[int] = []
-        if not hasattr(self.model, "new_caches"):
-            for _ in range(max_new):
-                logits = self._last_logits([prompt + new])
-                new.append(int(self._sample(logits.cpu(), temperature, generator)[0]))
-                if stop and stop(new):
-                    break
-            return new
-        caches = self.model.new_caches(1, len(prompt) + max_new)
-        step, pos = torch.tensor([prompt], device=self.device), 0
-        for _ in range(max_new):
-            if self.mode == "hidden":
-                logits = self.model.head(self.model.hidden_states(step, caches, pos)[:, -1]).float()
-            else:
-                logits = self.model(step, caches=caches, pos=pos)[:, -1].float()
-            t = int(self._sample(logits.cpu(), temperature, generator)[0])
-            new.append(t)
+        # sampled on the CPU, with or without a generator (as the evaluation always has)
+        for t in decode(lambda so_far: logits_of(so_far).cpu(), 1, max_new, temperature, generator=generator,
+                        device=self.device):
+            new.append(int(t))
             if stop and stop(new):
                 break
-            pos += step.shape[1]
-            step = torch.tensor([[t]], device=self.device)
         return new

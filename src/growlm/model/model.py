@@ -13,6 +13,7 @@ Shapes: B batch, T time, C d_model, H heads, D head dim, V vocabulary.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -472,23 +473,57 @@ def next_logits(model: nn.Module, idx: torch.Tensor, caches=None, pos: int = 0) 
     return model(idx, caches=caches, pos=pos)[:, -1, :]
 
 
+def model_logits(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, use_cache: bool = True,
+                 last: Callable[..., torch.Tensor] = next_logits) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``logits_of`` for ``decode`` from a model and its prompt idx [B, T]: with KV caches where the model has them
+    (the prompt's prefill, then one token a step), else the whole sequence again each step. ``last(model, idx,
+    caches, pos)`` gives the logits [B, V] after idx (default ``next_logits``)."""
+    T = idx.shape[1]
+    if not (use_cache and hasattr(model, "new_caches")):
+        return lambda new: last(model, torch.cat([idx, new.to(idx.device)], dim=1))
+    caches = model.new_caches(idx.shape[0], T + max_new_tokens)
+
+    def step(new: torch.Tensor) -> torch.Tensor:
+        if new.shape[1] == 0:
+            return last(model, idx, caches, 0)
+        return last(model, new[:, -1:].to(idx.device), caches, T + new.shape[1] - 1)
+
+    return step
+
+
+@torch.no_grad()
+def decode(logits_of: Callable[[torch.Tensor], torch.Tensor], batch: int, max_new_tokens: int,
+           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None, eos_id: int | None = None,
+           device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+    """The decode loop: yield the next ids [B, 1] up to ``max_new_tokens`` times, each sampled from
+    ``logits_of(new)`` (the logits [B, V] after the ids generated so far, new [B, k]; see ``model_logits``).
+
+    Sampling (``sample_next``: temperature 0 is greedy; top-k, top-p) runs on the generator's device. With
+    ``eos_id`` a row that produced it repeats it, and the loop ends once every row has.
+    """
+    new = torch.empty(batch, 0, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        logits = logits_of(new)
+        if generator is not None:
+            logits = logits.to(generator.device)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator).to(new.device)  # [B, 1]
+        if eos_id is not None:
+            nxt = nxt.masked_fill(done[:, None], eos_id)
+            done |= nxt[:, 0] == eos_id
+        new = torch.cat([new, nxt], dim=1)
+        yield nxt
+        if eos_id is not None and bool(done.all()):
+            return
+
+
 @torch.no_grad()
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
              eos_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Autoregressive decoding for any model with ``forward(idx, caches=, pos=)`` and ``new_caches``."""
-    B, T = idx.shape
-    caches = model.new_caches(B, T + max_new_tokens) if use_cache else None
-    out, pos, step_in = idx, 0, idx
-    done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-    for _ in range(max_new_tokens):
-        logits = next_logits(model, step_in, caches, pos) if use_cache else next_logits(model, out)
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # [B, 1]
-        if eos_id is not None:
-            nxt = nxt.masked_fill(done[:, None], eos_id)
-            done |= nxt[:, 0] == eos_id
-        out = torch.cat([out, nxt], dim=1)
-        pos, step_in = out.shape[1] - 1, nxt
-        if eos_id is not None and bool(done.all()):
-            break
-    return out
+    """Continue idx [B, T] by up to ``max_new_tokens`` (``decode``) for any model with ``forward(idx, caches=,
+    pos=)`` and ``new_caches``; returns [B, T + new]."""
+    steps = decode(model_logits(model, idx, max_new_tokens, use_cache), idx.shape[0], max_new_tokens, temperature,
+                   top_k, top_p, generator, eos_id, idx.device)
+    return torch.cat([idx, *steps], dim=1)

@@ -31,7 +31,7 @@ def stream(model: torch.nn.Module, tokenizer, prompt: str, max_tokens: int = 200
            stop: list[str] | None = None, device: str | torch.device | None = None) -> Iterator[str]:
     """Yield the continuation of ``prompt`` piece by piece; ends at ``max_tokens``, end of text or a stop string
     (the stop string itself is not yielded). Temperature 0 is greedy."""
-    from growlm.model.model import next_logits, sample_next
+    from growlm.model.model import decode, model_logits
 
     stops = [s for s in (stop or []) if s]
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -45,14 +45,10 @@ def stream(model: torch.nn.Module, tokenizer, prompt: str, max_tokens: int = 200
         generator.manual_seed(seed)
     model.eval()
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    caches = model.new_caches(1, idx.shape[1] + max_tokens)
     out: list[int] = []
-    text, sent, pos = "", 0, 0
-    for _ in range(max_tokens):
-        logits = next_logits(model, idx, caches, pos)  # [1, V]
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # [1, 1]
-        pos += idx.shape[1]
-        idx = nxt
+    text, sent = "", 0
+    for nxt in decode(model_logits(model, idx, max_tokens), 1, max_tokens, temperature, top_k, top_p, generator,
+                      tokenizer.eos_id, device):
         token = int(nxt)
         if token == tokenizer.eos_id:
             break
