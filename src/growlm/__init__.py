@@ -2,6 +2,7 @@
 
 from importlib import import_module
 
+from growlm.export import hf_load  # noqa: F401  (registers export directories with load_model: the way back)
 from growlm.model import Config, GrowLM
 from growlm.model.composition import ComposedLM  # imported here so every model kind is registered for load_model
 from growlm.substrate import Substrate, SubstrateMismatchError, Tokenizer, Vocabulary

@@ -76,22 +76,60 @@ def test_tokenizer_round_trip(substrate, tmp_path):
         assert tok.decode(ids) == text
 
 
-def test_nonzero_head_bias_is_refused(substrate, tmp_path):
+def test_nonzero_head_bias_goes_to_growlms_modelling_file(substrate, tmp_path):
     model, run = make_model(substrate, tmp_path, "paper")
     with torch.no_grad():
         model.head.bias.add_(0.01)
     save_model(model, run / "model")
-    with pytest.raises(ExportError, match="head_bias=False"):
-        export_hf(run, tmp_path / "hf")
+    with pytest.raises(ExportError, match="no stock architecture holds this model exactly: the LM head has a bias"):
+        export_hf(run, tmp_path / "hf", arch="stock")
     assert not (tmp_path / "hf" / "model.safetensors").exists()
+    out = export_hf(run, tmp_path / "hf")
+    info = json.loads((out / "growlm_export.json").read_text())
+    assert (info["format"], info["architecture"], info["trust_remote_code"]) == ("growlm", "GrowLMForCausalLM", True)
+    assert "LM head has a bias" in info["reason"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_growlm.GrowLMForCausalLM"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    idx = torch.randint(0, model.cfg.vocab_size, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (hf(idx).logits - model(idx)).abs().max().item() <= 1e-5
 
 
-def test_composed_is_refused(tmp_path):
-    d = tmp_path / "composed"
-    d.mkdir()
-    (d / "model.json").write_text(json.dumps({"format": "growlm-model-1", "kind": "composed"}))
-    with pytest.raises(ExportError, match="composed"):
-        export_hf(d, tmp_path / "hf")
+def test_growlm_file_on_request_and_left_padding(substrate, tmp_path):
+    """--arch growlm for a model a stock architecture holds; a left-padded batch gives each row's own logits."""
+    model, run = make_model(substrate, tmp_path, "llama", bias=False, head_bias=False)
+    out = export_hf(run, tmp_path / "hf", arch="growlm")
+    assert json.loads((out / "growlm_export.json").read_text())["reason"].startswith("asked for")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    idx = torch.randint(0, model.cfg.vocab_size, (1, 10), generator=torch.Generator().manual_seed(2))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), idx], 1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], 1)
+    with torch.no_grad():
+        got = hf(padded, attention_mask=mask).logits[:, 3:]
+        assert (got - model(idx)).abs().max().item() <= 1e-5
+
+
+def test_changed_export_is_not_read_back_silently(substrate, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from growlm.model.saved import CheckpointError, load_model
+
+    model, run = make_model(substrate, tmp_path, "paper", bias=False, head_bias=False)
+    out = export_hf(run, tmp_path / "hf")
+    idx = torch.randint(0, model.cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(load_model(out)(idx), model(idx))  # a stock NeoX export reads back exactly
+    t = load_file(str(out / "model.safetensors"))
+    t["gpt_neox.layers.0.attention.dense.bias"] += 0.5  # growlm exported this bias as zeros: it has none
+    save_file(t, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="non-zero 'gpt_neox.layers.0.attention.dense.bias'"):
+        load_model(out)
+    t["gpt_neox.layers.0.attention.dense.bias"] -= 0.5
+    t["gpt_neox.embed_in.weight"] += 0.5
+    save_file(t, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="not the substrate's"):
+        load_model(out)
 
 
 def test_cli_export_verify(substrate, tmp_path, capsys):
@@ -106,4 +144,5 @@ def test_cli_export_verify(substrate, tmp_path, capsys):
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["architecture"] == "GPTNeoXForCausalLM" and out["depth"] == 3
+    assert out["format"] == "stock" and "exactly GPTNeoXForCausalLM" in out["why"]
     assert out["max_abs_logit_diff"] == 0.0

@@ -27,13 +27,14 @@ def model_dirs(run: str | Path, all_stages: bool) -> list[Path]:
 def evaluate_dir(d: Path, args: argparse.Namespace) -> dict:
     """Load the model in ``d`` with its tokenizer and run ``growlm.evaluate.evaluate``."""
     from growlm.evaluate import evaluate
-    from growlm.model.saved import load_model, read_json
+    from growlm.model.saved import load_model, read_model_meta
     from growlm.substrate import Tokenizer
 
-    meta = read_json(d / "model.json", "model description")
+    meta = read_model_meta(d)
     vocab = (meta.get("substrate") or {}).get("vocab")
     if not vocab:
-        raise ValueError(f"{d}/model.json names no substrate vocabulary (substrate.vocab); cannot pick a tokenizer")
+        raise ValueError(f"{d}: the model description names no substrate vocabulary (substrate.vocab); "
+                         "cannot pick a tokenizer")
     model = load_model(d)
     out = evaluate(model, Tokenizer.load(vocab), args.tasks, limit=args.limit, num_fewshot=args.fewshot,
                    protocol=args.protocol, runs=args.runs, batch_size=args.batch_size, seed=args.seed,

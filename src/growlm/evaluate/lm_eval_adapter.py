@@ -32,7 +32,7 @@ class GrowLMEval(LM):
     def __init__(self, path: str | None = None, batch_size: int | str = 64, max_length: int | None = None,
                  device: str | None = None, model=None, tokenizer=None, pretrained: str | None = None, **kwargs):
         super().__init__()
-        from growlm.model.saved import load_model, read_json, resolve_model_dir
+        from growlm.model.saved import load_model, read_model_meta, resolve_model_dir
         from growlm.substrate import Tokenizer
 
         if path and pretrained and path != pretrained:
@@ -47,7 +47,7 @@ class GrowLMEval(LM):
                                  "(e.g. --model_args pretrained=runs/demo/grow)")
             d = resolve_model_dir(path)
             model = load_model(d, map_location=device or "cpu")
-            tokenizer = Tokenizer.load(read_json(d / "model.json")["substrate"]["vocab"])
+            tokenizer = Tokenizer.load(read_model_meta(d)["substrate"]["vocab"])
         if tokenizer is None:
             raise ValueError("pass tokenizer= together with model=")
         bs = 64 if str(batch_size).startswith("auto") else int(batch_size)

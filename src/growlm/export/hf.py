@@ -1,29 +1,35 @@
 """Export a growlm model as a Hugging Face checkpoint that ``transformers`` runs with no growlm code.
 
-Which models export, and to what (each mapping is exact: same float32 logits up to rounding):
+Two formats, both exact (same float32 logits up to rounding, same greedy text, same token ids):
 
-* ``llama`` block -> ``LlamaForCausalLM``. growlm's RoPE is already the rotate-half
-  layout of HF Llama, so q/k need no permutation; the fused ``attn.qkv`` rows
-  [0:C], [C:2C], [2C:3C] become ``q_proj``, ``k_proj``, ``v_proj``.
-* ``paper`` block -> ``GPTNeoXForCausalLM`` with ``use_parallel_residual=False``
-  (sequential pre-norm), ``rotary_pct=1.0`` and exact ``gelu``. NeoX fuses qkv
-  per head ([H, 3, D] rows) where growlm stacks [3, H, D], so the rows are permuted.
-  NeoX's output layer has no bias: a model whose LM head bias is non-zero cannot be
-  exported exactly and is refused (train with ``head_bias=False`` or the llama preset).
-  Missing biases (``bias=False``) export as zeros, which is exact.
+* **stock**, where a standard architecture holds the model (vLLM and llama.cpp read these):
+  ``llama`` block -> ``LlamaForCausalLM`` (growlm's RoPE is already HF Llama's rotate-half layout; the fused
+  ``attn.qkv`` rows [0:C], [C:2C], [2C:3C] become ``q_proj``, ``k_proj``, ``v_proj``); ``paper`` block ->
+  ``GPTNeoXForCausalLM`` with ``use_parallel_residual=False`` (sequential pre-norm), ``rotary_pct=1.0`` and exact
+  ``gelu`` (NeoX fuses qkv per head, [H, 3, D] rows, where growlm stacks [3, H, D], so the rows are permuted;
+  missing biases export as zeros). Neither output layer has a bias, so a model whose LM head bias is non-zero
+  cannot go here.
+* **growlm**, growlm's own small modelling file (``growlm.export.remote``: ``configuration_growlm.py`` and
+  ``modeling_growlm.py`` copied into the export, ``auto_map`` in config.json, loaded with
+  ``trust_remote_code=True``), for everything else: an LM head with a bias (every shipped recipe trains one: the
+  paper's head has one, see the README's fidelity table) and composed models (each composition method).
 
-In both, the input embedding is the frozen substrate matrix and the LM head stays
-untied (``tie_word_embeddings=False``). Composed models are not exportable.
+In both the input embedding is the frozen substrate matrix and the LM head stays untied. ``growlm_export.json``
+records which format was written and why, and the growlm model description, so that ``growlm.export.hf_load``
+reads the directory back as a growlm model (``load_model(OUT)``, ``growlm eval/generate/compose OUT``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from growlm.export.hf_load import MARKER
+from growlm.model import GrowLM
 from growlm.model.saved import CheckpointError, load_model, read_json, resolve_model_dir
 from growlm.util.fileio import (
     OutputDirError,
@@ -37,12 +43,30 @@ from growlm.util.fileio import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REMOTE_DIR = Path(__file__).resolve().parent / "remote"
+REMOTE_FILES = ("configuration_growlm.py", "modeling_growlm.py")  # growlm's modelling file, copied into an export
 EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "growlm_vocab.json", "growlm_export.json"}  # everything export writes
+                "special_tokens_map.json", "growlm_vocab.json", "growlm_export.json",
+                *REMOTE_FILES}  # everything export writes
+ARCHS = ("auto", "stock", "growlm")
 
 
 class ExportError(ValueError):
     """A model cannot be exported exactly to the requested format."""
+
+
+def stock_refusal(model) -> str | None:
+    """Why no stock architecture holds ``model`` exactly (None when one does)."""
+    if not isinstance(model, GrowLM):
+        return (f"a composed model ({getattr(model, 'method', '?')} of {len(getattr(model, 'experts', []))} experts) "
+                "has no stock architecture")
+    if model.cfg.block not in STOCK:
+        return f"block style {model.cfg.block!r} has no stock architecture (stock: {sorted(STOCK)})"
+    b = model.head.bias
+    if b is not None and bool(b.detach().abs().max() > 0):
+        return (f"the LM head has a bias (max |b| = {float(b.detach().abs().max()):.4g}) and "
+                f"{STOCK_NAMES[model.cfg.block]}'s output layer has none")
+    return None
 
 
 def _check_head_bias(model, arch: str) -> None:
@@ -50,8 +74,8 @@ def _check_head_bias(model, arch: str) -> None:
     if b is not None and bool(b.detach().abs().max() > 0):
         raise ExportError(
             f"the LM head has a non-zero bias (max |b| = {float(b.detach().abs().max()):.4g}) but {arch}'s output "
-            "layer has none, so the export would change the logits; train with head_bias=False "
-            "(e.g. Config.from_preset('paper', head_bias=False)) or use the llama preset")
+            "layer has none, so the export would change the logits; export with arch='growlm' (growlm's own "
+            "modelling file), or train with head_bias=False")
 
 
 def _bias(linear: torch.nn.Linear) -> torch.Tensor:
@@ -133,15 +157,73 @@ def neox_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, t
 
 
-EXPORTERS = {"llama": llama_checkpoint, "paper": neox_checkpoint}
+STOCK = {"llama": llama_checkpoint, "paper": neox_checkpoint}
+STOCK_NAMES = {"llama": "LlamaForCausalLM", "paper": "GPTNeoXForCausalLM"}
+STOCK_WHY = {"llama": "the llama block is exactly LlamaForCausalLM",
+             "paper": "the paper block with no (or a zero) LM-head bias is exactly GPTNeoXForCausalLM (sequential "
+                      "residual, full rotary, exact GELU)"}
 
 
-def hf_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The HF config dict and state dict for a GrowLM (dispatch on its block style)."""
+def _expert_spec(e: GrowLM, own_embedding: bool = False) -> dict:
+    cfg = e.cfg
+    return {"block": cfg.block, "d_model": cfg.d_model, "n_head": cfg.n_head, "n_layer": len(e.blocks),
+            "hidden": cfg.hidden, "bias": cfg.bias, "norm_bias": cfg.norm_bias, "head_bias": cfg.head_bias,
+            "norm_eps": cfg.norm_eps, "rope_base": cfg.rope_base, "own_embedding": own_embedding}
+
+
+def growlm_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Config dict and tensors for growlm's own modelling file, of a GrowLM or a composed model: the tensors are
+    the composed model's state (a single model is expert 0 of method ``single``) plus ``embed_tokens.weight``."""
+    if isinstance(model, GrowLM):
+        experts, method, weights, rank, window = [model], "single", [1.0], 8, 0
+        state = {f"experts.0.{k}": v for k, v in model.state_dict().items()}
+    else:
+        experts, method, weights = list(model.experts), model.method, list(model.weights)
+        rank, window = int(getattr(model, "rank", 8)), int(getattr(model, "window", 0))
+        state = dict(model.state_dict())
+    if method not in ("single", "average", "prob", "adapter", "router", "posterior"):
+        raise ExportError(f"composition method {method!r} has no Hugging Face export yet")
+    emb0 = experts[0].embedding
+    specs = []
+    for i, e in enumerate(experts):
+        state.pop(f"experts.{i}.embedding", None)
+        own = i > 0 and (isinstance(e.embedding, torch.nn.Parameter) or not torch.equal(e.embedding, emb0))
+        if own:
+            state[f"experts.{i}.embedding"] = e.embedding
+        specs.append(_expert_spec(e, own))
+    state["embed_tokens.weight"] = emb0
+    config = {
+        "architectures": ["GrowLMForCausalLM"], "model_type": "growlm",
+        "auto_map": {"AutoConfig": "configuration_growlm.GrowLMConfig",
+                     "AutoModelForCausalLM": "modeling_growlm.GrowLMForCausalLM"},
+        "vocab_size": experts[0].cfg.vocab_size, "hidden_size": experts[0].cfg.d_model, "experts": specs,
+        "method": method, "weights": weights, "rank": rank, "window": window,
+        "max_position_embeddings": max(e.cfg.block_size for e in experts), "tie_word_embeddings": False,
+        "use_cache": False,
+    }
+    return config, state
+
+
+def hf_checkpoint(model, arch: str = "auto") -> tuple[dict, dict[str, torch.Tensor], str, str]:
+    """The HF config dict, tensors, format (``stock`` or ``growlm``) and the reason for it, of a growlm model.
+
+    ``arch``: ``auto`` (a stock architecture where one holds the model exactly, else growlm's modelling file),
+    ``stock`` (refuse what no stock architecture holds) or ``growlm`` (always growlm's modelling file).
+    """
+    if arch not in ARCHS:
+        raise ExportError(f"unknown arch {arch!r}; valid: {list(ARCHS)}")
+    refusal = stock_refusal(model)
+    if arch == "stock" and refusal:
+        raise ExportError(f"no stock architecture holds this model exactly: {refusal}; export with arch='growlm' "
+                          "(growlm's own modelling file, loaded with trust_remote_code=True)")
+    if arch == "growlm" or refusal:
+        why = "asked for (--arch growlm)" if arch == "growlm" and not refusal else refusal
+        config, tensors = growlm_checkpoint(model)
+        return config, tensors, "growlm", (f"{why}: wrote growlm's own modelling file (GrowLMForCausalLM; load with "
+                                           "trust_remote_code=True)")
     style = model.cfg.block
-    if style not in EXPORTERS:
-        raise ExportError(f"block style {style!r} has no Hugging Face export; exportable: {sorted(EXPORTERS)}")
-    return EXPORTERS[style](model)
+    config, tensors = STOCK[style](model)
+    return config, tensors, "stock", f"{STOCK_WHY[style]}: wrote the stock architecture (vLLM and llama.cpp read it)"
 
 
 def write_tokenizer(vocab: str, out: Path, max_length: int) -> dict[str, int]:
@@ -181,8 +263,10 @@ def check_export_dir(out: Path, force: bool = False) -> None:
                              f"({', '.join(sorted(EXPORT_FILES))}) into it and leave everything else alone")
 
 
-def export_hf(path: str | Path, out: str | Path, dtype: str = "float32", force: bool = False) -> Path:
-    """Write model (config.json + model.safetensors) and tokenizer of a growlm model or run dir to ``out``.
+def export_hf(path: str | Path, out: str | Path, dtype: str = "float32", force: bool = False,
+              arch: str = "auto") -> Path:
+    """Write model (config.json + model.safetensors, and growlm's modelling file where no stock architecture holds
+    the model: see ``hf_checkpoint`` for ``arch``) and tokenizer of a growlm model, run or composed model to ``out``.
 
     ``out`` must be missing, empty or an earlier export (``force``: any directory; only the export's own
     files are written, nothing else is touched), and never the model's own directory.
@@ -193,26 +277,35 @@ def export_hf(path: str | Path, out: str | Path, dtype: str = "float32", force: 
     out = Path(out)
     check_not_input(out, [src], "export directory")
     check_export_dir(out, force)
+    if (src / MARKER).is_file() and not (src / "model.json").exists():
+        raise ExportError(f"{src} is already a Hugging Face export; copy the directory instead of exporting it again")
     meta = read_json(src / "model.json", "model description")
-    if meta.get("kind") == "composed":
-        raise ExportError(f"{src} is a composed model (several experts fused at the logits); Hugging Face has no "
-                          "such architecture. Export each expert's run instead")
     model = load_model(src).eval()
-    config, tensors = hf_checkpoint(model)
+    config, tensors, fmt, reason = hf_checkpoint(model, arch)
+    block_size = model.cfg.block_size if isinstance(model, GrowLM) else config["max_position_embeddings"]
     vocab = (meta.get("substrate") or {}).get("vocab")
     if not vocab:
         raise CheckpointError(f"{src}/model.json names no substrate vocabulary; cannot write the tokenizer")
     with staged_files(out) as tmp:
-        ids = write_tokenizer(vocab, tmp, model.cfg.block_size)
+        ids = write_tokenizer(vocab, tmp, block_size)
         config.update(ids, torch_dtype=dtype, dtype=dtype)
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         (tmp / "generation_config.json").write_text(json.dumps(ids, indent=1))
         save_file({k: v.detach().to(DTYPES[dtype]).contiguous().clone() for k, v in tensors.items()},
                   str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "growlm_export.json").write_text(json.dumps({
-            "source": str(src), "block": model.cfg.block, "architecture": config["architectures"][0],
-            "substrate": meta.get("substrate"), "substrate_fingerprint": meta.get("substrate_fingerprint"),
-            "stage": meta.get("stage"), "depth": len(model.blocks)}, indent=1))
+        if fmt == "growlm":
+            for name in REMOTE_FILES:
+                shutil.copyfile(REMOTE_DIR / name, tmp / name)
+        experts = [model] if isinstance(model, GrowLM) else list(model.experts)
+        (tmp / MARKER).write_text(json.dumps({
+            "format": fmt, "architecture": config["architectures"][0], "reason": reason,
+            "trust_remote_code": fmt == "growlm", "source": str(src), "kind": meta.get("kind"),
+            "method": getattr(model, "method", None),
+            "block": experts[0].cfg.block if len(experts) == 1 else [e.cfg.block for e in experts],
+            "depth": [len(e.blocks) for e in experts] if len(experts) > 1 else len(experts[0].blocks),
+            "dtype": dtype, "substrate": meta.get("substrate"),
+            "substrate_fingerprint": meta.get("substrate_fingerprint"), "stage": meta.get("stage"),
+            "model": {k: v for k, v in meta.items() if k != "files"}}, indent=1))
     return out
 
 
@@ -223,8 +316,10 @@ def verify_export(src: str | Path, out: str | Path, seq_len: int = 32, seed: int
     except ImportError:
         raise ImportError("verifying an export needs transformers: pip install 'growlm[hf]'") from None
     model = load_model(src).eval().float()
-    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    remote = json.loads((Path(out) / MARKER).read_text()).get("trust_remote_code", False)
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, trust_remote_code=remote).eval()
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, model.cfg.vocab_size, (2, seq_len), generator=g)
+    vocab = model.cfg.vocab_size if isinstance(model, GrowLM) else model.vocab_size
+    idx = torch.randint(0, vocab, (2, seq_len), generator=g)
     with torch.no_grad():
         return float((model(idx) - hf(idx).logits).abs().max())

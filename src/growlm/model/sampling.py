@@ -81,14 +81,15 @@ def stage_dir(run: Path, stage: int) -> Path:
 
 def load_for_generation(run: str | Path, stage: int | None = None, device: str | None = None):
     """The model (growth run, stage, model dir or composed model), its tokenizer and a one-line description."""
-    from growlm.model.saved import load_model, read_json, resolve_model_dir
+    from growlm.model.saved import load_model, read_model_meta, resolve_model_dir
     from growlm.substrate import Tokenizer
 
     d = stage_dir(Path(run), stage) if stage is not None else resolve_model_dir(run)
-    meta = read_json(d / "model.json", "model description")
+    meta = read_model_meta(d)
     vocab = (meta.get("substrate") or {}).get("vocab")
     if not vocab:
-        raise ValueError(f"{d}/model.json names no substrate vocabulary (substrate.vocab); cannot pick a tokenizer")
+        raise ValueError(f"{d}: the model description names no substrate vocabulary (substrate.vocab); "
+                         "cannot pick a tokenizer")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(d, map_location=device).to(device)
     if meta.get("kind") == "composed":

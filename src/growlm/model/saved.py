@@ -12,7 +12,10 @@ written by ``growlm.training.checkpoint`` with these tensor files).
 
 Model kinds register themselves (``register_kind``): a class with a ``kind``
 name, ``save_meta()`` and ``from_saved(dir, meta, state, substrate)``. This
-module knows no kind by name.
+module knows no kind by name. Directories in another format that growlm can
+read back (a Hugging Face export, ``growlm.export``) register themselves too
+(``register_format``): ``resolve_model_dir``, ``read_model_meta`` and
+``load_model`` then accept them wherever a model directory is expected.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import contextvars
 import json
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,8 +46,8 @@ SUBSTRATE_KEY = "substrate_fingerprint"  # in the safetensors metadata of every 
 MODEL_OWNED = {"model.json", "model.safetensors", "eval.json"}  # what growlm writes in a model directory
 
 __all__ = ["FORMAT", "CheckpointError", "IntegrityWarning", "OutputDirError", "KINDS", "register_kind", "save_model",
-           "load_model", "resolve_model_dir", "read_json", "read_tensors", "record_hashes", "sha256_file",
-           "trusting_unhashed"]
+           "load_model", "resolve_model_dir", "read_json", "read_model_meta", "read_tensors", "record_hashes",
+           "register_format", "sha256_file", "trusting_unhashed"]
 
 
 class CheckpointError(ValueError):
@@ -81,6 +86,31 @@ def register_kind(cls: type) -> type:
     """
     KINDS[cls.kind] = cls
     return cls
+
+
+@dataclass(frozen=True)
+class ForeignFormat:
+    """A directory format growlm reads back: found by its ``marker`` file; ``describe(dir)`` gives the growlm
+    model description (what model.json would hold), ``load(dir, substrate)`` the model."""
+
+    marker: str
+    describe: Callable[[Path], dict]
+    load: Callable[[Path, object], torch.nn.Module]
+
+
+FORMATS: list[ForeignFormat] = []
+
+
+def register_format(marker: str, describe: Callable[[Path], dict],
+                    load: Callable[[Path, object], torch.nn.Module]) -> None:
+    """Let ``load_model`` (and everything built on it) read directories holding ``marker`` in another format."""
+    FORMATS[:] = [f for f in FORMATS if f.marker != marker] + [ForeignFormat(marker, describe, load)]
+
+
+def _foreign(d: Path) -> ForeignFormat | None:
+    if (d / "model.json").exists():
+        return None
+    return next((f for f in FORMATS if (d / f.marker).is_file()), None)
 
 
 def _kind_of(model: torch.nn.Module) -> type:
@@ -232,17 +262,31 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise CheckpointError(f"{path} does not exist")
     if (path / "model.json").exists():
         return path
+    if _foreign(path) is not None:
+        return path
     if (path / "model" / "model.json").exists():
         return path / "model"
     stages = sorted((path / "stages").glob("stage-*")) if (path / "stages").exists() else []
     if stages:
         return stages[-1]
-    raise CheckpointError(f"{path} is not a growlm model or run directory (no model.json, model/ or stages/)")
+    raise CheckpointError(f"{path} is not a growlm model or run directory (no model.json, model/ or stages/)"
+                          + (f", nor a directory growlm export wrote (no {', '.join(f.marker for f in FORMATS)})"
+                             if FORMATS else ""))
+
+
+def read_model_meta(path: str | Path) -> dict:
+    """The model description of a model directory (its model.json) or of a registered format's directory."""
+    d = resolve_model_dir(path)
+    fmt = _foreign(d)
+    return fmt.describe(d) if fmt is not None else read_json(d / "model.json", "model description")
 
 
 def load_model(path: str | Path, substrate=None, map_location: str = "cpu") -> torch.nn.Module:
     """Load a model directory (or a run's final model), verifying its weights and substrate."""
     d = resolve_model_dir(path)
+    fmt = _foreign(d)
+    if fmt is not None:
+        return fmt.load(d, substrate).to(map_location)
     meta = read_json(d / "model.json", "model description")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{d} is not a growlm model (format {meta.get('format')!r}, expected {FORMAT!r})")
