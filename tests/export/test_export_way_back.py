@@ -65,8 +65,9 @@ def test_compose_reads_exports_and_a_composed_export_reads_back(dirs, tmp_path, 
     with torch.no_grad():
         want = ref(idx)
         assert torch.equal(load_model(tmp_path / "c").eval()(idx), want)
-        assert cli_main(["export", str(tmp_path / "c"), str(tmp_path / "hf-c")]) == 0
-        assert json.loads(capsys.readouterr().out)["format"] == "growlm"
+        assert cli_main(["export", str(tmp_path / "c"), str(tmp_path / "hf-c"), "--verify"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["format"] == "growlm" and report["method"] == "prob" and report["max_abs_logit_diff"] <= 1e-5
         assert torch.equal(load_model(tmp_path / "hf-c").eval()(idx), want)
 
 

@@ -76,6 +76,19 @@ def test_tokenizer_round_trip(substrate, tmp_path):
         assert tok.decode(ids) == text
 
 
+@pytest.mark.parametrize("vocab", ["bvv241-2-3", "bvv241-abs"])
+def test_paper_vocabulary_tokenizers(vocab, tmp_path):
+    """The paper recipes' vocabularies (the author's ids) leave growlm with the same ids as growlm's tokenizer."""
+    from growlm.export.hf import write_tokenizer
+
+    write_tokenizer(vocab, tmp_path, 1024)
+    tok, ours = transformers.AutoTokenizer.from_pretrained(tmp_path), Tokenizer.load(vocab)
+    for text in TEXTS:
+        ids = ours.encode(text)
+        assert tok(text)["input_ids"] == ids
+        assert tok.decode(ids) == text
+
+
 def test_nonzero_head_bias_goes_to_growlms_modelling_file(substrate, tmp_path):
     model, run = make_model(substrate, tmp_path, "paper")
     with torch.no_grad():
