@@ -127,7 +127,7 @@ def test_finetune_refuses_a_directory_with_user_files(runs, tmp_path, capsys):
 
 def test_export_refuses_foreign_files_and_force_touches_only_its_own(runs, tmp_path, capsys):
     pytest.importorskip("transformers")
-    from growlm.export.hf import EXPORT_FILES
+    from growlm.export.hf import EXPORT_FILES, REMOTE_FILES
 
     out = tmp_path / "hf"
     out.mkdir()
@@ -140,7 +140,8 @@ def test_export_refuses_foreign_files_and_force_touches_only_its_own(runs, tmp_p
     assert main(["export", str(runs[0]), str(out), "--force"]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "gpt_neox"
     assert (out / "notes.txt").read_text() == "mine"
-    assert {p.name for p in out.iterdir()} == EXPORT_FILES | {"notes.txt"}  # what --force may overwrite
+    # what --force may overwrite (a stock architecture needs no modelling file of growlm's)
+    assert {p.name for p in out.iterdir()} == (EXPORT_FILES - set(REMOTE_FILES)) | {"notes.txt"}
     assert stat.S_IMODE((out / "notes.txt").stat().st_mode) == 0o600
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     # its own export may be rewritten without --force

@@ -121,6 +121,9 @@ def test_growlm_file_on_request_and_left_padding(substrate, tmp_path):
     with torch.no_grad():
         got = hf(padded, attention_mask=mask).logits[:, 3:]
         assert (got - model(idx)).abs().max().item() <= 1e-5
+    export_hf(run, out)  # the same directory again, now stock: growlm's modelling files do not linger
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    assert not (out / "modeling_growlm.py").exists() and not (out / "configuration_growlm.py").exists()
 
 
 def test_changed_export_is_not_read_back_silently(substrate, tmp_path):

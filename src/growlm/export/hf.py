@@ -277,6 +277,7 @@ def export_hf(path: str | Path, out: str | Path, dtype: str = "float32", force: 
     out = Path(out)
     check_not_input(out, [src], "export directory")
     check_export_dir(out, force)
+    earlier = (out / MARKER).is_file()  # an earlier export: its modelling files are growlm's own
     if (src / MARKER).is_file() and not (src / "model.json").exists():
         raise ExportError(f"{src} is already a Hugging Face export; copy the directory instead of exporting it again")
     meta = read_json(src / "model.json", "model description")
@@ -306,6 +307,9 @@ def export_hf(path: str | Path, out: str | Path, dtype: str = "float32", force: 
             "dtype": dtype, "substrate": meta.get("substrate"),
             "substrate_fingerprint": meta.get("substrate_fingerprint"), "stage": meta.get("stage"),
             "model": {k: v for k, v in meta.items() if k != "files"}}, indent=1))
+    if fmt == "stock" and earlier:  # a stale modelling file would mislead whoever reads the directory
+        for name in REMOTE_FILES:
+            (out / name).unlink(missing_ok=True)
     return out
 
 
