@@ -48,7 +48,7 @@ def test_eval_reads_an_export(dirs, tmp_path):
     text.write_text("The history of the city is long. Привет, мир. 你好，世界。", encoding="utf-8")
     scores = []
     for d in (model_dir, export_dir):
-        assert cli_main(["eval", str(d), "--tasks", "ppl", "--ppl-data", str(text), "--quiet",
+        assert cli_main(["eval", str(d), "--tasks", "ppl", "--ppl-data", str(text), "--no-progress",
                          "--out", str(tmp_path / f"{d.name}.json")]) == 0
         scores.append(json.loads((tmp_path / f"{d.name}.json").read_text()))
     assert scores[0]["results"]["ppl"] == scores[1]["results"]["ppl"]
