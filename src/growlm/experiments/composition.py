@@ -38,8 +38,9 @@ COMPOSITIONS = {"en+ru, en+zh": ("en+ru", "en+zh"), "en+ru, en+zh, ru+zh": ("en+
 PAIR = "en+ru, en+zh"
 FINETUNED = ("adapter", "router", "average")  # methods with a "+ fine-tune" row (average: its heads train)
 AVERAGE_FT = "average + fine-tune"
-RUN_COMMAND = ("growlm experiment composition --out docs/data/experiments/composition "
-               "--work runs/experiments/composition")
+# a seed's raw JSON is read back, not rerun: remove it so the seed reruns (the experts in --work are reused)
+RUN_COMMAND = ("rm docs/data/experiments/composition/seed-*.json; growlm experiment composition --out "
+               "docs/data/experiments/composition --work runs/experiments/composition")
 
 
 def methods(shape: str) -> list[tuple[str, str, int]]:

@@ -7,9 +7,9 @@ import copy
 from pathlib import Path
 
 from growlm.experiments.common import last_stage, measure, plan, plan_flops, train
-from growlm.experiments.framework import SeedContext, Study, Verdict, cell, decide, fmt, paired, register
+from growlm.experiments.framework import VERDICTS, SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 
-BASE_STEPS = {"default": 250, "quick": 2}  # per base stage; the base has two (depth 2) on English + Russian
+BASE_STEPS = {"default": 240, "quick": 2}  # per base stage; the base has two (depth 2) on English + Russian
 NEW_STEPS = {"default": 250, "quick": 2}  # steps on the new data, the same for every arm (the expert: over 2 stages)
 REPLAY = 0.25  # share of old-language (EN+RU) sequences mixed into the Chinese training of (a) and (c)
 OLD, NEW = ("en", "ru"), "zh"
@@ -22,6 +22,9 @@ COMPOSE = "(b) ZH expert, logit average"
 COMPOSED = {"average": COMPOSE, "posterior": "(b) ZH expert, posterior mixture"}
 EXPERT = "ZH expert alone"
 FINETUNE = "(c) fine-tune all + replay"
+GROW_NO_REPLAY = "(a0) grow 1 block, no replay"  # growlm's controls: the same arms on ZH alone
+FINETUNE_NO_REPLAY = "(c0) fine-tune all, no replay"
+NO_REPLAY = {"grow_no_replay": (GROW_NO_REPLAY, GROW), "finetune_no_replay": (FINETUNE_NO_REPLAY, FINETUNE)}
 
 MIXTURES = {"old": {lang: 1.0 for lang in OLD},
             "new": {NEW: 1 - REPLAY, **{lang: REPLAY / len(OLD) for lang in OLD}},
@@ -47,6 +50,8 @@ def plans(ctx: SeedContext) -> dict[str, dict]:
     finetune = {"name": "finetune-zh", "add": 0, "train_newest": 2, "steps": n_new, "mixture": "new"}
     return {"base": recipe(base, "continual-base"),
             "grow": recipe([*base, grow], "continual-grow"),
+            "grow_no_replay": recipe([*base, {**grow, "mixture": "zh"}], "continual-grow-no-replay"),
+            "finetune_no_replay": recipe([*base, {**finetune, "mixture": "zh"}], "continual-finetune-no-replay"),
             "grow_frozen_head": recipe([*base, frozen_head], "continual-grow-head-frozen"),
             "finetune": recipe([*base, finetune], "continual-finetune"),
             "expert": recipe([{"name": f"zh-{i + 1}", "add": 1, "train_newest": 1, "steps": s, "mixture": "zh"}
@@ -76,7 +81,8 @@ def arms() -> list[str]:
     """The rows of one seed, in order (the composition methods this checkout has)."""
     from growlm.model.composition import METHODS
 
-    return [BASE, GROW, GROW_FROZEN_HEAD, *(label for m, label in COMPOSED.items() if m in METHODS), FINETUNE, EXPERT]
+    return [BASE, GROW, GROW_FROZEN_HEAD, *(label for m, label in COMPOSED.items() if m in METHODS), FINETUNE,
+            GROW_NO_REPLAY, FINETUNE_NO_REPLAY, EXPERT]
 
 
 def composed_dir(ctx: SeedContext, method: str, base_dir: Path, expert_dir: Path, raw: dict) -> Path:
@@ -103,8 +109,8 @@ def run(ctx: SeedContext) -> list[dict]:
 
     p = plans(ctx)
     base_dir = last_stage(train(ctx, p["base"], "base"))  # trained once; every arm starts from it
-    arm_runs = {k: train(ctx, on_base(p[k], base_dir), f"{k}-on-base") for k in ("grow", "grow_frozen_head",
-                                                                              "finetune")}
+    arm_runs = {k: train(ctx, on_base(p[k], base_dir), f"{k}-on-base")
+                for k in ("grow", "grow_frozen_head", "finetune", *NO_REPLAY)}
     expert_run = train(ctx, p["expert"], "zh-expert")
     base_flops = plan_flops(p["base"])
     base = {"arm": BASE, **measure(ctx, base_dir, p["base"]), **base_flops, "added_flops": 0.0}
@@ -115,7 +121,8 @@ def run(ctx: SeedContext) -> list[dict]:
                 for m, label in COMPOSED.items() if m in METHODS]
     for arm, raw, model_dir in ((GROW, p["grow"], last_stage(arm_runs["grow"])),
                                 (GROW_FROZEN_HEAD, p["grow_frozen_head"], last_stage(arm_runs["grow_frozen_head"])),
-                                *composed, (FINETUNE, p["finetune"], last_stage(arm_runs["finetune"]))):
+                                *composed, (FINETUNE, p["finetune"], last_stage(arm_runs["finetune"])),
+                                *((NO_REPLAY[k][0], p[k], last_stage(arm_runs[k])) for k in NO_REPLAY)):
         row = {"arm": arm, **measure(ctx, model_dir, raw)}
         if arm in COMPOSED.values():  # the base's training and the expert's
             row.update(train_flops=base_flops["train_flops"] + expert["train_flops"],
@@ -135,8 +142,39 @@ def run(ctx: SeedContext) -> list[dict]:
     return rows
 
 
+# the base's steps changed with these arms: rerun every seed from scratch (raw JSON and work both removed)
+RUN_COMMAND = ("rm -r docs/data/experiments/continual/seed-*.json runs/experiments/continual; growlm experiment "
+               "continual --out docs/data/experiments/continual --work runs/experiments/continual")
+
+
+def _no_replay_rows(summary: dict) -> list[Verdict]:
+    """growlm's replay controls: each arm without replay forgets more than with it, and growth without replay still
+    forgets less than fine-tuning without replay ("not run yet" for a summary made before these arms existed)."""
+    claims = [(f"Replaying {REPLAY:.0%} EN+RU while growing a block on ZH reduces forgetting (against growing on ZH "
+               "alone)", GROW_NO_REPLAY, GROW, "more"),
+              (f"Replaying {REPLAY:.0%} EN+RU while fine-tuning the whole model on ZH reduces forgetting (against "
+               "fine-tuning on ZH alone)", FINETUNE_NO_REPLAY, FINETUNE, "more"),
+              ("Without replay, growing a block on ZH forgets less than fine-tuning the whole model on ZH",
+               GROW_NO_REPLAY, FINETUNE_NO_REPLAY, "less")]
+    rows = []
+    for claim, a, b, direction in claims:
+        fa, fb = cell(summary, "forget_heldout", arm=a), cell(summary, "forget_heldout", arm=b)
+        if not (fa and fb):
+            rows.append(Verdict(claim, "–", f"not run yet: the arm {a!r} is newer than this summary "
+                                f"(`{RUN_COMMAND}`)", VERDICTS[3], source="growlm"))
+            continue
+        d, side = paired(fa, fb), "above" if direction == "more" else "below"
+        ok = d is not None and d["ci95"] is not None and (d["ci95"][0] > 0 if direction == "more" else d["ci95"][1] < 0)
+        rows.append(Verdict(
+            claim, "–", f"EN/RU held-out bpc change from the base: {a} {fmt(fa)} vs {b} {fmt(fb)} (difference "
+            f"{fmt(d)}); rule: reproduced if the difference's 95% interval lies {side} 0",
+            decide(ok), source="growlm"))
+    return rows
+
+
 def verdict(summary: dict) -> list[Verdict]:
-    """Growth (and composition) against whole-model fine-tuning: less forgetting of EN/RU at comparable ZH bpc."""
+    """Growth (and composition) against whole-model fine-tuning: less forgetting of EN/RU at comparable ZH bpc; and
+    growlm's replay controls (the arms without replay)."""
     rows = []
     ft_forget, ft_zh = cell(summary, "forget_heldout", arm=FINETUNE), cell(summary, "heldout_bpc_zh", arm=FINETUNE)
     claims = [(GROW, "Growing new layers adds a language with less forgetting than fine-tuning the whole model",
@@ -164,21 +202,24 @@ def verdict(summary: dict) -> list[Verdict]:
             f"(difference {fmt(d)}); ZH held-out bpc {fmt(zh)} vs {fmt(ft_zh)} (difference {fmt(dz)}); rule: "
             "reproduced if the forgetting difference's 95% interval lies below 0 and the ZH bpc is at most 5% above "
             "fine-tuning's", decide(less and comparable), source=source, cite=cite))
+    if cell(summary, "forget_heldout", arm=FINETUNE):  # the study has data at all
+        rows += _no_replay_rows(summary)
     return rows
 
 
 # common.plan_flops at the default size; the tests check the study stays under 40 TFLOP for 3 seeds
-FLOPS_NOTE = ("training FLOPs at the default size (common.plan_flops): the base 3.41 TFLOP, trained once per seed; "
-              "on it (a) adds 1.75, (a') 1.21, (c) 1.77, and the expert 1.71 TFLOP: 9.85 TFLOP per seed, 29.6 for 3 "
-              "seeds; train_flops: the base plus the arm's stage (the composed arms: the base plus the expert); "
-              "added_flops: the arm's own")
+FLOPS_NOTE = ("training FLOPs at the default size (common.plan_flops): the base 3.28 TFLOP, trained once per seed; "
+              "on it (a) and (a0) add 1.75 each, (a') 1.21, (c) and (c0) 1.77 each, and the expert 1.71 TFLOP: 13.24 "
+              "TFLOP per seed, 39.7 for 3 seeds (the base's stages went from 250 to 240 steps to make room for the "
+              "no-replay arms); train_flops: the base plus the arm's stage (the composed arms: the base plus the "
+              "expert); added_flops: the arm's own")
 
 
 def study_flops(shape: str = "default") -> dict:
     """Training FLOPs of one seed as the study runs it (the base once, each arm's own stage on it, the expert)."""
     p = plans(SeedContext(seed=0, quick=shape == "quick", work=Path(".")))
     f = {k: plan_flops(raw)["train_flops"] for k, raw in p.items()}
-    arms_added = sum(f[k] - f["base"] for k in ("grow", "grow_frozen_head", "finetune"))
+    arms_added = sum(f[k] - f["base"] for k in ("grow", "grow_frozen_head", "finetune", *NO_REPLAY))
     return {**f, "seed": f["base"] + arms_added + f["expert"]}
 
 
@@ -196,7 +237,7 @@ STUDY = register(Study(
            f"{NEW_STEPS['default']} steps on new data, starting from the one saved base: (a) one new top block and "
            f"the head on ZH with {REPLAY:.0%} replay of EN+RU (the base's blocks frozen); (a') the same with the "
            "head frozen too (only the new block trains, as paper v1 section 3.2 says); (c) every block and the "
-           "head on the same mixture; (b) a "
+           "head on the same mixture; (a0) and (c0): (a) and (c) on ZH alone, no replay (growlm's controls); (b) a "
            "ZH-only expert of the same shape grown from scratch on the same substrate (2 stages, the same steps in "
            "all), composed with the base by logit averaging (and, where growlm.model.composition has it, by the "
            "training-free "
