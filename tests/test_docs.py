@@ -41,6 +41,7 @@ SKIP = {
     "growlm experiment substrates --quick": "tens of seconds even quick; tests/experiments/test_substrates.py runs it",
     "growlm compose-study compose-demo": "trains experts again; tests/test_demo.py runs compose-study on a tiny recipe",
     "growlm experiment report": "rewrites the checkout's docs/results.md; tests/experiments/test_results.py",
+    "growlm export RUN OUT [": "a usage synopsis with placeholders, not a command",
     "export HF_": "sets environment variables for lm_eval",
     "lm_eval": "lm-evaluation-harness's own CLI; tests/evaluate/test_lm_eval_*.py run the model and tasks",
     "python -m growlm.evaluate.lm_eval_adapter": "lm-eval's CLI through growlm; tests/evaluate/test_lm_eval_adapter.py",
@@ -258,7 +259,9 @@ def test_doc_block_runs(block, workspace, tiny_data, monkeypatch):
     elif block.lang == "python":
         src = block.text.replace('growlm.grow("demo"', f'growlm.grow("{workspace / "tiny-grow.toml"}"')
         src = src.replace("runs/my-demo", "runs/my-api-demo")
-        exec(compile(src, block.where, "exec"), {"__name__": "__doc_block__"})
+        # OUT: the export directory the pages name; exporting.md's command writes it
+        exec(compile(src, block.where, "exec"),
+             {"__name__": "__doc_block__", "OUT": str(workspace / "docs_exporting.md" / "hf" / "demo")})
     else:
         for cmd in commands(block):
             if skip_reason(cmd):
