@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from growlm.experiments.heldout import CURRENT as HELDOUT_VERSION
+from growlm.training.flops import cpu_model
 from growlm.util.fileio import atomic_write_text, check_not_input
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond 30 the normal's 1.96 is within 4%
@@ -239,15 +240,7 @@ def provenance(argv: list[str] | None = None) -> dict:
 
     commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
     dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit != "unknown" else None
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"commit": commit, "dirty": dirty, "machine": f"{cpu}, {os.cpu_count()} cores, torch threads "
+    return {"commit": commit, "dirty": dirty, "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch threads "
             f"{torch.get_num_threads()}", "python": platform.python_version(), "torch": torch.__version__,
             "command": " ".join(["growlm", *(argv if argv is not None else sys.argv[1:])]),
             "heldout_texts": HELDOUT_VERSION}

@@ -175,15 +175,19 @@ def _cache_file() -> Path:
     return root / "machine" / "peak.json"
 
 
-def _cpu_key() -> str:
-    name = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``; the platform's own name where that file is missing)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_key() -> str:
+    name = cpu_model()
     # what the kernels may use: torch's vector ISA, and the matmul libraries' caps when the user set them
     isa = [torch.backends.cpu.get_cpu_capability()]
     isa += [f"{k}={os.environ[k]}" for k in ISA_ENV if os.environ.get(k)]
