@@ -102,6 +102,42 @@ def test_vocabulary_mismatch_refused(glyph):
     assert "vocab compact" in str(err.value) and "vocab bmp65k" in str(err.value)
 
 
+def learned(sub: Substrate, seed: int, shift: float) -> GrowLM:
+    """An expert with a trainable embedding from one random init, moved by ``shift`` (as if trained)."""
+    m = expert(sub, 1, trainable_embedding=True, embedding_init="random")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        m.embedding.add_(shift * torch.randn_like(m.embedding))
+    return m
+
+
+def test_experts_with_their_own_trained_embeddings_are_refused_unless_asked(glyph, tmp_path):
+    a, b = learned(glyph, 1, 0.5), learned(glyph, 2, 0.5)
+    assert a.substrate_fingerprint == b.substrate_fingerprint  # the fingerprint names the start, not the table
+    for experts in ([a, b], [expert(glyph, 1), a], [a, expert(glyph, 1)]):  # trained on either side
+        with pytest.raises(SubstrateMismatchError, match="embedding mismatch.*own_embeddings=True"):
+            compose(experts, names=["x", "y"])
+    assert compose([a, learned(glyph, 1, 0.5)]).own_embeddings is False  # one and the same table: no refusal
+    x, _ = batch(glyph.vocab_size)
+    for method in ("average", "prob", "posterior", "adapter", "router"):
+        m = compose([a, b], method, [0.3, 0.7], own_embeddings=True)
+        assert m.own_embeddings and m.experts[0].embedding is not m.experts[1].embedding
+        with torch.no_grad():
+            if method == "average":  # each expert embeds its own input: the average of their own logits
+                assert torch.allclose(m(x), 0.3 * a(x) + 0.7 * b(x), atol=ATOL)
+        assert not any(e.embedding.requires_grad for e in m.experts)  # the experts' tables stay frozen
+    m = compose([a, b], "average", [0.3, 0.7], own_embeddings=True)
+    save_model(m, tmp_path / "own")
+    assert json.loads((tmp_path / "own" / "model.json").read_text())["options"]["own_embeddings"] is True
+    back = load_model(tmp_path / "own")
+    assert back.own_embeddings
+    with torch.no_grad():
+        assert torch.equal(back(x), m(x))
+    save_model(compose([expert(glyph, 1), expert(glyph, 2)]), tmp_path / "plain")
+    plain = json.loads((tmp_path / "plain" / "model.json").read_text())
+    assert "own_embeddings" not in plain["options"]  # descriptions without the option stay as they were
+
+
 def test_bad_method_and_nesting_refused(pair):
     with pytest.raises(ValueError, match="valid methods"):
         compose(pair, "soup")

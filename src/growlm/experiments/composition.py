@@ -8,6 +8,12 @@ a short fine-tune on all three languages, and ``average + fine-tune`` (the paper
 model, v1 §4.1: the average with its experts' LM heads trained; its validation bpc before the first step is recorded
 as ``val_bpc_step0``). Every model, expert or composed, is scored with the same code: the
 validation split of each language and the shipped held-out texts, in bits per character.
+
+The control (issue 20 §2): does merging need the frozen substrate? Two more experts, EN+RU and EN+ZH with the same
+plan, data and seed but a learned token embedding (``LEARNED``: each starts from the same random table, as the frozen
+experts share one substrate), composed as the paper's pair by the training-free methods and ``average + fine-tune``
+(``ComposedLM(own_embeddings=True)``: each expert embeds its input with its own table). Their rows carry the
+expert names suffixed ``(learned emb)``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,18 @@ from typing import TYPE_CHECKING
 import torch
 
 from growlm.experiments.common import DOC_METRICS, heldout_row, last_stage, plan, plan_flops, size, train
-from growlm.experiments.framework import VERDICTS, SeedContext, Study, Verdict, cell, decide, fmt, paired, register
+from growlm.experiments.framework import (
+    VERDICTS,
+    SeedContext,
+    Study,
+    Verdict,
+    cell,
+    decide,
+    fmt,
+    mean_interval,
+    paired,
+    register,
+)
 from growlm.experiments.heldout import LANGUAGES, heldout_scores
 
 if TYPE_CHECKING:
@@ -38,6 +55,12 @@ COMPOSITIONS = {"en+ru, en+zh": ("en+ru", "en+zh"), "en+ru, en+zh, ru+zh": ("en+
 PAIR = "en+ru, en+zh"
 FINETUNED = ("adapter", "router", "average")  # methods with a "+ fine-tune" row (average: its heads train)
 AVERAGE_FT = "average + fine-tune"
+# the control: experts with a learned token embedding (the same random init for every expert, from the same seed;
+# the fairer control, since the frozen substrate is itself one init shared by the experts), composed as the pair
+LEARNED = {"trainable_embedding": True, "embedding_init": "random"}
+SUFFIX = " (learned emb)"
+CONTROL = {f"{n}{SUFFIX}": n for n in PAIR.split(", ")}  # control expert -> the frozen expert whose data it shares
+CONTROL_PAIR = ", ".join(CONTROL)
 # a seed's raw JSON is read back, not rerun: remove it so the seed reruns (the experts in --work are reused)
 RUN_COMMAND = ("rm docs/data/experiments/composition/seed-*.json; growlm experiment composition --out "
                "docs/data/experiments/composition --work runs/experiments/composition")
@@ -51,18 +74,30 @@ def methods(shape: str) -> list[tuple[str, str, int]]:
             *[(f"{m} + fine-tune", m, 0) for m in FINETUNED]]
 
 
+def control_methods(shape: str) -> list[tuple[str, str, int]]:
+    """The methods the learned-embedding control runs: the training-free ones and ``average + fine-tune`` (the
+    adapter and router would apply too, each expert embedding its own input, but are left out to save budget)."""
+    return [m for m in methods(shape) if not is_finetuned(m[0]) or m[0] == AVERAGE_FT]
+
+
+def run_name(name: str) -> str:
+    """The run directory of expert ``name``: ``expert-en-ru``, ``expert-en-ru-learned``."""
+    return "expert-" + name.removesuffix(SUFFIX).replace("+", "-") + ("-learned" if name.endswith(SUFFIX) else "")
+
+
 def is_finetuned(label: str) -> bool:
     """Whether a row label of ``methods`` names a fine-tuned composition."""
     return label.endswith(" + fine-tune")
 
 
 def expert_plan(ctx: SeedContext, name: str) -> dict:
-    """The growth plan of one expert: DEPTH stages of one block each, every stage on the expert's mixture."""
+    """The growth plan of one expert: DEPTH stages of one block each, every stage on the expert's mixture (a
+    ``CONTROL`` expert: its frozen twin's plan with a learned embedding)."""
     shape = "quick" if ctx.quick else "default"
     stages = [{"name": f"grow-{i + 1}", "add": 1, "train_newest": 1, "steps": STAGE_STEPS[shape],
                "mixture": "expert"} for i in range(DEPTH[shape])]
-    raw = plan(ctx, stages, name=f"expert-{name.replace('+', '-')}")
-    raw["data"]["mixtures"] = {"expert": dict(EXPERTS[name])}
+    raw = plan(ctx, stages, name=run_name(name), model=dict(LEARNED) if name in CONTROL else None)
+    raw["data"]["mixtures"] = {"expert": dict(EXPERTS[CONTROL.get(name, name)])}
     return raw
 
 
@@ -108,13 +143,15 @@ def pipeline(ctx: SeedContext) -> ComposePipeline:
     from growlm.training.plan import Recipe
 
     shape = "quick" if ctx.quick else "default"
-    experts = [ExpertStep(name, Recipe.from_dict(expert_plan(ctx, name))) for name in EXPERTS]
+    experts = [ExpertStep(name, Recipe.from_dict(expert_plan(ctx, name))) for name in (*EXPERTS, *CONTROL)]
+    runs = [(names, methods(shape)) for names in COMPOSITIONS.values()] + [(tuple(CONTROL), control_methods(shape))]
     steps = [ComposeStep(label=row_label, experts=tuple(names), method=method, window=window,
                          finetune_steps=FINETUNE_STEPS[shape] if is_finetuned(row_label) else 0,
                          lr=FINETUNE_LR[method] if is_finetuned(row_label) else None,
                          train_heads=is_finetuned(row_label) and method == "average",
-                         mixture={lang: 1.0 for lang in LANGUAGES} if is_finetuned(row_label) else None)
-             for names in COMPOSITIONS.values() for row_label, method, window in methods(shape)]
+                         mixture={lang: 1.0 for lang in LANGUAGES} if is_finetuned(row_label) else None,
+                         own_embeddings=names[0] in CONTROL)
+             for names, labels in runs for row_label, method, window in labels]
     train_spec = experts[0].recipe.train  # the shared shape: sequence length, batch, validation, seed
     return ComposePipeline(experts, steps, train_spec, seed=train_spec.seed)  # seeded: the adapter's projection
 
@@ -128,7 +165,7 @@ def run(ctx: SeedContext) -> list[dict]:
     data = None
     for ex in plan_.experts:
         name, raw = ex.name, ex.recipe.raw
-        run_dir = train(ctx, raw, f"expert-{name.replace('+', '-')}")
+        run_dir = train(ctx, raw, run_name(name))
         experts[name] = load_model(last_stage(run_dir)).eval()
         data = data or open_data(ctx.data, raw["substrate"]["vocab"])
         row = {"experts": name, "method": "expert", **score(ctx, experts[name], data, raw), **plan_flops(raw)}
@@ -143,7 +180,8 @@ def run(ctx: SeedContext) -> list[dict]:
         if step.finetuned:
             if step.train_heads:  # the paper's curve starts at the merged model's loss before further training
                 step0 = {"val_bpc_step0": score(ctx, model, data, raw, heldout=False)["val_bpc"]}
-            out = ctx.work / f"finetune-{step.method}{'-heads' if step.train_heads else ''}-{len(names)}"
+            out = ctx.work / (f"finetune-{step.method}{'-heads' if step.train_heads else ''}-{len(names)}"
+                              f"{'-learned' if step.own_embeddings else ''}")
             flops = finetune_flops(model, raw, step.finetune_steps)
             if (out / "model" / "model.json").exists():
                 model = load_model(out / "model")
@@ -218,6 +256,51 @@ def _further_training(summary: dict) -> Verdict:
         "difference's 95% interval below 0", decide(ok), cite="v1 §4.1, Fig. 1-2")
 
 
+def average_gain(summary: dict, experts: str, metric: str) -> list[float | None] | None:
+    """Per seed, the logit average's ``metric`` relative to its better member expert's, avg / min_k expert_k - 1
+    (below 0: the average is better); None where the summary lacks the rows."""
+    avg = cell(summary, metric, experts=experts, method="average")
+    members = [cell(summary, metric, experts=n, method="expert") for n in experts.split(", ")]
+    if not avg or not all(members):
+        return None
+    out = []
+    for i, a in enumerate(avg["values"]):
+        own = [m["values"][i] for m in members]
+        out.append(None if a is None or None in own else a / min(own) - 1)
+    return out
+
+
+def _needs_substrate(summary: dict) -> Verdict | None:
+    """The control: the average's gain over its better expert, frozen substrate vs learned embeddings, paired over
+    seeds (None for a summary with no average; "not run yet" for one made before the control existed)."""
+    claim = ("Merging by logit averaging needs the shared frozen substrate: the average of EN+RU and EN+ZH experts "
+             "gains more over its better expert on the frozen glyph substrate than with learned embeddings")
+    if average_gain(summary, PAIR, "val_bpc") is None:
+        return None
+    if average_gain(summary, CONTROL_PAIR, "val_bpc") is None:
+        return Verdict(claim, "– (the paper's argument, not a measurement)", "not run yet: the learned-embedding "
+                       f"experts are newer than this summary (`{RUN_COMMAND}`)", VERDICTS[3], source="growlm")
+    parts, ok = [], True
+    for metric in ("val_bpc", "heldout_bpc"):
+        frozen, learned = average_gain(summary, PAIR, metric), average_gain(summary, CONTROL_PAIR, metric)
+        if frozen is None or learned is None:
+            return None
+        d = [f - c for f, c in zip(frozen, learned) if f is not None and c is not None]
+        if not d:
+            return None
+        diff = mean_interval(d)
+        mean = {k: mean_interval([v for v in vs if v is not None]) for k, vs in (("f", frozen), ("l", learned))}
+        parts.append(f"{metric.replace('_', ' ')}: average / better expert - 1 = {_pct(mean['f'])} frozen, "
+                     f"{_pct(mean['l'])} learned (paired difference {_pct(diff)})")
+        ok = ok and diff["ci95"] is not None and diff["ci95"][1] < 0
+    gaps_ = [f"{e}: {_gap_text(summary, e, 'average')[0]}" for e in (PAIR, CONTROL_PAIR)]
+    return Verdict(
+        claim, "– (the paper's argument for the frozen substrate, not a measurement)",
+        f"{'; '.join(parts)}; worst-language gaps, {'; '.join(gaps_)}; rule: reproduced if the frozen-substrate "
+        "average's gain is larger (its relative bpc lower) with the paired difference's 95% interval below 0, on "
+        "validation and held-out", decide(ok), source="growlm")
+
+
 def verdict(summary: dict) -> list[Verdict]:
     """The paper's merge claims on the logit average (it beats each of its experts; its loss before any further
     training is close to the experts' final loss), growlm's stricter per-language rule, and growlm's goal for the
@@ -262,6 +345,9 @@ def verdict(summary: dict) -> list[Verdict]:
             "on every language, with no training (issue 10's goal)", "–",
             f"posterior of the two experts: {text}; rule: reproduced if both mean gaps are <= {GOAL:.0%}. "
             f"Also {'; '.join(extra)}", decide(worst <= GOAL), source="growlm"))
+    control = _needs_substrate(summary)
+    if control:
+        rows.append(control)
     return rows
 
 
@@ -284,9 +370,16 @@ def _notes() -> tuple[str, ...]:
         "size (common.plan_flops, growlm.training.flops): at d_model 64, seq_len 64, batch 16 (compact vocabulary) "
         "an expert "
         "trains 2.73 TFLOP and the six fine-tunes 2.41 TFLOP together (adapter 0.23 / 0.35, router 0.37 / 0.55, "
-        "average + fine-tune 0.37 / 0.55 for two / three experts; growlm.training.budget.composition_parts), so a "
-        "seed trains 10.6 TFLOP and 3 seeds 32 TFLOP; scoring the 17 models of a seed (forward only, N experts "
-        "each) costs about 2.9 TFLOP more; train_flops gives the shape run",
+        "average + fine-tune 0.37 / 0.55 for two / three experts; growlm.training.budget.composition_parts); the "
+        "learned-embedding control adds two experts (2.75 TFLOP each, the embedding's gradient included) and one "
+        "average + fine-tune (0.37), so a seed trains 16.5 TFLOP and 3 seeds 50 TFLOP; scoring the 24 models of a "
+        "seed (forward only, N experts each) costs about 3.8 TFLOP more; train_flops gives the shape run",
+        f"control (does merging need the frozen substrate?): experts en+ru{SUFFIX} and en+zh{SUFFIX}, the same plan, "
+        "data and seed as en+ru and en+zh but with a learned token embedding (trainable, random N(0, init_std) init, "
+        "the same table at the start for both: the frozen substrate is itself one shared init), composed as the pair "
+        "by the training-free methods and average + fine-tune, each expert embedding its input with its own table "
+        "(ComposedLM own_embeddings); adapter + fine-tune and router + fine-tune apply too but are left out of the "
+        "control to keep it within budget",
         "bpc: bits per character (lower is better); val = validation split of the training corpus, held-out = the "
         "shipped texts no training source contains; posterior's context is one scoring window (seq_len tokens)",
     )

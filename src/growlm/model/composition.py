@@ -7,7 +7,11 @@ substrate kind, the vocabulary's content, d_model and the options. Experts may
 differ in depth, heads and block style, but not in width (a different d_model
 is a different substrate, hence a different fingerprint) and not in
 vocabulary; composing such experts stops with a ``SubstrateMismatchError``
-that names both sides.
+that names both sides. Experts that trained their own token embedding (the
+baselines' ``trainable_embedding``) keep the fingerprint of the substrate they
+started from, yet no longer share their input space: they are refused too,
+unless ``own_embeddings=True`` says that each expert is to embed its input with
+its own table (the composition study's learned-embedding control).
 
 How the experts are combined is the method (``method=``: ``average``, ``prob``, ``adapter``, ``router``,
 ``posterior``), one class each in ``growlm.model.composition_methods``, looked up by name in its registry
@@ -73,8 +77,9 @@ def _describe(e: GrowLM, name: str) -> str:
             f"d_model {e.cfg.d_model})")
 
 
-def check_compatible(experts: list[nn.Module], names: list[str] | None = None) -> None:
-    """Raise ``SubstrateMismatchError`` unless all experts are GrowLMs on one vocabulary and one substrate."""
+def check_compatible(experts: list[nn.Module], names: list[str] | None = None, own_embeddings: bool = False) -> None:
+    """Raise ``SubstrateMismatchError`` unless all experts are GrowLMs on one vocabulary and one substrate, with one
+    token embedding (``own_embeddings``: trained embeddings may differ, each expert embedding its own input)."""
     if not experts:
         raise ValueError("compose needs at least one expert, got none")
     names = names or [f"expert {i}" for i in range(len(experts))]
@@ -96,6 +101,23 @@ def check_compatible(experts: list[nn.Module], names: list[str] | None = None) -
             raise SubstrateMismatchError(
                 f"substrate mismatch: {_describe(first, fname)} vs {_describe(e, name)}{why}; composition is "
                 "only safe for experts trained on the same substrate fingerprint")
+    if own_embeddings:
+        return
+    for e, name in zip(experts[1:], names[1:]):
+        if _trained(first) or _trained(e):
+            a, b = first.embedding, e.embedding
+            if a.shape != b.shape or a.device.type == "meta" or not torch.equal(a.detach(), b.detach()):
+                who = fname if _trained(first) else name
+                raise SubstrateMismatchError(
+                    f"embedding mismatch: {who} trained its own token embedding, so {fname} and {name} no longer share "
+                    "the frozen substrate their fingerprint names; merging relies on that one shared input space. "
+                    "Compose experts grown on a frozen substrate, or pass own_embeddings=True to let each expert "
+                    "embed its input with its own table")
+
+
+def _trained(e: GrowLM) -> bool:
+    """Whether ``e``'s token embedding is a parameter (trained) rather than the frozen substrate."""
+    return isinstance(e.embedding, nn.Parameter)
 
 
 class ComposedCaches(list):
@@ -116,10 +138,12 @@ class ComposedLM(nn.Module):
     kind = "composed"  # how ``growlm.model.saved`` names this model class in model.json
 
     def __init__(self, experts: list[GrowLM], method: str = "average", weights: list[float] | None = None, *,
-                 rank: int = 8, train_heads: bool = False, window: int = 0, names: list[str] | None = None):
+                 rank: int = 8, train_heads: bool = False, window: int = 0, names: list[str] | None = None,
+                 own_embeddings: bool = False):
         super().__init__()
         self.combiner = check_options(method, window, train_heads)()
-        check_compatible(list(experts), names)
+        check_compatible(list(experts), names, own_embeddings)
+        self.own_embeddings = bool(own_embeddings)  # experts may embed their input with their own trained tables
         self.method, self.rank, self.train_heads, self.window = method, int(rank), bool(train_heads), window
         self.weights = normalise_weights(weights, len(experts))
         self.experts = nn.ModuleList(experts)
@@ -250,8 +274,10 @@ class ComposedLM(nn.Module):
 
     def save_meta(self) -> dict:
         """The JSON description written by ``growlm.model.saved.save_model``."""
-        return {"kind": self.kind, "method": self.method, "weights": self.weights,
-                "options": {"rank": self.rank, "train_heads": self.train_heads, "window": self.window},
+        opts = {"rank": self.rank, "train_heads": self.train_heads, "window": self.window}
+        if self.own_embeddings:  # written only when set: earlier descriptions stay as they were
+            opts["own_embeddings"] = True
+        return {"kind": self.kind, "method": self.method, "weights": self.weights, "options": opts,
                 "experts": [e.save_meta() for e in self.experts], "vocab_size": self.vocab_size,
                 "substrate": self.substrate_spec, "substrate_fingerprint": self.substrate_fingerprint,
                 "substrate_content_sha256": getattr(self.experts[0], "substrate_content", "")}
@@ -273,7 +299,8 @@ class ComposedLM(nn.Module):
             experts.append(GrowLM.from_saved(f"{d} (expert {i})", em, sub_state, substrate))
         opts = meta.get("options", {})
         model = cls(experts, meta["method"], meta.get("weights"), rank=opts.get("rank", 8),
-                    train_heads=opts.get("train_heads", False), window=opts.get("window", 0))
+                    train_heads=opts.get("train_heads", False), window=opts.get("window", 0),
+                    own_embeddings=opts.get("own_embeddings", False))
         rest = {k: v for k, v in state.items() if not k.startswith("experts.")}
         try:
             missing, unexpected = model.load_state_dict(rest, strict=False)
@@ -291,7 +318,8 @@ register_kind(ComposedLM)
 
 def compose(experts: list[GrowLM], method: str = "average", weights: list[float] | None = None,
             **opts) -> ComposedLM:
-    """Combine experts on one substrate into a ``ComposedLM`` (opts: rank, train_heads, window, names)."""
+    """Combine experts on one substrate into a ``ComposedLM`` (opts: rank, train_heads, window, names,
+    own_embeddings)."""
     return ComposedLM(list(experts), method, weights, **opts)
 
 

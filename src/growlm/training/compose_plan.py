@@ -135,6 +135,7 @@ class ComposeStep:
     finetune_steps: int = 0
     lr: float | None = None  # None: finetune's default (the train spec's rate)
     mixture: dict[str, float] | None = None  # the fine-tune's data mixture (None: finetune's default)
+    own_embeddings: bool = False  # the experts trained their own token embeddings (``ComposedLM``'s option)
 
     @property
     def finetuned(self) -> bool:
@@ -173,7 +174,7 @@ class ComposePipeline:
         if self.seed is not None:
             torch.manual_seed(self.seed)
         return compose(members, step.method, rank=step.rank, train_heads=step.train_heads, window=step.window,
-                       names=list(step.experts))
+                       names=list(step.experts), own_embeddings=step.own_embeddings)
 
     def finetune(self, step: ComposeStep, model: ComposedLM, data, out: str | Path, **kw) -> dict:
         """Fine-tune ``step``'s composed model (``growlm.training.finetune.finetune``; kw: progress, log, ...)."""
