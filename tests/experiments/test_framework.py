@@ -83,3 +83,97 @@ def test_every_study_module_registers_itself():
     assert {"substrates", "grown-vs-monolithic", "depth"} <= set(studies)
     for s in studies.values():
         assert s.metrics and s.claim and s.title
+
+
+STUDY_SOURCE = '''
+from growlm.experiments.framework import Study, register
+
+CALLS = []
+
+
+def run(ctx):
+    CALLS.append(ctx.seed)
+    return [{"arm": "a", "loss": {loss} + ctx.seed}]
+
+
+STUDY = register(Study(name="toy-versioned", title="t", claim="c", run=run, metrics=("loss",)))
+'''
+
+
+def _load_study_module(path, loss: float):
+    """Write a study module (its source differs with ``loss``) and import it afresh; its CALLS list."""
+    import importlib.util
+    import sys
+
+    path.write_text(STUDY_SOURCE.replace("{loss}", repr(loss)), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("toy_versioned_study", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["toy_versioned_study"] = module
+    spec.loader.exec_module(module)
+    return module.CALLS
+
+
+def test_a_seed_file_from_another_version_of_the_study_is_rerun_not_reused(tmp_path):
+    """seed-N.json is read back only when the study's code, scale and data are those that made it."""
+    out, lines = tmp_path / "v", []
+    try:
+        calls = _load_study_module(tmp_path / "toy_versioned_study.py", 1.0)
+        run_study("toy-versioned", out, seeds=2, log=lines.append)
+        assert calls == [0, 1]
+        first = json.loads((out / "seed-0.json").read_text())
+        assert first["scale"] == "default" and len(first["study_fingerprint"]) == 64
+
+        calls = _load_study_module(tmp_path / "toy_versioned_study.py", 1.0)  # the same source: read back
+        run_study("toy-versioned", out, seeds=2, log=lines.append)
+        assert calls == []
+
+        calls = _load_study_module(tmp_path / "toy_versioned_study.py", 5.0)  # the study changed: rerun, said so
+        lines.clear()
+        summary = run_study("toy-versioned", out, seeds=2, log=lines.append)
+        assert calls == [0, 1]
+        assert summary["rows"][0]["loss"]["values"] == [5.0, 6.0]
+        assert any("seed-0.json is from an older version of the study" in str(x) and "rerunning" in str(x)
+                   for x in lines)
+
+        calls = _load_study_module(tmp_path / "toy_versioned_study.py", 5.0)  # another scale: rerun too
+        run_study("toy-versioned", out, seeds=1, scale="cpu10x", log=lambda *a: None)
+        assert calls == [0] and (out / "work" / "cpu10x-seed-0").is_dir()
+    finally:
+        framework.STUDIES.pop("toy-versioned", None)
+
+
+def test_an_old_seed_file_without_a_fingerprint_is_rerun_and_an_old_summary_still_renders(toy_study, tmp_path):
+    study, calls = toy_study
+    out = tmp_path / "old"
+    run_study("toy-study", out, seeds=1, log=lambda *a: None)
+    # a seed file as written before fingerprints (the committed ones): same study, shape and data, other rows
+    old = {"study": "toy-study", "seed": 0, "quick": False, "data": "default", "rows": [{"arm": "a", "loss": 9.0}]}
+    (out / "seed-0.json").write_text(json.dumps(old))
+    lines = []
+    summary = run_study("toy-study", out, seeds=1, log=lines.append)
+    assert calls == [(0, False, True), (0, False, True)]
+    assert summary["rows"][0]["loss"]["mean"] == pytest.approx(1.0)  # the rerun's, not the stale 9.0
+    assert any("seed-0.json is from an older version" in str(x) for x in lines)
+    # a summary written before scales (only "quick") still renders, at the scale it was made at
+    legacy = {k: v for k, v in summary.items() if k not in ("scale", "study_fingerprint")}
+    assert ", quick" not in framework.markdown_table({**legacy, "quick": False})
+    assert "(toy-study, quick;" in framework.markdown_table({**legacy, "quick": True})
+    assert framework.summary_scale({**legacy, "quick": True}) == "quick"
+
+
+def test_scales_are_named_and_quick_is_an_alias(toy_study, tmp_path):
+    study, calls = toy_study
+    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+        run_study("toy-study", tmp_path / "x", seeds=1, scale="huge")
+    with pytest.raises(ValueError, match="disagree"):
+        run_study("toy-study", tmp_path / "y", seeds=1, quick=True, scale="gpu")
+    ctx = framework.SeedContext(seed=0, work=tmp_path, quick=True)
+    assert ctx.scale == ctx.shape == "quick" and ctx.device == "cpu"
+    ctx = framework.SeedContext(seed=0, work=tmp_path, scale="gpu")
+    assert not ctx.quick and ctx.device == "cuda"
+    import torch
+
+    if not torch.cuda.is_available():  # the gpu scale is not quietly trained on the CPU
+        with pytest.raises(ValueError, match="--scale gpu trains on a CUDA device"):
+            run_study("toy-study", tmp_path / "z", seeds=1, scale="gpu")
+        assert calls == []

@@ -10,7 +10,7 @@ from growlm.commands.options import add_no_progress
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from growlm.experiments.framework import load_studies, markdown_table, run_study
+    from growlm.experiments.framework import SCALES, load_studies, markdown_table, run_study
 
     if args.name == "report":
         from growlm.experiments.results import write_results
@@ -29,10 +29,18 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         print(f"growlm experiment: error: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
         return 2
-    out = args.out or f"runs/experiments/{args.name}{'-quick' if args.quick else ''}"
-    argv = ["experiment", args.name, "--seeds", str(args.seeds), *(["--quick"] if args.quick else []), "--out", out,
-            *(["--data", args.data] if args.data != "default" else [])]
-    summary = run_study(args.name, out, seeds=args.seeds, quick=args.quick, argv=argv, work=args.work,
+    if args.scale is not None and args.scale not in SCALES:
+        print(f"growlm experiment: error: unknown --scale {args.scale!r}; the scales are {', '.join(SCALES)}",
+              file=sys.stderr)
+        return 2
+    if args.quick and args.scale not in (None, "quick"):
+        print(f"growlm experiment: error: --quick is --scale quick, not --scale {args.scale}", file=sys.stderr)
+        return 2
+    scale = "quick" if args.quick else (args.scale or "default")
+    out = args.out or f"runs/experiments/{args.name}{'' if scale == 'default' else '-' + scale}"
+    argv = ["experiment", args.name, "--seeds", str(args.seeds), *(["--scale", scale] if scale != "default" else []),
+            "--out", out, *(["--data", args.data] if args.data != "default" else [])]
+    summary = run_study(args.name, out, seeds=args.seeds, scale=scale, argv=argv, work=args.work,
                         progress=not args.no_progress, data=args.data, log=lambda *a: print(*a, file=sys.stderr))
     print(markdown_table(summary))
     print(f"\nraw JSON (seed-N.json), summary.json, table.md and plot.png in {out}")
@@ -43,12 +51,17 @@ def add_parser(sub) -> None:
     p = sub.add_parser("experiment", help="run a study with seeds and 95%% intervals (--list), or 'report'",
                        description="Run every seed of a study and write seed-N.json (raw rows with commit, machine "
                                    "and command), summary.json, table.md (mean and 95%% t-interval over seeds) and "
-                                   "plot.png. A seed whose raw JSON is already in --out is read back, not rerun. "
+                                   "plot.png. A seed whose raw JSON in --out this version of the study made (same code "
+                                   "and scale, held-out texts and data) is read back, not rerun; others rerun. "
                                    "'growlm experiment report' writes docs/results.md from the committed raw JSON.")
     p.add_argument("name", nargs="?", help="the study (see --list), or 'report'")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--quick", action="store_true", help="a seconds-long shape (what the tests run), not the default")
-    p.add_argument("--out", help="output directory (default runs/experiments/NAME[-quick]); for 'report': the "
+    p.add_argument("--scale", help="the size to run: quick (seconds, what the tests run), default "
+                   "(the CPU size of the committed results), cpu10x (~3e13 FLOPs per run), gpu (~1e16 FLOPs per run, "
+                   "on CUDA in bf16); see docs/experiments.md")
+    p.add_argument("--quick", action="store_true", help="the same as --scale quick")
+    p.add_argument("--out", help="output directory (default runs/experiments/NAME, or NAME-SCALE at another scale "
+                                 "than default); for 'report': the "
                                  "Markdown file (default docs/results.md)")
     p.add_argument("--work", help="where the seeds' growth runs and models go (default OUT/work)")
     p.add_argument("--data", default="default", help="token files to train on (default: the embedded corpus)")

@@ -34,19 +34,21 @@ from growlm.experiments.framework import (
     mean_interval,
     paired,
     register,
+    summary_scale,
 )
 from growlm.experiments.heldout import LANGUAGES, heldout_scores
 
 if TYPE_CHECKING:
     from growlm.training.compose_plan import ComposePipeline
 
-DEPTH = {"default": 2, "quick": 1}  # growth stages per expert, one block each
-STAGE_STEPS = {"default": 200, "quick": 2}
-FINETUNE_STEPS = {"default": 40, "quick": 2}
+DEPTH = {"default": 2, "quick": 1, "cpu10x": 6, "gpu": 6}  # growth stages per expert, one block each
+STAGE_STEPS = {"default": 200, "quick": 2, "cpu10x": 75, "gpu": 300}
+FINETUNE_STEPS = {"default": 40, "quick": 2, "cpu10x": 40, "gpu": 100}
 # the adapter's per-token scales need a small rate (compose-demo); the average's trained heads are the experts'
 # own, already trained, so they continue at a small rate too
 FINETUNE_LR = {"adapter": 3e-4, "router": 3e-3, "average": 3e-4}
-WINDOW = {"default": 16, "quick": 4}  # the sliding-window posterior's tokens (seq_len is 64 / 16)
+# the sliding-window posterior's tokens (seq_len is 64 / 16)
+WINDOW = {"default": 16, "quick": 4, "cpu10x": 32, "gpu": 128}
 
 # expert name -> data mixture (languages of the embedded corpus, equal weights)
 EXPERTS = {"en+ru": {"en": 1.0, "ru": 1.0}, "en+zh": {"en": 1.0, "zh": 1.0}, "ru+zh": {"ru": 1.0, "zh": 1.0}}
@@ -93,7 +95,7 @@ def is_finetuned(label: str) -> bool:
 def expert_plan(ctx: SeedContext, name: str) -> dict:
     """The growth plan of one expert: DEPTH stages of one block each, every stage on the expert's mixture (a
     ``CONTROL`` expert: its frozen twin's plan with a learned embedding)."""
-    shape = "quick" if ctx.quick else "default"
+    shape = ctx.shape
     stages = [{"name": f"grow-{i + 1}", "add": 1, "train_newest": 1, "steps": STAGE_STEPS[shape],
                "mixture": "expert"} for i in range(DEPTH[shape])]
     raw = plan(ctx, stages, name=run_name(name), model=dict(LEARNED) if name in CONTROL else None)
@@ -142,7 +144,7 @@ def pipeline(ctx: SeedContext) -> ComposePipeline:
     from growlm.training.compose_plan import ComposePipeline, ComposeStep, ExpertStep
     from growlm.training.plan import Recipe
 
-    shape = "quick" if ctx.quick else "default"
+    shape = ctx.shape
     experts = [ExpertStep(name, Recipe.from_dict(expert_plan(ctx, name))) for name in (*EXPERTS, *CONTROL)]
     runs = [(names, methods(shape)) for names in COMPOSITIONS.values()] + [(tuple(CONTROL), control_methods(shape))]
     steps = [ComposeStep(label=row_label, experts=tuple(names), method=method, window=window,
@@ -244,7 +246,7 @@ def _further_training(summary: dict) -> Verdict:
     if not (start and end):
         return Verdict(claim, paper, f"not run yet: the arm {AVERAGE_FT!r} is newer than this summary "
                        f"(`{RUN_COMMAND}`)", VERDICTS[3], cite="v1 §4.1, Fig. 1-2")
-    d, shape = paired(end, start), "quick" if summary.get("quick") else "default"
+    d, shape = paired(end, start), summary_scale(summary)
     best = min((c for c in (cell(summary, "val_bpc", experts=n, method="expert") for n in PAIR.split(", ")) if c),
                key=lambda c: c["mean"], default=None)
     ok = d is not None and d["ci95"] is not None and d["ci95"][1] < 0
@@ -337,7 +339,7 @@ def verdict(summary: dict) -> list[Verdict]:
             decide(worst <= NEAR), source="growlm"))
     text, worst = _gap_text(summary, PAIR, "posterior")
     if worst is not None:
-        window = f"posterior (window {WINDOW['quick' if summary.get('quick') else 'default']})"
+        window = f"posterior (window {WINDOW[summary_scale(summary)]})"
         extra = [f"{m} of {e}: {_gap_text(summary, e, m)[0]}"
                  for e, m in ((PAIR, window), ("en+ru, en+zh, ru+zh", "posterior"))]
         rows.append(Verdict(

@@ -9,8 +9,10 @@ from pathlib import Path
 from growlm.experiments.common import last_stage, measure, plan, plan_flops, train
 from growlm.experiments.framework import VERDICTS, SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 
-BASE_STEPS = {"default": 240, "quick": 2}  # per base stage; the base has two (depth 2) on English + Russian
-NEW_STEPS = {"default": 250, "quick": 2}  # steps on the new data, the same for every arm (the expert: over 2 stages)
+BASE_DEPTH = {"default": 2, "quick": 2, "cpu10x": 6, "gpu": 6}  # base stages (one block each) on English + Russian
+BASE_STEPS = {"default": 240, "quick": 2, "cpu10x": 75, "gpu": 300}  # per base stage
+# steps on the new data, the same for every arm (the expert: split over BASE_DEPTH stages, the base's shape)
+NEW_STEPS = {"default": 250, "quick": 2, "cpu10x": 250, "gpu": 1000}
 REPLAY = 0.25  # share of old-language (EN+RU) sequences mixed into the Chinese training of (a) and (c)
 OLD, NEW = ("en", "ru"), "zh"
 
@@ -35,16 +37,16 @@ def plans(ctx: SeedContext) -> dict[str, dict]:
     """The recipes of one seed, each arm written as the base's stages followed by its own stage (what it costs from
     scratch): (a) a grown block, (a') the same with the LM head frozen, (c) a whole-model fine-tune; and (b)'s
     expert. The arms are trained on the one saved base (``on_base``)."""
-    shape = "quick" if ctx.quick else "default"
-    nb, n_new = BASE_STEPS[shape], NEW_STEPS[shape]
-    base = [{"name": f"grow-{i + 1}", "add": 1, "train_newest": 1, "steps": nb, "mixture": "old"} for i in range(2)]
+    shape = ctx.shape
+    nb, n_new, k = BASE_STEPS[shape], NEW_STEPS[shape], BASE_DEPTH[shape]
+    base = [{"name": f"grow-{i + 1}", "add": 1, "train_newest": 1, "steps": nb, "mixture": "old"} for i in range(k)]
 
     def recipe(stages: list[dict], name: str) -> dict:
         raw = plan(ctx, stages, name=name)
         raw["data"]["mixtures"] = copy.deepcopy(MIXTURES)
         return raw
 
-    expert_steps = [n_new // 2, n_new - n_new // 2]
+    expert_steps = [n_new // k] * (k - 1) + [n_new - n_new // k * (k - 1)]
     grow = {"name": "grow-zh", "add": 1, "train_newest": 1, "steps": n_new, "mixture": "new"}
     frozen_head = {**grow, "name": "grow-zh-head-frozen", "train_head": False}
     finetune = {"name": "finetune-zh", "add": 0, "train_newest": 2, "steps": n_new, "mixture": "new"}
@@ -217,7 +219,7 @@ FLOPS_NOTE = ("training FLOPs at the default size (common.plan_flops): the base 
 
 def study_flops(shape: str = "default") -> dict:
     """Training FLOPs of one seed as the study runs it (the base once, each arm's own stage on it, the expert)."""
-    p = plans(SeedContext(seed=0, quick=shape == "quick", work=Path(".")))
+    p = plans(SeedContext(seed=0, scale=shape, work=Path(".")))
     f = {k: plan_flops(raw)["train_flops"] for k, raw in p.items()}
     arms_added = sum(f[k] - f["base"] for k in ("grow", "grow_frozen_head", "finetune", *NO_REPLAY))
     return {**f, "seed": f["base"] + arms_added + f["expert"]}
@@ -233,15 +235,14 @@ STUDY = register(Study(
     metrics=("forget_heldout", "heldout_bpc_zh", "forget_val", "val_bpc_zh", "added_flops", "forget_heldout_en",
              "forget_heldout_ru", "forget_val_en", "forget_val_ru", "heldout_bpc_en", "heldout_bpc_ru", "val_bpc_en",
              "val_bpc_ru", "heldout_bpc", "val_bpc", "train_flops", "tokens"),
-    notes=(f"base: 2 growth stages of {BASE_STEPS['default']} steps on EN+RU (1:1); every arm then trains "
-           f"{NEW_STEPS['default']} steps on new data, starting from the one saved base: (a) one new top block and "
-           f"the head on ZH with {REPLAY:.0%} replay of EN+RU (the base's blocks frozen); (a') the same with the "
-           "head frozen too (only the new block trains, as paper v1 section 3.2 says); (c) every block and the "
+    notes=(f"base: {BASE_DEPTH['default']} growth stages of {BASE_STEPS['default']} steps on EN+RU (1:1); every arm "
+           f"then trains {NEW_STEPS['default']} steps on new data, starting from the one saved base: (a) one new top "
+           f"block and the head on ZH with {REPLAY:.0%} replay of EN+RU (the base's blocks frozen); (a') the same with "
+           "the head frozen too (only the new block trains, as paper v1 section 3.2 says); (c) every block and the "
            "head on the same mixture; (a0) and (c0): (a) and (c) on ZH alone, no replay (growlm's controls); (b) a "
-           "ZH-only expert of the same shape grown from scratch on the same substrate (2 stages, the same steps in "
-           "all), composed with the base by logit averaging (and, where growlm.model.composition has it, by the "
-           "training-free "
-           "posterior mixture); nothing trained after composing; 'ZH expert alone' for reference",
+           "ZH-only expert of the same shape grown from scratch on the same substrate (as many stages, the same "
+           "steps in all), composed with the base by logit averaging (and, where growlm.model.composition has it, "
+           "by the training-free posterior mixture); nothing trained after composing; 'ZH expert alone' for reference",
            "forget_SPLIT_LANG: the old language's bpc after minus the base's (> 0: forgotten; the base row is 0); "
            "forget_SPLIT: the mean over EN and RU; val = validation split, held-out = the shipped texts",
            FLOPS_NOTE),

@@ -22,14 +22,14 @@ from growlm.experiments.framework import (
 from growlm.model.saved import load_model
 from growlm.training.plan import Recipe
 
-DEPTH = {"default": 6, "quick": 2}
-STAGE_STEPS = {"default": 100, "quick": 2}
+DEPTH = {"default": 6, "quick": 2, "cpu10x": 6, "gpu": 6}
+STAGE_STEPS = {"default": 100, "quick": 2, "cpu10x": 75, "gpu": 300}
 # the depths k whose equal-steps control trains (depth k-1 trained k stages of steps); the last is the final depth
-CONTROL = {"default": (2, 4, 6), "quick": (2,)}
+CONTROL = {"default": (2, 4, 6), "quick": (2,), "cpu10x": (2, 4, 6), "gpu": (2, 4, 6)}
 GROWN, CONTROL_ARM = "grown", "equal steps"
 # multiple-choice tasks whose gold-answer scores are measured (those this checkout and its data have)
 TASKS = ("arc_easy", "sciq", "piqa", "copa")
-TASK_LIMIT = {"default": 200, "quick": 2}
+TASK_LIMIT = {"default": 200, "quick": 2, "cpu10x": 200, "gpu": 200}
 QUICK_TASKS = ("sciq",)
 # what each row keeps of the log-likelihood protocol's per-task scores (growlm.evaluate.multiple_choice.score_loglik)
 GOLD = ("gold_bpb", "bpb_margin", "acc_norm")
@@ -85,7 +85,7 @@ def control_plan(raw: dict, base: Path, k: int, shape: str) -> dict:
 
 
 def run(ctx: SeedContext) -> list[dict]:
-    shape = "quick" if ctx.quick else "default"
+    shape = ctx.shape
     n, depth = STAGE_STEPS[shape], DEPTH[shape]
     raw = plan(ctx, growth_stages(shape), name="depth")
     run_dir = train(ctx, raw, GROWN)
@@ -109,7 +109,7 @@ def run(ctx: SeedContext) -> list[dict]:
 def study_flops(shape: str = "default") -> dict:
     """Training FLOPs of one seed (``plan_flops``): the growth run, and the controls (each one extension stage
     on a saved depth, counted as the extended plan less its saved prefix)."""
-    ctx = SeedContext(seed=0, quick=shape == "quick", work=Path("."))
+    ctx = SeedContext(seed=0, scale=shape, work=Path("."))
     stages = growth_stages(shape)
     flops = {k: plan_flops(plan(ctx, stages[:k]))["train_flops"] for k in range(1, DEPTH[shape] + 1)}
     control = sum(plan_flops(plan(ctx, [*stages[:k - 1], extension(k, shape)]))["train_flops"] - flops[k - 1]

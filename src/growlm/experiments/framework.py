@@ -6,16 +6,19 @@ the package that is not a helper is imported when a study is looked up, see ``lo
     from growlm.experiments.common import last_stage, measure, plan, plan_flops, size, train
     from growlm.experiments.framework import SeedContext, Study, register
 
+    STEPS = {"quick": 2, "default": 200, "cpu10x": 300, "gpu": 2000}  # one entry per scale (framework.SCALES)
+
     def run(ctx: SeedContext) -> list[dict]:
         # Train and measure everything for ONE seed, ``ctx.seed`` (0..N-1; ``plan`` turns it into the recipe's
-        # training seed). ``ctx.quick``: the seconds-long shape the tests run (``size(ctx)`` gives the shared
-        # shapes); ``ctx.work``: this seed's own directory for growth runs and models (kept, so an interrupted
-        # study resumes; ``train`` reuses a finished run); ``ctx.log``: progress lines; ``ctx.data``: the token
-        # files (``"default"`` = the embedded corpus). Return one row per arm: the group keys (strings or
-        # numbers) and numeric metrics; ``measure(ctx, stage_dir, raw)`` gives validation-split AND held-out
-        # bits per character per language (``val_bpc_en``, ..., ``heldout_bpc_en``, ..., and their means
-        # ``val_bpc``, ``heldout_bpc``); ``plan_flops(raw)`` gives the plan's training FLOPs as it trains.
-        raw = plan(ctx, [{"name": "grow-1", "add": 1, "train_newest": 1, "steps": 2 if ctx.quick else 200}])
+        # training seed). ``ctx.shape``: the scale (quick = seconds, what the tests run; default; cpu10x; gpu), the
+        # key of the study's own dicts (``size(ctx)`` gives the shared shapes); ``ctx.work``: this seed's own
+        # directory for growth runs and models (kept, so an interrupted study resumes; ``train`` reuses a finished
+        # run of the same plan); ``ctx.log``: progress lines; ``ctx.data``: the token files (``"default"`` = the
+        # embedded corpus). Return one row per arm: the group keys (strings or numbers) and numeric metrics;
+        # ``measure(ctx, stage_dir, raw)`` gives validation-split AND held-out bits per character per language
+        # (``val_bpc_en``, ..., ``heldout_bpc_en``, ..., and their means ``val_bpc``, ``heldout_bpc``);
+        # ``plan_flops(raw)`` gives the plan's training FLOPs as it trains.
+        raw = plan(ctx, [{"name": "grow-1", "add": 1, "train_newest": 1, "steps": STEPS[ctx.shape]}])
         run_dir = train(ctx, raw, "arm-a")
         return [{"arm": "a", **measure(ctx, last_stage(run_dir), raw), **plan_flops(raw)}]
 
@@ -30,12 +33,15 @@ the package that is not a helper is imported when a study is looked up, see ``lo
         notes=("method notes printed under the table",),
     ))
 
-A study must fit, all seeds included, in 20 minutes on 2 CPU cores at its default size, and have a ``quick`` shape
-that a test runs in seconds. ``run_study`` runs seeds 0..N-1 (default 3) and writes into ``--out``: ``seed-N.json``
-per seed (the rows, with commit, dirty flag, machine, command, torch version, wall and CPU seconds), ``summary.json``
-(per group and metric: n, mean, sample SD, the 95% t-interval over seeds), ``table.md`` and ``plot.png``. A seed
-whose raw JSON is there (same study, shape and data) is read back, not rerun. ``growlm experiment report`` turns
-the committed summaries under ``docs/data/experiments/`` into docs/results.md (``growlm.experiments.results``).
+A study must fit, all seeds included, in 20 minutes on 2 CPU cores at its default size, have a ``quick`` shape
+that a test runs in seconds, and entries for the ``cpu10x`` and ``gpu`` scales (tests/experiments/test_scales.py
+holds every run of them to its FLOPs range). ``run_study`` runs seeds 0..N-1 (default 3) and writes into
+``--out``: ``seed-N.json`` per seed (the rows, with commit, dirty flag, machine, command, torch version, wall and CPU
+seconds), ``summary.json`` (per group and metric: n, mean, sample SD, the 95% t-interval over seeds), ``table.md``
+and ``plot.png``. A seed whose raw JSON was made by this very study (``study_fingerprint``: the study's module and
+common.py, the scale, the held-out texts and the data) is read back, not rerun; any other is reported and rerun.
+``growlm experiment report`` turns the committed summaries under ``docs/data/experiments/`` into docs/results.md
+(``growlm.experiments.results``).
 """
 
 from __future__ import annotations
@@ -60,16 +66,45 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
+# The sizes every study runs at (``--scale``; ``common.SIZES`` holds the shared model shapes, each study its own
+# steps and depths keyed by these names): quick = seconds (the tests), default = today's CPU size, cpu10x = about 10x
+# its FLOPs per run, gpu = about 1e16 FLOPs per run on one CUDA device in bf16.
+SCALES = ("quick", "default", "cpu10x", "gpu")
+
+
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; the scales are {', '.join(SCALES)}")
+    return scale
+
+
 @dataclass
 class SeedContext:
     """What a study's ``run`` gets for one seed."""
 
     seed: int
-    quick: bool  # seconds-long shape (the tests); otherwise the study's default size
     work: Path  # a directory of this seed's own (growth runs, models); kept, so an interrupted study resumes
+    scale: str = "default"  # one of SCALES: the key of the study's size dicts (``ctx.shape``)
+    quick: bool = False  # scale == "quick" (True given here selects it: the older spelling)
     log: Callable[..., None] = print
     progress: bool = False
     data: str = "default"  # token files the study trains on (a `growlm prepare` directory, or the embedded corpus)
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.scale = "quick"
+        check_scale(self.scale)
+        self.quick = self.scale == "quick"
+
+    @property
+    def shape(self) -> str:
+        """The key of the study's per-scale dicts (``DEPTH[ctx.shape]``)."""
+        return self.scale
+
+    @property
+    def device(self) -> str:
+        """Where this scale trains: ``cuda`` for ``gpu`` (refused where there is none), else the CPU."""
+        return "cuda" if self.scale == "gpu" else "cpu"
 
 
 @dataclass(frozen=True)
@@ -249,22 +284,53 @@ def provenance(argv: list[str] | None = None) -> dict:
 # --------------------------------------------------------------------------- the runner
 
 
+def study_fingerprint(study: Study, scale: str, data: str) -> str:
+    """What a seed's raw JSON was made by: the SHA-256 of the study's module and of ``common.py`` (the shared shapes
+    and training), the scale, the held-out texts' version and the data (its name, and a prepared directory's
+    ``meta.json``, which lists every shard's SHA-256). A seed file whose fingerprint differs is rerun."""
+    import hashlib
+
+    h = hashlib.sha256()
+    module = sys.modules.get(study.run.__module__)
+    source = getattr(module, "__file__", None)
+    for path in ([Path(source)] if source else []) + [Path(__file__).with_name("common.py")]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    meta = Path(data) / "meta.json"
+    h.update(json.dumps({"study": study.name, "scale": scale, "heldout_texts": HELDOUT_VERSION, "data": str(data),
+                         "data_meta": meta.read_text(encoding="utf-8") if data != "default" and meta.is_file()
+                         else None}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, argv: list[str] | None = None,
-              progress: bool = False, data: str = "default", log=print, work: str | Path | None = None) -> dict:
+              progress: bool = False, data: str = "default", log=print, work: str | Path | None = None,
+              scale: str | None = None) -> dict:
     """Run every seed of study ``name`` into ``out``; write raw JSON per seed, summary.json, table.md, plot.png.
 
-    ``work`` holds the seeds' growth runs and models (default ``out/work``); a seed whose ``seed-N.json`` exists is
-    read, not rerun, so an interrupted study continues where it stopped.
+    ``scale`` is one of SCALES (``quick=True``: the older spelling of ``scale="quick"``; default: "default").
+    ``work`` holds the seeds' growth runs and models (default ``out/work``); a seed whose ``seed-N.json`` was made
+    by this very study (``study_fingerprint``: its code, scale, held-out texts and data) is read, not rerun, so an
+    interrupted study continues where it stopped; any other seed file is reported and rerun.
     """
     from growlm.training.rundir import RunDir
 
     study = get_study(name)
+    scale = check_scale(scale or ("quick" if quick else "default"))
+    if quick and scale != "quick":
+        raise ValueError(f"quick=True and scale={scale!r} disagree: give one of them")
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if SeedContext(seed=0, work=Path("."), scale=scale).device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--scale {scale} trains on a CUDA device and this machine has none; run it on a GPU "
+                             "machine, or pick --scale cpu10x")
     out = Path(out)
     if data != "default":  # the token files are an input: neither the output nor the work directory may touch them
         check_not_input(out, [data], "--out")
         check_not_input(work or out / "work", [data], "--work")
+    fingerprint = study_fingerprint(study, scale, str(data))
     rundir = RunDir(out, "experiment")  # missing, empty or an earlier experiment's; locked while we write
     try:
         prov = provenance(argv)
@@ -273,23 +339,26 @@ def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, a
             raw_path = out / f"seed-{seed}.json"
             if raw_path.is_file():
                 raw = json.loads(raw_path.read_text(encoding="utf-8"))
-                if raw.get("study") == name and raw.get("quick") == quick and raw.get("data") == str(data):
+                if raw.get("study_fingerprint") == fingerprint:
                     per_seed[seed] = raw["rows"]
                     log(f"seed {seed}: read {raw_path}")
                     continue
-            log(f"== {name} seed {seed + 1}/{seeds}{' (quick)' if quick else ''}")
-            seed_work = Path(work or out / "work") / f"{'quick' if quick else 'default'}-seed-{seed}"
+                log(f"{raw_path.name} is from an older version of the study (or another scale or data: its "
+                    f"fingerprint {str(raw.get('study_fingerprint'))[:12]} is not {fingerprint[:12]}): rerunning")
+            log(f"== {name} seed {seed + 1}/{seeds}{'' if scale == 'default' else f' ({scale})'}")
+            seed_work = Path(work or out / "work") / f"{scale}-seed-{seed}"
             seed_work.mkdir(parents=True, exist_ok=True)
             t0, c0 = time.perf_counter(), time.process_time()
-            rows = study.run(SeedContext(seed=seed, quick=quick, work=seed_work, log=log, progress=progress,
+            rows = study.run(SeedContext(seed=seed, scale=scale, work=seed_work, log=log, progress=progress,
                                          data=str(data)))
-            raw = {"study": name, "seed": seed, "quick": quick, "data": str(data), **prov,
-                   "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
-                   "rows": rows}
+            raw = {"study": name, "seed": seed, "scale": scale, "quick": scale == "quick", "data": str(data),
+                   "study_fingerprint": fingerprint, **prov, "wall_s": round(time.perf_counter() - t0, 1),
+                   "cpu_s": round(time.process_time() - c0, 1), "rows": rows}
             atomic_write_text(raw_path, json.dumps(raw, indent=1, ensure_ascii=False))
             per_seed[seed] = rows
-        summary = {"study": name, "title": study.title, "claim": study.claim, "quick": quick, "seeds": seeds,
-                   **prov, "group": list(study.group), "metrics": list(study.metrics), "notes": list(study.notes),
+        summary = {"study": name, "title": study.title, "claim": study.claim, "scale": scale,
+                   "quick": scale == "quick", "seeds": seeds, "study_fingerprint": fingerprint, **prov,
+                   "group": list(study.group), "metrics": list(study.metrics), "notes": list(study.notes),
                    "rows": summarise(study, per_seed)}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
         atomic_write_text(out / "table.md", markdown_table(summary) + "\n")
@@ -297,6 +366,11 @@ def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, a
         return summary
     finally:
         rundir.close()
+
+
+def summary_scale(summary: dict) -> str:
+    """The scale a summary (or seed file) was made at; files from before scales say only ``quick``."""
+    return summary.get("scale") or ("quick" if summary.get("quick") else "default")
 
 
 def fmt(cell: dict | None, digits: int = 4) -> str:
@@ -312,7 +386,8 @@ def fmt(cell: dict | None, digits: int = 4) -> str:
 def markdown_table(summary: dict) -> str:
     """The summary as Markdown: provenance, claim, and one row per group (mean ± 95% t-interval half-width)."""
     group, metrics = summary["group"], summary["metrics"]
-    lines = [f"**{summary['title']}** ({summary['study']}{', quick' if summary['quick'] else ''}; "
+    scale = summary_scale(summary)
+    lines = [f"**{summary['title']}** ({summary['study']}{'' if scale == 'default' else ', ' + scale}; "
              f"{summary['seeds']} seed(s); mean ± 95% t-interval half-width over seeds)", "",
              f"Paper's claim: {summary['claim']}", "",
              "| " + " | ".join(group + metrics) + " |", "|" + "---|" * (len(group) + len(metrics))]

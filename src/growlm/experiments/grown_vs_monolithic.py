@@ -12,8 +12,9 @@ from growlm.experiments.framework import VERDICTS, SeedContext, Study, Verdict, 
 from growlm.training.plan import Recipe
 from growlm.training.stages import plan_budgets
 
-DEPTH = {"default": 4, "quick": 2}
-STAGE_STEPS = {"default": 100, "quick": 2}  # per growth stage; monolithic models get depth x this at equal tokens
+DEPTH = {"default": 4, "quick": 2, "cpu10x": 6, "gpu": 6}
+# per growth stage; monolithic models get depth x this at equal tokens
+STAGE_STEPS = {"default": 100, "quick": 2, "cpu10x": 75, "gpu": 300}
 
 # v1 §3.2's variant for deeper models: every growth stage after the first also trains LoRA adapters on the frozen
 # blocks below, merged into them at the stage end (rank 8 of d_model 64, alpha 16: the demo recipe's)
@@ -28,7 +29,7 @@ TRAINABLE = {"trainable_embedding": True, "embedding_init": "random"}  # the ful
 
 
 def run(ctx: SeedContext) -> list[dict]:
-    shape = "quick" if ctx.quick else "default"
+    shape = ctx.shape
     n, depth = STAGE_STEPS[shape], DEPTH[shape]
     grown_stages = [{"name": f"grow-{i + 1}", "add": 1, "train_newest": 1, "steps": n} for i in range(depth)]
     lora_stages = [dict(s, lora=dict(LORA)) if i else s for i, s in enumerate(grown_stages)]

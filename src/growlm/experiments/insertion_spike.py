@@ -1,10 +1,10 @@
 """Study 3, the insertion spike: is the loss spike when a block is stacked due to the new block, or to restarting the
 learning rate of the already trained head?
 
-Per seed one base model is grown (two stages); every arm then inserts one block into a copy of that same model and
-trains the new block and the head on the same batches, varying only the new block's init (fresh / identity / copy)
-and the head's schedule (restarted with the stage / warmed up from 0 / frozen for the first steps). A control arm
-stacks no block and restarts the schedule on the top block and the head.
+Per seed one base model is grown (two stages at the default scale, six at cpu10x and gpu); every arm then inserts
+one block into a copy of that same model and trains the new block and the head on the same batches, varying only the
+new block's init (fresh / identity / copy) and the head's schedule (restarted with the stage / warmed up from 0 /
+frozen for the first steps). A control arm stacks no block and restarts the schedule on the top block and the head.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ import torch
 from growlm.experiments.common import last_stage, measure, plan, plan_flops, train
 from growlm.experiments.framework import SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 
-BASE_STEPS = {"default": 200, "quick": 2}  # per base stage (two stages: depth 2)
-STEPS = {"default": 140, "quick": 4}  # the insertion stage of every arm
-HEAD_STEPS = {"default": 50, "quick": 2}  # K: the head frozen for, or warmed up over, the first K steps
-WINDOW = {"default": 10, "quick": 2}  # W: moving average over W steps (peak, recovery)
-PRE_WINDOW = {"default": 20, "quick": 2}  # the pre-insertion loss: mean of the base's last training steps
+BASE_DEPTH = {"default": 2, "quick": 2, "cpu10x": 6, "gpu": 6}  # base stages, one block each
+BASE_STEPS = {"default": 200, "quick": 2, "cpu10x": 75, "gpu": 300}  # per base stage
+STEPS = {"default": 140, "quick": 4, "cpu10x": 140, "gpu": 300}  # the insertion stage of every arm
+# K: the head frozen for, or warmed up over, the first K steps
+HEAD_STEPS = {"default": 50, "quick": 2, "cpu10x": 50, "gpu": 50}
+WINDOW = {"default": 10, "quick": 2, "cpu10x": 10, "gpu": 10}  # W: moving average over W steps (peak, recovery)
+# the pre-insertion loss: mean of the base's last training steps
+PRE_WINDOW = {"default": 20, "quick": 2, "cpu10x": 20, "gpu": 20}
 
 INITS = ("fresh", "identity", "copy")
 NO_BLOCK = "none (no new block)"  # the control: the schedule restarts, nothing is inserted
@@ -88,6 +91,7 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
     from growlm.model.saved import load_model, save_model
     from growlm.training import flops, stages
     from growlm.training.loop import Hooks, Loop, RunState, build_optimizer, lr_at
+    from growlm.training.parallel import Distributed
     from growlm.training.plan import Recipe
     from growlm.training.stages import head_lr_scale
     from growlm.training.validation import validate
@@ -98,11 +102,11 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
         return json.loads(curve_path.read_text(encoding="utf-8")), out
     recipe = Recipe.from_dict({**base_raw, "stages": [*base_raw["stages"], stage_raw]})  # validates the arm's stage
     stage, t = recipe.stages[-1], recipe.train
-    device = torch.device("cpu")
+    device = torch.device(ctx.device)
     model = load_model(last_stage(ctx.work / "base"))
     torch.manual_seed(t.seed + 1)  # the same new block for every head schedule of one init
     stages.begin_stage(model, stage)
-    model.train()
+    model.to(device).train()  # the new block is made on the CPU (the same init on any device), then moved
     data = open_data(recipe.data.path, model.substrate_spec["vocab"])
     mixture = data.mixture(None)
     generator = torch.Generator().manual_seed(t.seed + 1)  # the same batches for every arm
@@ -111,7 +115,7 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
     warmup = t.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
     precision = flops.resolve_precision(t.precision, device)
     curve: list[float] = []
-    Loop(model, replace(t, log_every=1), precision=precision).run(
+    Loop(model, replace(t, log_every=1), Distributed(device=device), precision=precision).run(
         optimizer, total, RunState(stage_started=True),
         batches=lambda: data.sample_batch(mixture, t.batch_size, t.seq_len, generator),
         lr_of=lambda step: lr_at(step, total, stage.lr or t.lr, warmup, t.min_lr_ratio),
@@ -124,10 +128,10 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
 
 
 def run(ctx: SeedContext) -> list[dict]:
-    shape = "quick" if ctx.quick else "default"
+    shape = ctx.shape
     n, w = STEPS[shape], WINDOW[shape]
     base_raw = plan(ctx, [{"name": f"grow-{i + 1}", "add": 1, "train_newest": 1, "steps": BASE_STEPS[shape]}
-                          for i in range(2)], name="spike-base")
+                          for i in range(BASE_DEPTH[shape])], name="spike-base")
     base_raw["train"]["log_every"] = 1  # every step's loss: the pre-insertion window
     base = train(ctx, base_raw, "base")
     pre = pre_insertion_loss(base, PRE_WINDOW[shape])
@@ -212,7 +216,8 @@ STUDY = register(Study(
              "train_flops", "val_bpc_en", "val_bpc_ru", "val_bpc_zh", "heldout_bpc_en", "heldout_bpc_ru",
              "heldout_bpc_zh"),
     group=("init", "head"),
-    notes=(f"per seed one base grown in 2 stages of {BASE_STEPS['default']} steps (newest block and head); every arm "
+    notes=(f"per seed one base grown in {BASE_DEPTH['default']} stages of {BASE_STEPS['default']} steps (newest block "
+           "and head); every arm "
            f"starts from that model, stacks one block and trains it and the head for {STEPS['default']} steps on the "
            "same batches (the trainer's optimiser groups and warm-up + cosine schedule, run by the study so the base "
            "is shared)",
@@ -232,9 +237,9 @@ STUDY = register(Study(
 
 def study_flops(shape: str = "default") -> dict:
     """Training FLOPs of one seed as the study runs it: the base once, then every arm's insertion stage."""
-    ctx = SeedContext(seed=0, quick=shape == "quick", work=Path("."))
+    ctx = SeedContext(seed=0, scale=shape, work=Path("."))
     base = plan(ctx, [{"name": f"grow-{i + 1}", "add": 1, "train_newest": 1, "steps": BASE_STEPS[shape]}
-                      for i in range(2)])
+                      for i in range(BASE_DEPTH[shape])])
     b = plan_flops(base)["train_flops"]
     per_arm = {}
     for init, head in arms():

@@ -7,8 +7,9 @@ from growlm.experiments.common import DOC_METRICS, last_stage, measure, plan, pl
 from growlm.experiments.framework import SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 from growlm.experiments.heldout import LANGUAGES
 
-DEPTH = {"default": 4, "quick": 1}  # blocks, all trained together from step 0, so only the input interface differs
-STEPS = {"default": 300, "quick": 2}
+# blocks, all trained together from step 0, so only the input interface differs
+DEPTH = {"default": 4, "quick": 1, "cpu10x": 6, "gpu": 6}
+STEPS = {"default": 300, "quick": 2, "cpu10x": 270, "gpu": 1000}
 
 # arm -> (substrate kind, model overrides); kinds this checkout does not have are skipped and logged
 ARMS = {
@@ -27,7 +28,7 @@ def available(kind: str) -> bool:
 
 
 def run(ctx: SeedContext) -> list[dict]:
-    shape = "quick" if ctx.quick else "default"
+    shape = ctx.shape
     stages = [{"name": "all", "add": DEPTH[shape], "train_newest": DEPTH[shape], "steps": STEPS[shape]}]
     rows = []
     for arm, (kind, model) in ARMS.items():
