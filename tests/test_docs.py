@@ -39,7 +39,7 @@ SKIP = {
     "growlm compose-study paper-v1-compose": "the paper-size study: 16-layer experts, needs a GPU",
     "growlm experiment substrates --out": "a whole study with 3 seeds (minutes to hours on CPU)",
     "growlm experiment substrates --quick": "tens of seconds even quick; tests/experiments/test_substrates.py runs it",
-    "growlm experiment grown-vs-monolithic --scale gpu": "the GPU size: ~5.5e16 FLOPs on CUDA; "
+    "growlm experiment grown-vs-monolithic --scale gpu": "the GPU size: ~7.9e16 FLOPs on CUDA; "
                                                          "tests/experiments/test_scales.py sizes it without training",
     "growlm compose-study compose-demo": "trains experts again; tests/test_demo.py runs compose-study on a tiny recipe",
     "growlm experiment report": "rewrites the checkout's docs/results.md; tests/experiments/test_results.py",
