@@ -15,16 +15,8 @@ from pathlib import Path
 import torch
 
 from growlm.data.tokens import TokenData
-from growlm.model.saved import CheckpointError, save_model
+from growlm.model.saved import save_model
 from growlm.training import flops
-from growlm.training.checkpoint import (
-    find_checkpoint,
-    load_checkpoint,
-    restore_rng,
-    resumed_precision,
-    rng_state,
-    save_checkpoint,
-)
 from growlm.training.loop import (
     Hooks,
     Loop,
@@ -39,6 +31,7 @@ from growlm.training.metrics import MetricsLog
 from growlm.training.parallel import Distributed
 from growlm.training.plan import TrainSpec
 from growlm.training.rundir import RunDir
+from growlm.training.trainstate import Checkpointer
 from growlm.training.validation import validate_to_log
 from growlm.util.alloc import tune_allocator
 from growlm.util.fileio import atomic_write_text
@@ -93,22 +86,17 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
         optimizer = build_optimizer(model, train, device)
         # "auto" is a measurement: every rank takes rank 0's decision
         precision = dist.agree(flops.resolve_precision(train.precision, device))
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        state, ckpt = RunState(stage_started=True), find_checkpoint(out) if resume else None
-        if ckpt is not None:
-            saved, weights, opt, rng = load_checkpoint(ckpt)
-            if saved.get("plan_fingerprint") != fingerprint:
-                raise ValueError(f"cannot resume {out}: it fine-tunes another model or with other settings "
-                                 f"(its plan is {out / 'plan.json'}); start a new --out")
-            if set(weights) != trainable:
-                raise CheckpointError(f"checkpoint {ckpt} holds {sorted(set(weights) ^ trainable)[:4]}... that do "
-                                      "not match the model's trainable parameters")
-            model.load_state_dict(weights, strict=False)
-            optimizer.load_state_dict(opt)
-            restore_rng(rng, generator, device)
-            metrics.truncate(int(saved["metrics_offset"]))
-            state, before = RunState(**saved["run"]), saved["before"]
-            precision = resumed_precision(train.precision, saved, precision, log)
+        refusal = ValueError(f"cannot resume {out}: it fine-tunes another model or with other settings "
+                             f"(its plan is {out / 'plan.json'}); start a new --out")
+        checkpointer = Checkpointer(out, dist, metrics, generator, ("plan_fingerprint", fingerprint),
+                                    lambda: refusal, train.precision, precision, log)
+        state, resumed = RunState(stage_started=True), None
+        if resume:
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            resumed = checkpointer.resume(lambda r: model.load_state_dict(r.weights, strict=False), optimizer,
+                                          trainable)
+        if resumed is not None:
+            state, before, precision = resumed.state, resumed.saved["before"], checkpointer.precision
             log(f"resuming the fine-tune in {out} at step {state.stage_step} of {steps}")
         else:
             if resume:
@@ -125,16 +113,9 @@ def finetune(model: torch.nn.Module, data: TokenData, out: str | Path, steps: in
             metrics.write({"type": "train", "step": st.step, "tokens": st.tokens, "loss": round(s.loss, 5),
                            "lr": s.lr, "tok_per_s": round(s.tokens_per_s, 1), "time": round(s.seconds, 3)})
 
-        def checkpoint(st: RunState) -> None:
-            dist.barrier()
-            if dist.main:  # the replicas hold the same weights and optimiser state: rank 0 writes them
-                weights = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-                save_checkpoint(out / "checkpoints" / "latest", weights, optimizer,
-                                {"run": asdict(st), "plan_fingerprint": fingerprint, "before": before,
-                                 "metrics_offset": metrics.offset(), "precision": precision,
-                                 "substrate_fingerprint": getattr(model, "substrate_fingerprint", "")},
-                                rng_state(generator, device))
-            dist.barrier()
+        def checkpoint(st: RunState) -> None:  # the replicas hold the same weights and optimiser state
+            checkpointer.save(st, optimizer, model, {"before": before, "substrate_fingerprint": getattr(
+                model, "substrate_fingerprint", "")}, trainable_only=True)
 
         def validate_now(st: RunState) -> None:  # every val_every steps, the blocks eager (as a stage's)
             validate_to_log(model, data, train, dist, precision, metrics, st, compiled)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,14 +20,6 @@ from growlm.model import Config, GrowLM
 from growlm.model.saved import CheckpointError, load_model, save_model
 from growlm.substrate import SubstrateSpec
 from growlm.training import flops, plan, stages
-from growlm.training.checkpoint import (
-    find_checkpoint,
-    load_checkpoint,
-    restore_rng,
-    resumed_precision,
-    rng_state,
-    save_checkpoint,
-)
 from growlm.training.loggers import open_loggers
 from growlm.training.loop import (
     Hooks,
@@ -45,6 +36,7 @@ from growlm.training.parallel import Distributed
 from growlm.training.plan import Recipe, Stage
 from growlm.training.rundir import RunDir
 from growlm.training.stages import head_lr_scale
+from growlm.training.trainstate import Checkpointer, Resumed
 from growlm.training.validation import validate, validate_to_log
 from growlm.util.alloc import tune_allocator
 from growlm.util.fileio import atomic_write_text
@@ -77,6 +69,9 @@ class Run:
             self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.main)
             self.state = RunState()
             self.opt_state = None
+            self.checkpointer = Checkpointer(self.out, self.dist, self.metrics, self.generator,
+                                             ("recipe_fingerprint", recipe.fingerprint()), self._plan_refusal,
+                                             self.train.precision, self.precision, self.log)
             if resume:
                 self._resume(cfg)
             else:
@@ -115,46 +110,45 @@ class Run:
                 atomic_write_text(self.out / "plan.toml", self.recipe.source)
         self.dist.barrier()
 
-    def _check_plan(self, fingerprint: str | None) -> None:
-        if fingerprint != self.recipe.fingerprint():
-            saved = self.out / "plan.json"
-            diff = self.recipe.diff(Recipe.load(saved)) if saved.exists() else ["(saved plan missing)"]
-            raise ValueError(f"cannot resume {self.out} with a different plan: it differs in {diff}; "
-                             f"resume with the run's own plan ({saved}) or start a new run")
+    def _plan_refusal(self) -> ValueError:
+        saved = self.out / "plan.json"
+        diff = self.recipe.diff(Recipe.load(saved)) if saved.exists() else ["(saved plan missing)"]
+        return ValueError(f"cannot resume {self.out} with a different plan: it differs in {diff}; "
+                          f"resume with the run's own plan ({saved}) or start a new run")
 
     def _resume(self, cfg) -> None:
-        ckpt = find_checkpoint(self.out)
-        if ckpt is None:  # it stopped before its first checkpoint: nothing to keep, start it over
-            self._check_plan(Recipe.load(self.out / "plan.json").fingerprint())
+        resumed = self.checkpointer.resume(self._fit)
+        if resumed is None:  # it stopped before its first checkpoint: nothing to keep, start it over
+            if Recipe.load(self.out / "plan.json").fingerprint() != self.recipe.fingerprint():
+                raise self._plan_refusal()
             self.log(f"{self.out} stopped before its first checkpoint: starting it from the beginning")
             return self._start(cfg)
-        state, weights, opt, rng = load_checkpoint(ckpt)
-        self._check_plan(state.get("recipe_fingerprint"))
+        self.state, self.precision = resumed.state, self.checkpointer.precision
+        self.opt_state = resumed.optimizer if self.state.stage_started else None
+        self.log(f"resuming {self.out} at stage {self.state.stage} step {self.state.stage_step} "
+                 f"(global step {self.state.step}, {self.state.tokens:,} tokens)")
+
+    def _fit(self, resumed: Resumed) -> None:
+        """The model a checkpoint holds, on this plan's substrate: mid-stage, frozen and adapted as the stage was."""
+        ckpt, state, run = resumed.path, resumed.saved, resumed.state
         self.substrate.check_same(state.get("substrate_fingerprint", ""), f"checkpoint {ckpt}")
         if SubstrateSpec.from_dict(state["substrate"]) != self.substrate.spec:
             raise ValueError(f"checkpoint {ckpt} was made on substrate {state['substrate']}, "
                              f"the plan gives {self.substrate.spec.to_dict()}")
-        self.state = RunState(**state["run"])
-        self.precision = resumed_precision(self.train.precision, state, self.precision, self.log)
         meta = {"config": state["config"], "substrate": state["substrate"],
                 "substrate_fingerprint": state["substrate_fingerprint"]}
-        stage = self.recipe.stages[self.state.stage] if self.state.stage < len(self.recipe.stages) else None
-        if stage is not None and self.state.stage_started:
+        stage = self.recipe.stages[run.stage] if run.stage < len(self.recipe.stages) else None
+        if stage is not None and run.stage_started:
             # mid-stage: freeze and attach adapters as the stage did, then load (adapters included)
             model = GrowLM(Config.from_dict(state["config"]), self.substrate)
             stages.apply_stage(model, stage)
             try:
-                model.load_state_dict(weights, strict=True)
+                model.load_state_dict(resumed.weights, strict=True)
             except RuntimeError as e:
                 raise CheckpointError(f"checkpoint {ckpt} does not fit its plan: {e}") from None
         else:
-            model = GrowLM.from_saved(ckpt, meta, weights, self.substrate)
+            model = GrowLM.from_saved(ckpt, meta, resumed.weights, self.substrate)
         self.model = model.to(self.dist.device)
-        self.opt_state = opt if self.state.stage_started else None
-        restore_rng(rng, self.generator, self.dist.device)
-        self.metrics.truncate(int(state.get("metrics_offset", self.metrics.offset())))
-        self.log(f"resuming {self.out} at stage {self.state.stage} step {self.state.stage_step} "
-                 f"(global step {self.state.step}, {self.state.tokens:,} tokens)")
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -163,16 +157,9 @@ class Run:
 
         ``trainee`` is the module training now (a sharded copy under FSDP); its full state is what is saved.
         """
-        self.dist.barrier()
-        weights, opt = self.dist.full_state(trainee or self.model, optimizer)  # every rank: gathering is collective
-        if self.dist.main:
-            state = {"run": asdict(self.state), "recipe_fingerprint": self.recipe.fingerprint(),
-                     "config": self.model.cfg.to_dict(), "substrate": self.substrate.spec.to_dict(),
-                     "substrate_fingerprint": self.substrate.fingerprint, "metrics_offset": self.metrics.offset(),
-                     "precision": self.precision}
-            save_checkpoint(self.out / "checkpoints" / "latest", weights, opt, state,
-                            rng_state(self.generator, self.dist.device))
-        self.dist.barrier()
+        self.checkpointer.save(self.state, optimizer, trainee or self.model, {
+            "config": self.model.cfg.to_dict(), "substrate": self.substrate.spec.to_dict(),
+            "substrate_fingerprint": self.substrate.fingerprint})
 
     # -- the loop -------------------------------------------------------------------------
 
