@@ -1,26 +1,22 @@
 """Growth runs: run a growth plan stage by stage, single process or under torchrun, and resume exactly.
 
-Parts, each swappable: ``growlm.training.loop`` (the optimisation loop: AdamW, warmup + cosine,
-accumulation, clipping, hooks), ``growlm.training.parallel.Distributed`` (process group, DDP or FSDP2),
-``growlm.training.validation`` (loss and bits per character per language), ``growlm.training.checkpoint``
-(atomic, hashed, exact resume), ``growlm.training.metrics`` (JSON lines) and ``growlm.training.rundir``
-(the run directory and its lock). ``Run`` wires them for one recipe; ``grow`` is the entry point.
+``growlm.training.components.build_components`` builds a run's parts once from its recipe (device and process
+group, substrate, data, precision, run directory, metrics, checkpointer, the model new or resumed); ``Run`` drives
+the stages through ``growlm.training.loop`` (AdamW, warmup + cosine, accumulation, clipping, hooks), validating
+(``growlm.training.validation``) and checkpointing (``growlm.training.trainstate``) as it goes. ``grow`` is the
+entry point.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from growlm.data.tokens import open_data
-from growlm.model import Config, GrowLM
-from growlm.model.saved import CheckpointError, load_model, save_model
-from growlm.substrate import SubstrateSpec
-from growlm.training import flops, plan, stages
-from growlm.training.loggers import open_loggers
+from growlm.model.saved import save_model
+from growlm.training import flops, stages
+from growlm.training.components import Components, build_components
 from growlm.training.loop import (
     Hooks,
     Loop,
@@ -31,135 +27,37 @@ from growlm.training.loop import (
     lr_at,
     resolve_compile,
 )
-from growlm.training.metrics import MetricsLog
-from growlm.training.parallel import Distributed
 from growlm.training.plan import Recipe, Stage
-from growlm.training.rundir import RunDir
 from growlm.training.stages import head_lr_scale
-from growlm.training.trainstate import Checkpointer, Resumed
 from growlm.training.validation import validate, validate_to_log
-from growlm.util.alloc import tune_allocator
-from growlm.util.fileio import atomic_write_text
 
 
 class Run:
-    """One growth run: its directory, model, data, state and logs."""
+    """Drives one growth run's stages; its parts come built (``build_components``)."""
 
-    def __init__(self, recipe: Recipe, out: str | Path, resume: bool = False, device: str | None = None,
-                 progress: bool = True, log=print, loggers: list[str] | None = None):
-        self.recipe, self.out, self.progress = recipe, Path(out), progress
-        tune_allocator()
-        self.train = recipe.train
-        self.dist = Distributed.setup(device, self.train.parallel)
-        self.log = log if self.dist.main else (lambda *a, **k: None)
-        cfg = recipe.config()
-        self.substrate = recipe.substrate.build(cfg.d_model)
-        if self.dist.main:  # the first use of the default corpus tokenises it: once, on rank 0
-            open_data(recipe.data.path, self.substrate.spec.vocab)
-            if self.dist.device.type == "cpu":
-                flops.cpu_peak()  # measured once (alone, not raced by the other ranks) and cached for them
-        self.dist.barrier()
-        # "auto" is a measurement: every rank must take rank 0's decision, or replicas would train differently
-        self.precision = self.dist.agree(flops.resolve_precision(self.train.precision, self.dist.device))
-        self.data = open_data(recipe.data.path, self.substrate.spec.vocab)
-        plan.preflight(recipe, self.data, self.dist.world)  # before the run directory is created
-        self.rundir = RunDir(self.out, "grow", resume=resume, enabled=self.dist.main)  # claimed and locked
-        try:
-            self.generator = torch.Generator().manual_seed(self.train.seed)
-            self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.dist.main)
-            self.state = RunState()
-            self.opt_state = None
-            self.checkpointer = Checkpointer(self.out, self.dist, self.metrics, self.generator,
-                                             ("recipe_fingerprint", recipe.fingerprint()), self._plan_refusal,
-                                             self.train.precision, self.precision, self.log)
-            if resume:
-                self._resume(cfg)
-            else:
-                self._start(cfg)
-            names = self.train.loggers if loggers is None else loggers
-            if names and self.dist.main:
-                self.metrics.loggers = open_loggers(names, self.out, self.recipe.raw,
-                                                    resume_step=self.state.step if resume else None)
-        except BaseException:
-            self.close()
-            raise
+    def __init__(self, parts: Components, progress: bool = True):
+        self.parts, self.progress = parts, progress
+        self.recipe, self.out, self.train, self.dist = parts.recipe, parts.out, parts.recipe.train, parts.dist
+        self.data, self.metrics, self.generator, self.log = parts.data, parts.metrics, parts.generator, parts.log
+        self.model, self.state, self.opt_state = parts.model, parts.state, parts.opt_state
+
+    @property
+    def precision(self) -> str:
+        return self.parts.precision
 
     def close(self) -> None:
         """Close the loggers and release the run directory's lock."""
-        metrics = getattr(self, "metrics", None)
-        if metrics is not None:
-            metrics.close()
-        self.rundir.close()
-
-    # -- set-up -------------------------------------------------------------------------
-
-    def _start(self, cfg) -> None:
-        if self.rundir.started():
-            raise ValueError(f"{self.out} already holds a run; continue it with --resume, or choose a new --out")
-        torch.manual_seed(self.train.seed)
-        source = self.recipe.model.get("init_from")
-        if source:  # the plan grows a saved model further (load_model checks it sits on the plan's substrate)
-            self.model = load_model(source, substrate=self.substrate).to(self.dist.device)
-            self.log(f"starting from {source}: depth {len(self.model.blocks)}")
-        else:
-            self.model = GrowLM(cfg, self.substrate).to(self.dist.device)
-        if self.dist.main:
-            self.metrics.truncate(0)  # a run that died before its first checkpoint starts over
-            atomic_write_text(self.out / "plan.json", json.dumps(self.recipe.raw, indent=1, ensure_ascii=False))
-            if self.recipe.source:
-                atomic_write_text(self.out / "plan.toml", self.recipe.source)
-        self.dist.barrier()
-
-    def _plan_refusal(self) -> ValueError:
-        saved = self.out / "plan.json"
-        diff = self.recipe.diff(Recipe.load(saved)) if saved.exists() else ["(saved plan missing)"]
-        return ValueError(f"cannot resume {self.out} with a different plan: it differs in {diff}; "
-                          f"resume with the run's own plan ({saved}) or start a new run")
-
-    def _resume(self, cfg) -> None:
-        resumed = self.checkpointer.resume(self._fit)
-        if resumed is None:  # it stopped before its first checkpoint: nothing to keep, start it over
-            if Recipe.load(self.out / "plan.json").fingerprint() != self.recipe.fingerprint():
-                raise self._plan_refusal()
-            self.log(f"{self.out} stopped before its first checkpoint: starting it from the beginning")
-            return self._start(cfg)
-        self.state, self.precision = resumed.state, self.checkpointer.precision
-        self.opt_state = resumed.optimizer if self.state.stage_started else None
-        self.log(f"resuming {self.out} at stage {self.state.stage} step {self.state.stage_step} "
-                 f"(global step {self.state.step}, {self.state.tokens:,} tokens)")
-
-    def _fit(self, resumed: Resumed) -> None:
-        """The model a checkpoint holds, on this plan's substrate: mid-stage, frozen and adapted as the stage was."""
-        ckpt, state, run = resumed.path, resumed.saved, resumed.state
-        self.substrate.check_same(state.get("substrate_fingerprint", ""), f"checkpoint {ckpt}")
-        if SubstrateSpec.from_dict(state["substrate"]) != self.substrate.spec:
-            raise ValueError(f"checkpoint {ckpt} was made on substrate {state['substrate']}, "
-                             f"the plan gives {self.substrate.spec.to_dict()}")
-        meta = {"config": state["config"], "substrate": state["substrate"],
-                "substrate_fingerprint": state["substrate_fingerprint"]}
-        stage = self.recipe.stages[run.stage] if run.stage < len(self.recipe.stages) else None
-        if stage is not None and run.stage_started:
-            # mid-stage: freeze and attach adapters as the stage did, then load (adapters included)
-            model = GrowLM(Config.from_dict(state["config"]), self.substrate)
-            stages.apply_stage(model, stage)
-            try:
-                model.load_state_dict(resumed.weights, strict=True)
-            except RuntimeError as e:
-                raise CheckpointError(f"checkpoint {ckpt} does not fit its plan: {e}") from None
-        else:
-            model = GrowLM.from_saved(ckpt, meta, resumed.weights, self.substrate)
-        self.model = model.to(self.dist.device)
-
-    # -- checkpoints ----------------------------------------------------------------------
+        self.parts.close()
 
     def checkpoint(self, optimizer, trainee: torch.nn.Module | None = None) -> None:
         """Write the resumable state (rank 0), atomically replacing the previous checkpoint.
 
         ``trainee`` is the module training now (a sharded copy under FSDP); its full state is what is saved.
         """
-        self.checkpointer.save(self.state, optimizer, trainee or self.model, {
-            "config": self.model.cfg.to_dict(), "substrate": self.substrate.spec.to_dict(),
-            "substrate_fingerprint": self.substrate.fingerprint})
+        substrate = self.parts.substrate
+        self.parts.checkpointer.save(self.state, optimizer, trainee or self.model, {
+            "config": self.model.cfg.to_dict(), "substrate": substrate.spec.to_dict(),
+            "substrate_fingerprint": substrate.fingerprint})
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -244,13 +142,14 @@ class Run:
         dist.unwrap(ddp, model)
 
 
+
 def grow(recipe: Recipe | str | Path, out: str | Path, resume: bool = False, device: str | None = None,
          progress: bool = True, log=print, loggers: list[str] | None = None) -> Path:
     """Run (or resume) a growth plan into the run directory ``out``; returns the final model directory.
     ``loggers`` (``tensorboard``, ``wandb``) replace the recipe's ``[train] loggers``."""
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
-    run = Run(recipe, out, resume=resume, device=device, progress=progress, log=log, loggers=loggers)
+    run = Run(build_components(recipe, out, resume=resume, device=device, log=log, loggers=loggers), progress)
     try:
         return run.run()
     finally:
