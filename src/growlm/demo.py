@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from growlm.data.tokens import open_data
+from growlm.model.sampling import SAMPLE_MAX_TOKENS, SAMPLE_PROMPT, depth_samples
 from growlm.model.saved import load_model, save_model
+from growlm.substrate import Tokenizer
 from growlm.training import flops
 from growlm.training.budget import (
     Budget,
@@ -29,6 +31,7 @@ from growlm.training.budget import (
     validation_windows,
 )
 from growlm.training.compose_plan import ComposePipeline, load_compose_recipe
+from growlm.training.metrics import read_metrics
 from growlm.training.plan import Recipe, TrainSpec
 from growlm.training.run import grow
 from growlm.training.validation import validate
@@ -43,10 +46,6 @@ def demo_budget(grow_recipe: str = "demo", compose_recipe: str = "compose-demo",
     embedded corpus is tokenised on first use); otherwise as ``val_tokens`` per language, an upper bound.
     The composition's parts are counted from the pipeline ``compose_experiment`` runs.
     """
-    from growlm.data.tokens import open_data
-    from growlm.model.sampling import SAMPLE_MAX_TOKENS, SAMPLE_PROMPT
-    from growlm.substrate import Tokenizer
-
     recipe = Recipe.load(grow_recipe)
     pipeline = ComposePipeline.from_recipe(load_compose_recipe(compose_recipe))
     expert_data = {e.recipe.data.path for e in pipeline.experts}
@@ -121,8 +120,6 @@ def compose_experiment(recipe: str | Path, out: str | Path, progress: bool = Tru
 
 def _last_validation(run: Path, model) -> dict | None:
     """The bpc and loss of a finished growth run's last stage-end validation, if it matches ``model``'s depth."""
-    from growlm.training.metrics import read_metrics
-
     path = run / "metrics.jsonl"
     ends = [r for r in read_metrics(path) if r.get("type") == "stage_end"] if path.exists() else []
     if not ends or ends[-1].get("depth") != len(model.blocks):
@@ -151,9 +148,7 @@ def run_demo(out: str | Path = "runs/demo", grow_recipe: str = "demo", compose_r
     The model FLOPs of every part are counted from the recipes before anything runs (``growlm.training.budget``);
     the summary holds that budget next to each part's elapsed seconds and the machine's peak FLOP/s.
     """
-    from growlm.demo import demo_budget
-    from growlm.model.sampling import depth_samples
-    from growlm.report import write_report
+    from growlm.report import write_report  # deferred: matplotlib takes a while to import; only the end needs it
 
     out = claim_output_dir(out, "demo", legacy=lambda d: {p.name for p in d.iterdir()} <= DEMO_ENTRIES)
     t0 = time.perf_counter()

@@ -322,7 +322,7 @@ def _open_binary(path: Path, hasher=None, on_read: Callable[[int], None] | None 
         return gzip.GzipFile(fileobj=raw), hashing  # type: ignore[return-value]
     if path.name.endswith(".zst"):
         try:
-            import zstandard
+            import zstandard  # deferred: optional, for .zst files only
         except ImportError:
             raw.close()
             raise ImportError(f"{path}: reading .zst files needs zstandard: pip install 'growlm[data]'") from None
@@ -392,7 +392,7 @@ def _jsonl_docs(f: BinaryIO, rel: str, file_lang: str | None, skip_to: int, text
 def _arrow_batches(path: Path, rel: str, columns: Callable[[list[str]], list[str]]) -> Iterator:
     """Record batches of the chosen columns of a Parquet file, or of an Arrow IPC stream or file (memory-mapped)."""
     try:
-        import pyarrow as pa
+        import pyarrow as pa  # deferred: optional, for Parquet and Arrow files only
         import pyarrow.parquet as pq
     except ImportError:
         raise ImportError(f"{rel}: reading Parquet and Arrow files needs pyarrow: pip install 'growlm[data]'") from None

@@ -24,7 +24,7 @@ def hub_files(corpus: str, split: str = "train") -> tuple[Path, list[Path]]:
     if not name:
         raise ValueError(f"{corpus!r}: name a hub dataset, e.g. hf:roneneldan/TinyStories (or hf:NAME:CONFIG)")
     try:
-        import datasets
+        import datasets  # deferred: optional (the hub extra), for hf: corpora only
     except ImportError:
         raise ImportError("a hub dataset needs the datasets package: pip install 'growlm[data]'") from None
     try:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from growlm.data.documents import (
     BadDocument,
@@ -41,6 +42,7 @@ from growlm.data.documents import (
 )
 from growlm.data.hub import hub_files, is_hub_name
 from growlm.substrate import Tokenizer
+from growlm.substrate.substrate import cache_dir
 from growlm.util.fileio import append_durable, atomic_write_text, check_not_input, fsync_dir
 
 DATA_FORMAT = "growlm-tokens-2"
@@ -329,8 +331,6 @@ def _progress_bar(total: int, done: int, enabled: bool):
     """A tqdm bar over the input's bytes (throughput, ETA), or None."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare",
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
@@ -538,8 +538,6 @@ def _finish(out: Path, progress: Path, settings: dict, records: list[dict], hash
 
 def default_tokens(vocab: str = "compact") -> Path:
     """The embedded corpus tokenised with ``vocab``, prepared once into the cache directory."""
-    from growlm.substrate.substrate import cache_dir
-
     v = Tokenizer.load(vocab).vocab
     root = cache_dir().parent / "data" / f"default-{v.name}-{v.sha256[:10]}-split1-{VAL_FRACTION}-{DATA_FORMAT}"
     if not (root / "meta.json").exists():

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from growlm.model.losses import chunked_cross_entropy
+from growlm.substrate import Tokenizer
 
 
 @dataclass
@@ -134,8 +135,6 @@ def score_texts(model: nn.Module, tokenizer, docs: list[str], window: int, batch
 
 @lru_cache(maxsize=64)
 def _decoded_characters(vocab: str, ids: bytes, dtype: str) -> int:
-    from growlm.substrate import Tokenizer
-
     return len(Tokenizer.load(vocab).decode(np.frombuffer(ids, dtype=dtype).tolist(), skip_special_tokens=True))
 
 
@@ -149,8 +148,6 @@ def split_stream(data, lang: str, max_tokens: int | None = None, max_documents: 
         raise ValueError(f"{lang!r} has an empty validation split in {data.root}; nothing to score")
     eos = data.meta.get("eos_id")
     if eos is None:
-        from growlm.substrate import Tokenizer
-
         eos = Tokenizer.load(data.meta["vocab"]).eos_id
     cut = stream.size
     if max_tokens and max_tokens < stream.size:

@@ -16,7 +16,10 @@ from lm_eval.api.model import LM
 from tqdm.auto import tqdm
 
 from _growlm_lm_eval import register
+from growlm.evaluate.lm_eval_tasks import TASKS_DIR
 from growlm.evaluate.scorer import Scorer
+from growlm.model.saved import load_model, read_model_meta, resolve_model_dir
+from growlm.substrate import Tokenizer
 
 
 def _split_space(context: str, continuation: str) -> tuple[str, str]:
@@ -32,9 +35,6 @@ class GrowLMEval(LM):
     def __init__(self, path: str | None = None, batch_size: int | str = 64, max_length: int | None = None,
                  device: str | None = None, model=None, tokenizer=None, pretrained: str | None = None, **kwargs):
         super().__init__()
-        from growlm.model.saved import load_model, read_model_meta, resolve_model_dir
-        from growlm.substrate import Tokenizer
-
         if path and pretrained and path != pretrained:
             raise ValueError(f"model_args name two models: path={path} and pretrained={pretrained}; give one")
         path = path or pretrained
@@ -100,9 +100,7 @@ register()  # a lazy entry naming this module: the same class whether or not the
 def main(argv: list[str] | None = None) -> None:
     """The ``lm_eval`` command line with ``growlm`` registered and growlm's tasks included (unless
     ``--include_path`` names another folder)."""
-    from lm_eval.__main__ import cli_evaluate
-
-    from growlm.evaluate.lm_eval_tasks import TASKS_DIR
+    from lm_eval.__main__ import cli_evaluate  # deferred: lm-eval's command-line module, for this entry point only
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--include_path" or a.startswith("--include_path=") for a in args) and len(args) > 1:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from growlm.data.tokens import TokenData, heldout_texts
 from growlm.evaluate import multiple_choice as mc
 from growlm.evaluate import tasks as T
 from growlm.evaluate.perplexity import is_token_dir, read_texts, score_perplexity, score_token_split
@@ -117,8 +118,6 @@ def _ppl(scorer: Scorer, name: str, limit: int | None, seed: int, ppl_data) -> d
     """``ppl`` / ``ppl_<lang>``: the embedded corpus's held-out documents, a text file, or the validation split
     of a prepared token directory (scored exactly as training validation scores it)."""
     if ppl_data and is_token_dir(ppl_data):
-        from growlm.data.tokens import TokenData
-
         data = TokenData.open(ppl_data)
         vocab = getattr(scorer.tok, "vocab", None)
         data.check_vocab(getattr(vocab, "name", scorer.tok.name), getattr(vocab, "sha256", None))
@@ -127,8 +126,6 @@ def _ppl(scorer: Scorer, name: str, limit: int | None, seed: int, ppl_data) -> d
     if ppl_data:
         docs = read_texts(ppl_data)
         return {"ppl": score_perplexity(scorer, docs[:limit] if limit else docs, seed)}
-    from growlm.data.tokens import heldout_texts
-
     out = {}
     for lang in PPL_LANGS if name == "ppl" else (name[4:],):
         docs = heldout_texts(lang=lang)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from growlm.model.model import decode, model_logits
 
@@ -86,8 +87,6 @@ class Scorer:
             batches.append(cur)
         bar = None
         if self.progress and len(batches) > 1:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(lengths), desc=desc, unit="seq", leave=False)
         for b in batches:
             yield b

@@ -8,6 +8,7 @@ import re
 import string
 
 import torch
+from tqdm.auto import tqdm
 
 from growlm.evaluate.scorer import Scorer
 from growlm.evaluate.stats import bootstrap_ci, proportion, runs_ci
@@ -57,8 +58,6 @@ def first_line(text: str) -> str:
 
 def score_squad(scorer: Scorer, items: list[QAItem], max_new_tokens: int = 32, seed: int = 0) -> dict:
     """Greedy answers, stopped at a newline; EM and F1 with bootstrap 95 % intervals (1,000 resamples)."""
-    from tqdm.auto import tqdm
-
     tok = scorer.tok
     em, f1, preds = [], [], []
 
@@ -88,8 +87,6 @@ def paper_items(items: list[QAItem], max_chars: int = 8) -> list[QAItem]:
 def score_squad_paper(scorer: Scorer, items: list[QAItem], runs: int = 1, temperature: float | None = None,
                       seed: int = 0) -> dict:
     """Generate len(answer) tokens; a hit when the answer occurs in the continuation (case-insensitive)."""
-    from tqdm.auto import tqdm
-
     temp = (0.0 if runs == 1 else 1.0) if temperature is None else temperature
     items = paper_items(items)
     tok, accs = scorer.tok, []

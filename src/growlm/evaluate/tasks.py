@@ -87,7 +87,7 @@ def _need(path: Path) -> Path:
 def read_arrow(folder: Path) -> list[dict]:
     """Rows of every ``*.arrow`` file (Arrow IPC stream, as ``datasets`` saves them) in ``folder``."""
     try:
-        import pyarrow as pa
+        import pyarrow as pa  # deferred: optional, for .arrow task files only
         import pyarrow.ipc as ipc
     except ImportError:
         raise ImportError("reading the benchmark .arrow files needs pyarrow: pip install 'growlm[eval]'") from None

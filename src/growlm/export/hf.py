@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from growlm.export.hf_load import MARKER
 from growlm.model import GrowLM
 from growlm.model.saved import CheckpointError, load_model, read_json, resolve_model_dir
+from growlm.substrate import Tokenizer
 from growlm.util.fileio import (
     OutputDirError,
     check_not_in_model,
@@ -228,8 +229,6 @@ def hf_checkpoint(model, arch: str = "auto") -> tuple[dict, dict[str, torch.Tens
 
 def write_tokenizer(vocab: str, out: Path, max_length: int) -> dict[str, int]:
     """Write tokenizer.json plus the files ``AutoTokenizer`` reads; returns the special token ids."""
-    from growlm.substrate import Tokenizer
-
     tok = Tokenizer.load(vocab)
     tok.save(out)
     # the vocabulary's own special names; split_special_tokens: names in text stay text, as in growlm
@@ -316,7 +315,7 @@ def export_hf(path: str | Path, out: str | Path, dtype: str = "float32", force: 
 def verify_export(src: str | Path, out: str | Path, seq_len: int = 32, seed: int = 0) -> float:
     """Max |logit difference| between the growlm model and its export loaded by ``transformers`` (needs it)."""
     try:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # deferred: optional (the export extra)
     except ImportError:
         raise ImportError("verifying an export needs transformers: pip install 'growlm[hf]'") from None
     model = load_model(src).eval().float()

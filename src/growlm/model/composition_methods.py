@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from growlm.model.losses import IGNORE_INDEX, chunked_cross_entropy, token_log_probs
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: growlm.model.composition imports this module
     from growlm.model.composition import ComposedLM
 
 MIN_LOG_WEIGHT = -30.0  # trainable gates start at log w; a zero weight becomes exp(-30), not -inf

@@ -8,10 +8,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from growlm.model.model import decode, model_logits
+from growlm.model.saved import load_model, read_model_meta, resolve_model_dir
+from growlm.substrate import Tokenizer
+from growlm.util.fileio import atomic_write_text
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -31,8 +37,6 @@ def stream(model: torch.nn.Module, tokenizer, prompt: str, max_tokens: int = 200
            stop: list[str] | None = None, device: str | torch.device | None = None) -> Iterator[str]:
     """Yield the continuation of ``prompt`` piece by piece; ends at ``max_tokens``, end of text or a stop string
     (the stop string itself is not yielded). Temperature 0 is greedy."""
-    from growlm.model.model import decode, model_logits
-
     stops = [s for s in (stop or []) if s]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ids = tokenizer.encode(prompt) if prompt else []
@@ -81,9 +85,6 @@ def stage_dir(run: Path, stage: int) -> Path:
 
 def load_for_generation(run: str | Path, stage: int | None = None, device: str | None = None):
     """The model (growth run, stage, model dir or composed model), its tokenizer and a one-line description."""
-    from growlm.model.saved import load_model, read_model_meta, resolve_model_dir
-    from growlm.substrate import Tokenizer
-
     d = stage_dir(Path(run), stage) if stage is not None else resolve_model_dir(run)
     meta = read_model_meta(d)
     vocab = (meta.get("substrate") or {}).get("vocab")
@@ -106,8 +107,6 @@ SAMPLE_MAX_TOKENS = 48  # tokens per depth sample in the demo
 def depth_samples(run: str | Path, prompt: str = SAMPLE_PROMPT, max_tokens: int = SAMPLE_MAX_TOKENS,
                   seed: int = 0) -> list[dict]:
     """A short seeded sample from every stage of a growth run, written to ``RUN/samples.json`` for the report."""
-    import json
-
     run = Path(run)
     rows = []
     for d in sorted(p for p in (run / "stages").glob("stage-*") if (p / "model.json").exists()):
@@ -115,7 +114,5 @@ def depth_samples(run: str | Path, prompt: str = SAMPLE_PROMPT, max_tokens: int 
         text = "".join(stream(model, tok, prompt, max_tokens, temperature=0.7, top_k=40, seed=seed))
         rows.append({"stage": int(d.name.split("-")[1]), "depth": len(model.blocks), "prompt": prompt,
                      "sample": text, "max_tokens": max_tokens, "temperature": 0.7, "top_k": 40, "seed": seed})
-    from growlm.util.fileio import atomic_write_text
-
     atomic_write_text(run / "samples.json", json.dumps(rows, indent=1, ensure_ascii=False))
     return rows

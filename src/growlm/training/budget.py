@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
+from growlm.data.documents import corpus_files, default_corpus_dir
+from growlm.data.tokens import TokenData
+from growlm.evaluate.bpc import split_stream
 from growlm.model import GrowLM, lora
 from growlm.training import flops, plan, stages
+from growlm.training.compose_plan import ComposePipeline
 from growlm.training.plan import Recipe
-
-if TYPE_CHECKING:
-    from growlm.training.compose_plan import ComposePipeline
 
 TERA = 1e12
 
@@ -102,8 +102,6 @@ def forward_flops(model: nn.Module, windows: list[int]) -> float:
 def validation_windows(data, train: plan.TrainSpec) -> list[int]:
     """Predicted tokens of each window ``growlm.training.validation.validate`` scores, over all languages of
     ``data``."""
-    from growlm.evaluate.bpc import split_stream
-
     out: list[int] = []
     for lang in data.languages:
         ids, _, _ = split_stream(data, lang, train.val_tokens)
@@ -124,11 +122,7 @@ def _windows(n: int, seq_len: int) -> list[int]:
 def data_languages(path: str) -> list[str]:
     """The languages of a recipe's ``[data] path`` without tokenising anything (``default``: the embedded corpus)."""
     if str(path) == "default":
-        from growlm.data.documents import corpus_files, default_corpus_dir
-
         return sorted({p.name.split(".")[0] for p in corpus_files(default_corpus_dir())})
-    from growlm.data.tokens import TokenData
-
     return TokenData.open(path).languages
 
 

@@ -19,6 +19,7 @@ import torch
 
 from growlm.model.composition import ComposedLM, compose
 from growlm.model.composition_methods import METHODS, either, names_where
+from growlm.training.finetune import finetune
 from growlm.training.plan import Recipe, TrainSpec, resolve_recipe
 from growlm.util.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
 
@@ -178,6 +179,4 @@ class ComposePipeline:
 
     def finetune(self, step: ComposeStep, model: ComposedLM, data, out: str | Path, **kw) -> dict:
         """Fine-tune ``step``'s composed model (``growlm.training.finetune.finetune``; kw: progress, log, ...)."""
-        from growlm.training.finetune import finetune
-
         return finetune(model, data, out, step.finetune_steps, self.train, lr=step.lr, mixture=step.mixture, **kw)

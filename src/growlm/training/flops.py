@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from growlm.util.fileio import atomic_write_text
 
 # Dense peak TFLOP/s by accelerator name fragment: (bf16, fp32). fp32 is the plain (non-TF32) rate.
 ACCELERATORS: dict[str, tuple[float, float]] = {
@@ -146,8 +149,6 @@ def counted_flops(model: nn.Module, seq_len: int, vocab: int, device: torch.devi
 
     Gradients the counting step makes are removed again, so it can run before a stage.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     def addmm_(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
         return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
@@ -221,8 +222,6 @@ MAX_BUSY_MEASUREMENTS = 3  # on a machine that is always busy, stop measuring ag
 
 def cpu_peak(refresh: bool = False) -> dict:
     """This CPU's measured matmul peak in fp32 and bf16 (FLOP/s), measured once and cached."""
-    from growlm.util.fileio import atomic_write_text
-
     path, key = _cache_file(), _cpu_key()
     if not refresh and (str(path), key) in _MEMO:
         return _MEMO[str(path), key]

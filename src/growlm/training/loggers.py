@@ -34,7 +34,7 @@ class TensorBoardLogger:
 
     def __init__(self, run: Path, resume_step: int | None = None):
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # deferred: optional (tensorboard)
         except ImportError:
             raise ImportError("the tensorboard logger needs tensorboard: pip install 'growlm[tensorboard]'") from None
         self.writer = SummaryWriter(str(run / "tensorboard"), purge_step=resume_step)
@@ -56,7 +56,7 @@ class WandbLogger:
 
     def __init__(self, run: Path, config: dict, resume_step: int | None = None):
         try:
-            import wandb
+            import wandb  # deferred: optional (wandb)
         except ImportError:
             raise ImportError("the wandb logger needs wandb: pip install 'growlm[wandb]'") from None
         id_file = run / "wandb_id"

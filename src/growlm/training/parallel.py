@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 @dataclass
@@ -73,15 +74,11 @@ class Distributed:
             trainee = shard(model, precision)
             model.to("cpu")
             return trainee
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     @staticmethod
     def trainee(wrapped: nn.Module) -> nn.Module:
         """The module whose parameters train: what the optimiser, clipping and checkpoints see."""
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         return wrapped.module if isinstance(wrapped, DDP) else wrapped
 
     def unwrap(self, wrapped: nn.Module, model: nn.Module) -> None:
@@ -195,7 +192,7 @@ def _forget_device_meshes() -> None:
 
 def mixed_precision(precision: str):
     """FSDP2's policy for ``precision``: bf16 compute and all-gathers, fp32 gradient reduction; None for fp32."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy
+    from torch.distributed.fsdp import MixedPrecisionPolicy  # deferred: ~0.9 s to import, sharded runs only
 
     if precision != "bf16":
         return None
@@ -209,7 +206,7 @@ def shard(model: nn.Module, precision: str = "fp32") -> nn.Module:
     sharded too (gathered for their no-grad forward, never reduced); LoRA adapters shard with their block,
     and only parameters that require grad are reduced.
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # deferred: ~0.9 s to import, sharded runs only
 
     for t in model.state_dict().values():  # every rank starts from rank 0's weights, as under DDP
         torch_dist.broadcast(t, 0)
@@ -224,7 +221,7 @@ def shard(model: nn.Module, precision: str = "fp32") -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # deferred: ~0.9 s to import, sharded runs only
 
     return isinstance(model, FSDPModule)
 
@@ -254,7 +251,7 @@ def set_gradient_sync(model: nn.Module, sync: bool) -> None:
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # deferred: ~0.9 s to import, sharded runs only
 
     return t.full_tensor() if isinstance(t, DTensor) else t
 
@@ -274,7 +271,7 @@ def gather_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict) -> None:
     """Load a full optimiser state (as saved) into an optimiser over sharded parameters: each rank keeps its slice."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    from torch.distributed.tensor import DTensor, distribute_tensor  # deferred: ~0.9 s to import, sharded runs only
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     state = {}

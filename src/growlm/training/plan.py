@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -24,8 +25,11 @@ from pathlib import Path
 import torch
 
 from growlm.model import Config, GrowLM, lora
+from growlm.model.saved import read_json, resolve_model_dir
 from growlm.substrate import SubstratePlan, Vocabulary
+from growlm.training.loggers import LOGGERS
 from growlm.util.fields import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_fields
+from growlm.util.fileio import atomic_write_text
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"  # the recipes shipped in the package
 
@@ -122,8 +126,6 @@ class TrainSpec:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if str(self.compile).lower() not in ("auto", "true", "false"):
             raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
-        from growlm.training.loggers import LOGGERS
-
         unknown = sorted(set(self.loggers) - set(LOGGERS))
         if unknown:
             raise ValueError(f"[train] loggers: unknown {unknown}; choose from {list(LOGGERS)}")
@@ -268,8 +270,6 @@ class Recipe:
 
     def _saved_config(self, m: dict) -> Config:
         """``[model] init_from``: the config of the saved model the plan starts from (its depth included)."""
-        from growlm.model.saved import read_json, resolve_model_dir
-
         extra = sorted(set(m) - {"init_from"})
         if extra:
             raise ValueError(f"[model] init_from takes the architecture from the saved model; remove {extra}")
@@ -361,8 +361,6 @@ def recipe_from_template(template: str, out: str | Path, data: str | None = None
     """Write a new recipe ``out`` (.toml) started from a shipped one: its text and comments, named after ``out``,
     with ``[data] path = data`` if given; ``overrides`` are checked (not written) so a bad one fails here. The
     result is loaded back to check it; ``out`` must not exist."""
-    import re
-
     out = Path(out)
     if out.suffix != ".toml":
         raise ValueError(f"{out}: a recipe file ends in .toml")
@@ -382,8 +380,6 @@ def recipe_from_template(template: str, out: str | Path, data: str | None = None
     header = f"# Started from the shipped recipe {template!r} (growlm init-recipe); edit freely.\n"
     Recipe.from_dict(apply_overrides(tomllib.loads(text), overrides or []), name=out.stem)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from growlm.util.fileio import atomic_write_text
-
     atomic_write_text(out, header + text)
     return out
 

@@ -31,8 +31,10 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from growlm.model import GrowLM, lora
+from growlm.model.losses import chunked_cross_entropy
 from growlm.training import flops, stages
 from growlm.training.loop import Loop, autocast, build_optimizer, micro_batch
 from growlm.training.memtrack import LiveBytes, tensor_bytes
@@ -108,8 +110,6 @@ def measure_step(model: GrowLM, train: TrainSpec, micro: int, precision: str = "
     ``fake``: ``model`` is on the meta device and is measured on a fake copy; else it is measured as it is (real
     CPU tensors, for checking the fake measurement). AdamW is the trainer's (``build_optimizer``: fused).
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     m = fake_copy(model, mode) if fake else model
     m.activation_checkpointing = model.activation_checkpointing
@@ -142,8 +142,6 @@ def measure_step(model: GrowLM, train: TrainSpec, micro: int, precision: str = "
 
 def measure_activations(model: GrowLM, train: TrainSpec, micro: int, precision: str = "fp32") -> int:
     """``StepMemory.activations`` alone (one forward and backward on fake tensors), for another micro-batch."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     m = fake_copy(model, mode)
     m.activation_checkpointing = model.activation_checkpointing
@@ -174,8 +172,6 @@ def _activation_peak(m: GrowLM, micro: int, seq_len: int, precision: str, kw: di
 
 def _head_loss_peak(m: GrowLM, rows: int, precision: str, chunk: int | None, live: LiveBytes) -> int:
     """Peak bytes of the chunked loss over ``rows`` positions (its forward computes every gradient)."""
-    from growlm.model.losses import chunked_cross_entropy
-
     needs_h = m.first_trainable_block() < len(m.blocks) or m.norm.weight.requires_grad
     h = torch.zeros(rows, m.cfg.d_model, requires_grad=needs_h)
     targets = torch.zeros(rows, dtype=torch.long)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 try:
-    import fcntl
+    import fcntl  # POSIX only: the run-directory lock
 except ImportError:  # not POSIX: runs go unlocked
     fcntl = None
 

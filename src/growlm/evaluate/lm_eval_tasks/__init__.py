@@ -41,7 +41,7 @@ def load_docs(growlm_task: str, growlm_split: str = "test", growlm_data_dir: str
 
     lm-eval passes its ``--metadata`` (and the model's arguments) along with the task's ``dataset_kwargs``;
     only the ``growlm_*`` keys are read."""
-    import datasets
+    import datasets  # deferred: optional (the lm-eval extra), needed only to load a task's data
 
     if growlm_task not in T.MC_TASKS:
         raise ValueError(f"unknown growlm task {growlm_task!r}; valid: {', '.join(T.MC_TASKS)}")
