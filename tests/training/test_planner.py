@@ -33,6 +33,14 @@ def profiled_peak(fn) -> int:
     return peak
 
 
+def bf16_matmul_allocates() -> bool:
+    """Whether this CPU's bf16 matmul into a given output allocates a temporary (a float32 result, then cast: CPUs
+    without native bf16 do this; a GPU and a CPU with AVX512-BF16 or AMX write the output directly)."""
+    a, b = torch.ones(64, 32, dtype=torch.bfloat16), torch.ones(32, 256, dtype=torch.bfloat16)
+    out = torch.empty(64, 256, dtype=torch.bfloat16)
+    return profiled_peak(lambda: torch.mm(a, b, out=out)) >= out.numel() * 4
+
+
 def staged(device: str, checkpointing: bool) -> GrowLM:
     """A model in a growth stage's setting: one frozen block below a new trained one, the head training."""
     with torch.device(device):
@@ -70,6 +78,9 @@ def test_fake_tensor_memory_is_within_15_percent_of_torchs_measured_peak_on_cpu(
     """The planner's numbers come from the model as built, stepped on fake tensors; a real step of the same model
     on CPU, measured by torch's profiler, peaks within 15% of them (a growth stage: frozen block, trained block,
     head; 2 micro-batches of 4 x 64 tokens)."""
+    if precision == "bf16" and bf16_matmul_allocates():
+        pytest.skip("this CPU's bf16 matmul computes into a float32 temporary (no native bf16): its step holds "
+                    "buffers that the planned GPU step does not")
     train = TrainSpec(batch_size=8, seq_len=64, grad_accum=2)
     planned = measure_step(staged("meta", checkpointing), train, micro=4, precision=precision)
     step, activations = measured_on_cpu(staged("cpu", checkpointing), train, precision)
