@@ -150,11 +150,40 @@ def rope_tables(head_dim: int, length: int, base: float, device=None) -> tuple[t
     return emb.cos(), emb.sin()
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1], written half by half (no concatenated copy).
+
+    The tables repeat each frequency in both halves, so the first half's columns serve both. Each half is a
+    product, then one subtraction or addition: the same roundings as the formula, bit for bit."""
+    h = x.shape[-1] // 2
+    x1, x2, c, s = x[..., :h], x[..., h:], cos[..., :h], sin[..., :h]
+    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
+    torch.mul(x1, c, out=out[..., :h]).sub_(x2 * s)
+    torch.mul(x2, c, out=out[..., h:]).add_(x1 * s)
+    return out.to(x.dtype)
+
+
+class _Rope(torch.autograd.Function):
+    """RoPE as one autograd node: a rotation's gradient is the inverse rotation (sin negated), so nothing but the
+    tables is saved for the backward (``benchmarks/plain_gpt.py`` measures the step)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, D] by position tables cos/sin [T, D]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    """Rotate x [B, H, T, D] by position tables cos/sin [T, D] (rotate-half layout)."""
+    if torch.compiler.is_compiling():  # the compiler fuses the formula itself (and cannot trace ``out=`` views)
+        x1, x2 = x.chunk(2, dim=-1)
+        return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+    return _Rope.apply(x, cos, sin)
 
 
 class KVCache:
