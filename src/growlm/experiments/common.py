@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from growlm.experiments.framework import SeedContext
 from growlm.experiments.heldout import heldout_scores
 from growlm.training.plan import Recipe
+
+if TYPE_CHECKING:
+    import torch
 
 # The shapes a study trains, one per scale (framework.SCALES). "default" is sized by FLOPs to fit a study (all arms, 3
 # seeds) into ~20 minutes on 2 CPU cores: at d_model 64 the compact vocabulary's head (64 x ~16K) is most of a step,
@@ -16,9 +21,10 @@ from growlm.training.plan import Recipe
 # "quick" runs in seconds for the tests. "cpu10x" (~3e13 FLOPs per run) widens to d_model 256, where a block
 # (~0.79M parameters) is no longer tiny beside the head (256 x 16384 + bias = 4.2M): from 6 blocks on, the blocks are
 # over half of the trainable parameters, so the studies grow to 6 blocks at this scale. "gpu" (~1e16 FLOPs per run)
-# trains on one CUDA device in bf16 (``precision`` goes into the recipe, ``device`` to the trainer); d_model 768,
-# where a block (7.1M) outweighs the head (12.6M) from 2 blocks on. tests/experiments/test_scales.py holds every
-# arm of every study to its scale's FLOPs range and the cpu10x/gpu models to blocks >= half.
+# trains on one CUDA device (``ctx.device``) in bf16 (``precision`` goes into the recipe; ``runtime`` gives both to
+# every training, fine-tune and scoring); d_model 1024, where a block is 12.6M parameters and the head 16.8M, so the
+# blocks are over half from 2 blocks on. tests/experiments/test_scales.py holds every arm of every study to its
+# scale's FLOPs range and the cpu10x/gpu models to blocks >= half.
 SIZES = {
     "default": dict(d_model=64, n_head=2, seq_len=64, batch_size=16, lr=2e-3, warmup_steps=20, val_tokens=8192,
                     heldout_chars=None),
@@ -27,13 +33,36 @@ SIZES = {
     "cpu10x": dict(d_model=256, n_head=4, seq_len=128, batch_size=16, lr=1e-3, warmup_steps=30, val_tokens=16384,
                    heldout_chars=None),
     "gpu": dict(d_model=1024, n_head=16, seq_len=512, batch_size=32, lr=3e-4, warmup_steps=50, val_tokens=65536,
-                heldout_chars=None, precision="bf16", device="cuda"),
+                heldout_chars=None, precision="bf16"),
 }
 
 
 def size(ctx: SeedContext) -> dict:
     """The shared shape of the context's scale."""
     return SIZES[ctx.scale]
+
+
+def runtime(ctx: SeedContext) -> tuple[torch.device, str]:
+    """The device and the resolved precision ("fp32" or "bf16") a study trains, fine-tunes and scores in:
+    ``ctx.device`` (cuda at the gpu scale, else the CPU) and the scale's ``precision`` (the recipe's "auto" where the
+    scale names none). Every device and precision of a study comes from here (tests/experiments/test_devices.py)."""
+    import torch
+
+    from growlm.training.flops import resolve_precision
+
+    device = torch.device(ctx.device)
+    return device, resolve_precision(size(ctx).get("precision", "auto"), device)
+
+
+def scoring(ctx: SeedContext) -> contextlib.AbstractContextManager:
+    """The context held-out and gold-answer scoring run in: the scale's precision where the scale names one (bf16
+    autocast at gpu, as its training and validation); none at the CPU scales, which score in fp32 as they always
+    have."""
+    from growlm.training.loop import autocast
+
+    if "precision" not in size(ctx):
+        return contextlib.nullcontext()
+    return autocast(*runtime(ctx))
 
 
 def plan(ctx: SeedContext, stages: list[dict], kind: str = "glyph", model: dict | None = None,
@@ -64,7 +93,7 @@ def train(ctx: SeedContext, raw: dict, name: str) -> Path:
     if not (run / "model" / "model.json").exists():
         ctx.log(f"-- {name}")
         grow(Recipe.from_dict(raw), run, resume=(run / "checkpoints").exists(), progress=ctx.progress,
-             log=ctx.log if ctx.progress else (lambda *a, **k: None), device=size(ctx).get("device"))
+             log=ctx.log if ctx.progress else (lambda *a, **k: None), device=str(runtime(ctx)[0]))
     return run
 
 
@@ -99,8 +128,9 @@ def measure(ctx: SeedContext, model_dir: Path, raw: dict) -> dict:
         raise ValueError(f"{model_dir} carries no validation bits per character; measure a stage directory")
     val = meta["val_bpc"]
     recipe = Recipe.from_dict(raw)
-    scores = heldout_scores(load_model(model_dir).to(ctx.device), recipe.substrate.vocab, recipe.train.seq_len,
-                            max_chars=size(ctx)["heldout_chars"])
+    with scoring(ctx):
+        scores = heldout_scores(load_model(model_dir).to(runtime(ctx)[0]), recipe.substrate.vocab,
+                                recipe.train.seq_len, max_chars=size(ctx)["heldout_chars"])
     row = {f"val_bpc_{k}": v for k, v in val.items()}
     row.update(heldout_row(scores))
     row["val_bpc"] = round(sum(val.values()) / len(val), 4)

@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from growlm.experiments.common import DOC_METRICS, heldout_row, last_stage, plan, plan_flops, size, train
+from growlm.experiments.common import (
+    DOC_METRICS,
+    heldout_row,
+    last_stage,
+    plan,
+    plan_flops,
+    runtime,
+    scoring,
+    size,
+    train,
+)
 from growlm.experiments.framework import (
     VERDICTS,
     SeedContext,
@@ -104,17 +114,20 @@ def expert_plan(ctx: SeedContext, name: str) -> dict:
 
 
 def score(ctx: SeedContext, model: torch.nn.Module, data, raw: dict, heldout: bool = True) -> dict:
-    """Validation-split and held-out bits per character per language (and their means), the same for any model
-    (``heldout=False``: the validation split only)."""
+    """Validation-split and held-out bits per character per language (and their means), the same for any model on
+    the scale's device and in its precision (``heldout=False``: the validation split only)."""
     from growlm.training.plan import Recipe
     from growlm.training.validation import validate
 
     spec = Recipe.from_dict(raw).train
-    model.eval()
-    val = validate(model, data, spec, torch.device("cpu"))["val_bpc"]
+    device, precision = runtime(ctx)
+    model.to(device).eval()
+    val = validate(model, data, spec, device, precision=precision)["val_bpc"]
     row = {f"val_bpc_{k}": v for k, v in val.items()}
     if heldout:
-        held = heldout_scores(model, raw["substrate"]["vocab"], spec.seq_len, max_chars=size(ctx)["heldout_chars"])
+        with scoring(ctx):
+            held = heldout_scores(model, raw["substrate"]["vocab"], spec.seq_len,
+                                  max_chars=size(ctx)["heldout_chars"])
         row.update(heldout_row(held))
     row["val_bpc"] = round(sum(val.values()) / len(val), 4)
     return row
@@ -131,11 +144,13 @@ def gaps(row: dict, members: list[dict]) -> dict:
 
 
 def finetune_flops(model, raw: dict, steps: int) -> float:
-    """Training FLOPs of ``steps`` fine-tuning steps of a composed model (counted by running one sequence)."""
+    """Training FLOPs of ``steps`` fine-tuning steps of a composed model (counted by running one sequence where the
+    model is)."""
     from growlm.training.flops import counted_flops
 
     seq, batch = raw["train"]["seq_len"], raw["train"]["batch_size"]
-    return counted_flops(model, seq, model.vocab_size).total * seq * batch * steps
+    device = next(model.parameters()).device
+    return counted_flops(model, seq, model.vocab_size, device).total * seq * batch * steps
 
 
 def pipeline(ctx: SeedContext) -> ComposePipeline:
@@ -163,12 +178,13 @@ def run(ctx: SeedContext) -> list[dict]:
     from growlm.model.saved import load_model
 
     plan_ = pipeline(ctx)
+    device = runtime(ctx)[0]  # experts, compositions and fine-tunes all live there (a fine-tune trains where it is)
     experts, rows, by_name = {}, [], {}
     data = None
     for ex in plan_.experts:
         name, raw = ex.name, ex.recipe.raw
         run_dir = train(ctx, raw, run_name(name))
-        experts[name] = load_model(last_stage(run_dir)).eval()
+        experts[name] = load_model(last_stage(run_dir)).to(device).eval()
         data = data or open_data(ctx.data, raw["substrate"]["vocab"])
         row = {"experts": name, "method": "expert", **score(ctx, experts[name], data, raw), **plan_flops(raw)}
         ctx.log(f"composition seed {ctx.seed} expert {name}: val bpc {row['val_bpc']}, held-out {row['heldout_bpc']}")
@@ -177,7 +193,7 @@ def run(ctx: SeedContext) -> list[dict]:
     raw = plan_.experts[0].recipe.raw  # the shared shape, as a dict (scoring, fine-tune FLOPs)
     for step in plan_.steps:
         label, names = ", ".join(step.experts), step.experts
-        model = plan_.build(step, experts)
+        model = plan_.build(step, experts).to(device)  # an adapter's or router's new weights are made on the CPU
         flops, step0 = 0.0, {}
         if step.finetuned:
             if step.train_heads:  # the paper's curve starts at the merged model's loss before further training
@@ -186,7 +202,7 @@ def run(ctx: SeedContext) -> list[dict]:
                               f"{'-learned' if step.own_embeddings else ''}")
             flops = finetune_flops(model, raw, step.finetune_steps)
             if (out / "model" / "model.json").exists():
-                model = load_model(out / "model")
+                model = load_model(out / "model").to(device)
             else:
                 ctx.log(f"-- fine-tune {step.method} ({label})")
                 plan_.finetune(step, model, data, out, progress=False, log=lambda *a, **k: None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from growlm.experiments.common import last_stage, measure, plan, plan_flops, train
+from growlm.experiments.common import last_stage, measure, plan, plan_flops, runtime, train
 from growlm.experiments.framework import VERDICTS, SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 
 BASE_DEPTH = {"default": 2, "quick": 2, "cpu10x": 6, "gpu": 6}  # base stages (one block each) on English + Russian
@@ -88,9 +88,8 @@ def arms() -> list[str]:
 
 
 def composed_dir(ctx: SeedContext, method: str, base_dir: Path, expert_dir: Path, raw: dict) -> Path:
-    """The base and the Chinese expert composed by ``method``, validated and saved (reused if saved)."""
-    import torch
-
+    """The base and the Chinese expert composed by ``method``, validated (on the scale's device, in its precision)
+    and saved (reused if saved)."""
     from growlm.data.tokens import open_data
     from growlm.model.composition import compose
     from growlm.model.saved import load_model, save_model
@@ -99,9 +98,11 @@ def composed_dir(ctx: SeedContext, method: str, base_dir: Path, expert_dir: Path
 
     out = ctx.work / f"composed-{method}"
     if not (out / "model.json").exists():
-        composed = compose([load_model(base_dir), load_model(expert_dir)], method=method, names=["base", "zh"])
+        device, precision = runtime(ctx)
+        composed = compose([load_model(base_dir).to(device), load_model(expert_dir).to(device)], method=method,
+                           names=["base", "zh"])
         r = Recipe.from_dict(raw)
-        val = validate(composed, open_data(r.data.path, r.substrate.vocab), r.train, torch.device("cpu"))
+        val = validate(composed, open_data(r.data.path, r.substrate.vocab), r.train, device, precision=precision)
         save_model(composed, out, extra=val)
     return out
 

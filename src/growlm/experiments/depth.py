@@ -7,7 +7,7 @@ import copy
 import math
 from pathlib import Path
 
-from growlm.experiments.common import DOC_METRICS, last_stage, measure, plan, plan_flops, train
+from growlm.experiments.common import DOC_METRICS, last_stage, measure, plan, plan_flops, runtime, scoring, train
 from growlm.experiments.framework import (
     VERDICTS,
     SeedContext,
@@ -35,20 +35,23 @@ QUICK_TASKS = ("sciq",)
 GOLD = ("gold_bpb", "bpb_margin", "acc_norm")
 
 
-def gold_scores(model, vocab: str, quick: bool, log) -> dict:
+def gold_scores(ctx: SeedContext, model, vocab: str) -> dict:
     """Per task (``GOLD``): the gold answer's bits per byte, its margin over the best wrong answer (bits per byte,
-    wrong - gold) and length-normalised accuracy, as the evaluation scores them; and each one's mean over the tasks
-    measured. A task whose data or metric is missing is left out."""
+    wrong - gold) and length-normalised accuracy, as the evaluation scores them, on the scale's tasks and limit, on
+    its device and in its precision; and each one's mean over the tasks measured. A task whose data or metric is
+    missing is left out."""
     from growlm.evaluate.runner import evaluate
     from growlm.substrate import Tokenizer
 
     tok = Tokenizer.load(vocab)
+    model.to(runtime(ctx)[0])
     out, measured = {}, []
-    for task in QUICK_TASKS if quick else TASKS:
+    for task in QUICK_TASKS if ctx.quick else TASKS:
         try:
-            res = evaluate(model, tok, [task], limit=TASK_LIMIT["quick" if quick else "default"], progress=False)
+            with scoring(ctx):
+                res = evaluate(model, tok, [task], limit=TASK_LIMIT[ctx.shape], progress=False)
         except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
-            log(f"depth: no gold-answer scores for {task}: {str(e).splitlines()[0][:160]}")
+            ctx.log(f"depth: no gold-answer scores for {task}: {str(e).splitlines()[0][:160]}")
             continue
         scores = res["results"].get(task, {}).get("loglik", {})
         values = {m: (scores.get(m) or {}).get("value") for m in GOLD}
@@ -93,14 +96,14 @@ def run(ctx: SeedContext) -> list[dict]:
     for i in range(depth):
         stage = run_dir / "stages" / f"stage-{i:02d}"
         row = {"arm": GROWN, "depth": i + 1, "train_steps": (i + 1) * n, **measure(ctx, stage, raw),
-               **gold_scores(load_model(stage), vocab, ctx.quick, ctx.log)}
+               **gold_scores(ctx, load_model(stage), vocab)}
         ctx.log(f"depth seed {ctx.seed} depth {i + 1}: val bpc {row['val_bpc']}, held-out {row['heldout_bpc']}")
         rows.append(row)
     for k in CONTROL[shape]:
         craw = control_plan(raw, run_dir / "stages" / f"stage-{k - 2:02d}", k, shape)
         stage = last_stage(train(ctx, craw, f"equal-steps-{k}"))
         row = {"arm": CONTROL_ARM, "depth": k - 1, "train_steps": k * n, **measure(ctx, stage, craw),
-               **gold_scores(load_model(stage), vocab, ctx.quick, ctx.log)}
+               **gold_scores(ctx, load_model(stage), vocab)}
         ctx.log(f"depth seed {ctx.seed} equal steps for depth {k}: held-out {row['heldout_bpc']}")
         rows.append(row)
     return rows

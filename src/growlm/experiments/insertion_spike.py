@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from growlm.experiments.common import last_stage, measure, plan, plan_flops, train
+from growlm.experiments.common import last_stage, measure, plan, plan_flops, runtime, train
 from growlm.experiments.framework import SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 
 BASE_DEPTH = {"default": 2, "quick": 2, "cpu10x": 6, "gpu": 6}  # base stages, one block each
@@ -89,7 +89,7 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
 
     from growlm.data.tokens import open_data
     from growlm.model.saved import load_model, save_model
-    from growlm.training import flops, stages
+    from growlm.training import stages
     from growlm.training.loop import Hooks, Loop, RunState, build_optimizer, lr_at
     from growlm.training.parallel import Distributed
     from growlm.training.plan import Recipe
@@ -102,7 +102,7 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
         return json.loads(curve_path.read_text(encoding="utf-8")), out
     recipe = Recipe.from_dict({**base_raw, "stages": [*base_raw["stages"], stage_raw]})  # validates the arm's stage
     stage, t = recipe.stages[-1], recipe.train
-    device = torch.device(ctx.device)
+    device, precision = runtime(ctx)
     model = load_model(last_stage(ctx.work / "base"))
     torch.manual_seed(t.seed + 1)  # the same new block for every head schedule of one init
     stages.begin_stage(model, stage)
@@ -113,7 +113,6 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
     optimizer = build_optimizer(model, t, device, split_head=True)
     total = recipe.stage_steps(stage)
     warmup = t.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
-    precision = flops.resolve_precision(t.precision, device)
     curve: list[float] = []
     Loop(model, replace(t, log_every=1), Distributed(device=device), precision=precision).run(
         optimizer, total, RunState(stage_started=True),
