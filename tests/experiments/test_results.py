@@ -167,3 +167,70 @@ def test_substrates_are_judged_on_every_language_too():
     rows = study.verdict({"rows": summarise(study, seeds)})
     assert [(r.claim.split(": ")[-1], r.verdict) for r in rows] == [
         ("three-language mean", "reproduced"), ("on every language", "not reproduced at this scale")]  # EN +6%
+
+
+def _write(tmp_path, folder: str, summary: dict) -> None:
+    d = tmp_path / "data" / "experiments" / folder
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def _table_rows(text: str) -> list[str]:
+    """The rows of both verdict tables."""
+    tables = text.split("## Does it reproduce the paper?")[1].split("\n## ")[0]
+    return [line for line in tables.splitlines() if line.startswith("| ") and not line.startswith("| claim")
+            and not line.startswith("| hypothesis")]
+
+
+def test_other_scales_render_as_their_own_sections_and_verdict_rows(tmp_path):
+    default = _substrate_summary([3.00, 3.01, 3.02], [3.00, 3.00, 3.01], [3.20, 3.22, 3.21])  # old: no scale key
+    _write(tmp_path, "substrates", default)
+    alone = render(tmp_path)
+    big = {**_substrate_summary([2.60, 2.62, 2.61], [2.30, 2.31, 2.30], [2.90, 2.91, 2.92]), "scale": "cpu10x",
+           "commit": "beef"}  # glyph 13% worse than learned at cpu10x: the mean rule fails there
+    _write(tmp_path, "substrates-cpu10x", big)
+    text = render(tmp_path)
+
+    rows = _table_rows(text)
+    assert [r for r in rows if "cpu10x:" not in r] == _table_rows(alone)  # the default scale's rows as they were
+    scaled = [r for r in rows if "| cpu10x: " in r]
+    assert len(scaled) == 2 and "**not reproduced at this scale**" in scaled[0]
+    # each cpu10x row comes right after the default scale's row of the same claim, and is counted apart
+    for r in scaled:
+        assert rows[rows.index(r) - 1].split(" | ")[0] == r.split(" | ")[0]
+    paper_header = text.split("### The paper's claims: ")[1].splitlines()[0]
+    assert paper_header.startswith("3 reproduced, ") and paper_header.endswith("; at cpu10x: 1 not reproduced at "
+                                                                               "this scale")
+    assert "judge the same claim by the same rule on that scale's data" in text
+    assert "judge the same claim" not in alone
+
+    # the cpu10x section comes right after the default one, with its own table, provenance and raw data
+    after = text.split("\n## substrates\n")[1]
+    own, scaled_section = after.split("\n## substrates at cpu10x scale\n")
+    assert "\n## " not in own and "commit `c0ffee`" in own
+    scaled_section = scaled_section.split("\n## ")[0]
+    assert '<a id="substrates-cpu10x"></a>' in scaled_section and "(substrates, cpu10x; 3 seed(s)" in scaled_section
+    assert "commit `beef`" in scaled_section and "data/experiments/substrates-cpu10x/" in scaled_section
+
+
+def test_a_scale_without_a_default_summary_still_renders(tmp_path):
+    gpu = {**_substrate_summary([3.00, 3.01, 3.02], [3.00, 3.00, 3.01], [3.20, 3.22, 3.21]), "scale": "gpu"}
+    _write(tmp_path, "substrates-gpu", gpu)
+    text = render(tmp_path)
+    rows = _table_rows(text)
+    assert any("growlm experiment substrates --out docs/data/experiments/substrates" in r and "**not run yet**" in r
+               for r in rows)
+    assert sum("| gpu: " in r and "**reproduced**" in r for r in rows) == 2
+    assert "Not run yet. Run: `growlm experiment substrates" in text and "## substrates at gpu scale" in text
+    assert "; at gpu: 1 reproduced" in text.split("### The paper's claims: ")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("recorded", [{}, {"quick": True}, {"scale": "cpu10x"}])
+def test_a_scale_directory_refuses_a_summary_of_another_scale(recorded, tmp_path):
+    # no scale key: made before scales, so the default scale (or quick, if it says so): neither belongs in -gpu
+    summary = {**_substrate_summary([3.0, 3.0, 3.0], [3.0, 3.0, 3.0], [3.2, 3.2, 3.2]), **recorded}
+    _write(tmp_path, "substrates-gpu", summary)
+    with pytest.raises(ValueError, match="substrates-gpu/summary.json records scale '(default|quick|cpu10x)', "
+                                         "not 'gpu'"):
+        render(tmp_path)
+

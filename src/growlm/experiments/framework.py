@@ -121,6 +121,7 @@ class Verdict:
     verdict: str  # one of VERDICTS
     source: str = "paper"  # "paper" | "growlm"
     cite: str = ""  # where the claim is stated: "v1 §4.2, Fig. 4", "v3 abstract", "prior paper (arXiv 2507.04886)"
+    scale: str = "default"  # whose data judged it: results.md counts the default scale's rows and each other's apart
 
 
 VERDICTS = ("reproduced", "not reproduced at this scale", "not testable here", "not run yet")

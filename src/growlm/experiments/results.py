@@ -3,7 +3,9 @@
 Sources, all under ``docs/`` (nothing is copied by hand; a source that is missing is reported as "not run yet"
 with the command that makes it):
 
-- ``data/experiments/NAME/summary.json`` (+ ``plot.png``) for every registered study, in ``ORDER`` first;
+- ``data/experiments/NAME/summary.json`` (+ ``plot.png``) for every registered study, in ``ORDER`` first, and its
+  other scales' at ``data/experiments/NAME-SCALE/`` (``SCALED``: the directory names ``growlm experiment --scale``
+  gives by default), each in a section of its own after the study's and with verdict rows labelled by its scale;
 - parameter budgets of the paper's models, counted from the code on the meta device when the report is written;
 - benchmark JSON: ``data/substrate_stats.json``, ``growth_speed.json``, ``residual_init.json``,
   ``data/prepare_speed.json`` (each names its own commit and machine where its script records them).
@@ -20,10 +22,20 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from growlm.experiments.framework import VERDICTS, Study, Verdict, fmt, load_studies, markdown_table, provenance
+from growlm.experiments.framework import (
+    VERDICTS,
+    Study,
+    Verdict,
+    fmt,
+    load_studies,
+    markdown_table,
+    provenance,
+    summary_scale,
+)
 
 ORDER = ("substrates", "grown-vs-monolithic", "insertion-spike", "composition", "depth", "continual")
 DATA = Path("data") / "experiments"  # relative to the docs directory
+SCALED = ("cpu10x", "gpu")  # scales rendered beside the default one, from DATA / "NAME-SCALE"
 
 # Claims no CPU-scale experiment can test: (claim, where stated, the paper's number, why not here)
 NOT_TESTABLE = [
@@ -69,6 +81,38 @@ def _summaries(docs: Path, studies: dict[str, Study]) -> dict[str, dict]:
     return out
 
 
+def _scaled_summaries(docs: Path, studies: dict[str, Study]) -> dict[str, dict[str, dict]]:
+    """name -> scale -> the summary at ``DATA/NAME-SCALE/`` for the scales in ``SCALED`` that have one; a summary
+    there that records another scale is refused (it would be labelled and counted as the wrong scale)."""
+    out: dict[str, dict[str, dict]] = {}
+    for name in studies:
+        for scale in SCALED:
+            p = docs / DATA / f"{name}-{scale}" / "summary.json"
+            if not p.is_file():
+                continue
+            summary = json.loads(p.read_text(encoding="utf-8"))
+            if summary_scale(summary) != scale:
+                raise ValueError(f"{p} records scale {summary_scale(summary)!r}, not {scale!r}: a {name}-{scale} "
+                                 f"directory holds the {scale} scale's data (growlm experiment {name} --scale {scale} "
+                                 f"--out {p.parent}); move the summary where its scale belongs")
+            out.setdefault(name, {})[scale] = summary
+    return out
+
+
+def _judged(study: Study, summary: dict, scale: str = "default") -> list[Verdict]:
+    """A study's verdict rows on one summary: a quick one's say "not run yet" (no evidence); a cpu10x or gpu one's
+    measurement is prefixed with its scale; ``scale`` is the one the header counts the rows under."""
+    rows = []
+    made_at = summary_scale(summary)
+    for v in study.verdict(summary):
+        if made_at == "quick":
+            v = replace(v, measured=v.measured + " (quick shape only)", verdict=VERDICTS[3])
+        elif made_at != "default":
+            v = replace(v, measured=f"{made_at}: {v.measured}")
+        rows.append(replace(v, scale=scale))
+    return rows
+
+
 def _ordered(studies: dict[str, Study]) -> list[str]:
     return [n for n in ORDER if n in studies] + sorted(n for n in studies if n not in ORDER)
 
@@ -77,8 +121,10 @@ def _run_command(name: str) -> str:
     return f"growlm experiment {name} --out docs/{(DATA / name).as_posix()} --work runs/experiments/{name}"
 
 
-def verdict_rows(studies: dict[str, Study], summaries: dict[str, dict]) -> list[Verdict]:
-    """Every verdict row: each study's (or "not run yet"), the parameter counts and the claims not testable here."""
+def verdict_rows(studies: dict[str, Study], summaries: dict[str, dict],
+                 scaled: dict[str, dict[str, dict]] | None = None) -> list[Verdict]:
+    """Every verdict row: each study's (or "not run yet"), then its rows at each other scale with data (``scaled``:
+    name -> scale -> summary), the parameter counts and the claims not testable here."""
     rows: list[Verdict] = []
     for name in _ordered(studies):
         s = studies[name]
@@ -87,10 +133,13 @@ def verdict_rows(studies: dict[str, Study], summaries: dict[str, dict]) -> list[
         elif s.verdict is None:
             rows.append(Verdict(s.claim, s.paper or "–", f"see [{name}](#{name})", "no verdict rule"))
         else:
-            for v in s.verdict(summaries[name]):
-                if summaries[name].get("quick"):
-                    v = replace(v, measured=v.measured + " (quick shape only)", verdict=VERDICTS[3])
-                rows.append(v)
+            rows += _judged(s, summaries[name])
+        for scale, summary in (scaled or {}).get(name, {}).items():
+            if s.verdict is None:
+                rows.append(Verdict(s.claim, s.paper or "–", f"{scale}: see [{name} at {scale} scale]"
+                                    f"(#{name}-{scale})", "no verdict rule", scale=scale))
+            else:
+                rows += _judged(s, summary, scale)
     rows += _params_rows()
     rows += [Verdict(c, p, why, VERDICTS[2], cite=cite) for c, cite, p, why in NOT_TESTABLE]
     return rows
@@ -101,15 +150,24 @@ def verdict_counts(rows: list[Verdict]) -> str:
     return ", ".join(f"{sum(r.verdict == v for r in rows)} {v}" for v in VERDICTS if any(r.verdict == v for r in rows))
 
 
-def reproduce_table(studies: dict[str, Study], summaries: dict[str, dict]) -> list[str]:
-    """The two verdict tables: the paper's claims (counted) and growlm's own hypotheses and controls."""
-    rows = verdict_rows(studies, summaries)
+def scale_counts(rows: list[Verdict]) -> str:
+    """``verdict_counts`` of the default scale's rows, then of each other scale's (``; at cpu10x: ...``)."""
+    text = verdict_counts([r for r in rows if r.scale == "default"])
+    return text + "".join(f"; at {s}: {verdict_counts([r for r in rows if r.scale == s])}"
+                          for s in SCALED if any(r.scale == s for r in rows))
+
+
+def reproduce_table(studies: dict[str, Study], summaries: dict[str, dict],
+                    scaled: dict[str, dict[str, dict]] | None = None) -> list[str]:
+    """The two verdict tables: the paper's claims (counted, each scale apart) and growlm's own hypotheses and
+    controls."""
+    rows = verdict_rows(studies, summaries, scaled)
     paper = [r for r in rows if r.source == "paper"]
     own = [r for r in rows if r.source != "paper"]
-    lines = [f"### The paper's claims: {verdict_counts(paper)}", "",
+    lines = [f"### The paper's claims: {scale_counts(paper)}", "",
              "| claim | stated in | paper | growlm, at its scale | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {r.claim} | {r.cite or '–'} | {r.paper} | {r.measured} | **{r.verdict}** |" for r in paper]
-    lines += ["", f"### growlm's own hypotheses and controls: {verdict_counts(own)}", "",
+    lines += ["", f"### growlm's own hypotheses and controls: {scale_counts(own)}", "",
               "Not claims of the paper: controls its argument needs, or readings stricter than its words.", "",
               "| hypothesis | paper | growlm, at its scale | verdict |", "|---|---|---|---|"]
     lines += [f"| {r.claim} | {r.paper} | {r.measured} | **{r.verdict}** |" for r in own]
@@ -237,6 +295,19 @@ def benchmark_sections(docs: Path) -> list[str]:
     return out
 
 
+def _study_section(docs: Path, folder: str, summary: dict) -> list[str]:
+    """One summary's section body: its table, plot and raw data, from ``DATA/folder``."""
+    lines = []
+    if summary_scale(summary) == "quick":
+        lines += ["**Quick shape (a smoke run of the machinery, not evidence).**", ""]
+    lines += [markdown_table(summary)]
+    if (docs / DATA / folder / "plot.png").is_file():
+        lines += ["", f"![{folder}]({(DATA / folder / 'plot.png').as_posix()})"]
+    lines += ["", f"Raw data: [{(DATA / folder).as_posix()}/]({(DATA / folder).as_posix()}/) (seed-N.json per seed, "
+              "summary.json)."]
+    return lines
+
+
 TITLE = "# Measured results"
 
 
@@ -245,6 +316,7 @@ def render(docs: str | Path = "docs", argv: list[str] | None = None) -> str:
     docs = Path(docs)
     studies = load_studies()
     summaries = _summaries(docs, studies)
+    scaled = _scaled_summaries(docs, studies)
     prov = provenance(argv or ["experiment", "report"])
     lines = [TITLE, "",
              "Written by `growlm experiment report` from the raw JSON committed under `docs/` — do not edit by "
@@ -263,21 +335,21 @@ def render(docs: str | Path = "docs", argv: list[str] | None = None) -> str:
              "at CPU scale (a few hundred thousand tokens per run, d_model 64: far below the paper's) and a verdict "
              "by the rule the study states. \"Not reproduced at this scale\" says what this scale shows, not what "
              "the paper's scale would. growlm's own hypotheses and controls are in a second table.", ""]
-    lines += reproduce_table(studies, summaries)
+    if scaled:
+        lines += [f"Rows whose measurement starts with a scale's name ({', '.join(f'{s}:' for s in SCALED)}) judge "
+                  "the same claim by the same rule on that scale's data (docs/data/experiments/NAME-SCALE/, its own "
+                  "section below: `growlm experiment NAME --scale SCALE`); the headers count each scale apart.", ""]
+    lines += reproduce_table(studies, summaries, scaled)
     for name in _ordered(studies):
         s = studies[name]
         lines += ["", f"## {name}", "", f"<a id=\"{name}\"></a>", ""]
         if name not in summaries:
             lines += [f"{s.title}.", "", f"Not run yet. Run: `{_run_command(name)}`"]
-            continue
-        summary = summaries[name]
-        if summary.get("quick"):
-            lines += ["**Quick shape (a smoke run of the machinery, not evidence).**", ""]
-        lines += [markdown_table(summary)]
-        if (docs / DATA / name / "plot.png").is_file():
-            lines += ["", f"![{name}]({(DATA / name / 'plot.png').as_posix()})"]
-        lines += ["", f"Raw data: [{(DATA / name).as_posix()}/]({(DATA / name).as_posix()}/) (seed-N.json per seed, "
-                  "summary.json)."]
+        else:
+            lines += _study_section(docs, name, summaries[name])
+        for scale, summary in scaled.get(name, {}).items():
+            lines += ["", f"## {name} at {scale} scale", "", f"<a id=\"{name}-{scale}\"></a>", "",
+                      *_study_section(docs, f"{name}-{scale}", summary)]
     lines += ["", *benchmark_sections(docs), ""]
     return "\n".join(lines)
 
