@@ -41,6 +41,8 @@ SKIP = {
     "growlm experiment substrates --quick": "tens of seconds even quick; tests/experiments/test_substrates.py runs it",
     "growlm experiment grown-vs-monolithic --scale gpu": "the GPU size: ~7.9e16 FLOPs on CUDA; "
                                                          "tests/experiments/test_scales.py sizes it without training",
+    "python benchmarks/gpu_study.py": "one study at the GPU size on CUDA; tests/test_gpu_study.py runs it at --scale "
+                                      "quick",
     "growlm compose-study compose-demo": "trains experts again; tests/test_demo.py runs compose-study on a tiny recipe",
     "growlm experiment report": "rewrites the checkout's docs/results.md; tests/experiments/test_results.py",
     "growlm export RUN OUT [": "a usage synopsis with placeholders, not a command",
