@@ -6,14 +6,14 @@ import contextlib
 import copy
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
 
 from growlm.experiments.framework import SeedContext
 from growlm.experiments.heldout import heldout_scores
+from growlm.training.flops import resolve_precision
+from growlm.training.loop import autocast
 from growlm.training.plan import Recipe
-
-if TYPE_CHECKING:
-    import torch
 
 # The shapes a study trains, one per scale (framework.SCALES). "default" is sized by FLOPs to fit a study (all arms, 3
 # seeds) into ~20 minutes on 2 CPU cores: at d_model 64 the compact vocabulary's head (64 x ~16K) is most of a step,
@@ -46,10 +46,6 @@ def runtime(ctx: SeedContext) -> tuple[torch.device, str]:
     """The device and the resolved precision ("fp32" or "bf16") a study trains, fine-tunes and scores in:
     ``ctx.device`` (cuda at the gpu scale, else the CPU) and the scale's ``precision`` (the recipe's "auto" where the
     scale names none). Every device and precision of a study comes from here (tests/experiments/test_devices.py)."""
-    import torch
-
-    from growlm.training.flops import resolve_precision
-
     device = torch.device(ctx.device)
     return device, resolve_precision(size(ctx).get("precision", "auto"), device)
 
@@ -58,8 +54,6 @@ def scoring(ctx: SeedContext) -> contextlib.AbstractContextManager:
     """The context held-out and gold-answer scoring run in: the scale's precision where the scale names one (bf16
     autocast at gpu, as its training and validation); none at the CPU scales, which score in fp32 as they always
     have."""
-    from growlm.training.loop import autocast
-
     if "precision" not in size(ctx):
         return contextlib.nullcontext()
     return autocast(*runtime(ctx))
