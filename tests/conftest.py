@@ -112,11 +112,17 @@ def kill_after_checkpoint():
     import sys
     import time
 
+    import torch
+
     from growlm.training.checkpoint import find_checkpoint
 
     def kill(cli_args: list[str], run: Path, key: str, at: int, timeout: float = 240) -> bool:
+        # the child computes with this process's thread count: CPU matmuls sum in a thread-count-dependent order,
+        # and the test compares the killed run with one made here (OMP_NUM_THREADS=1 in the environment with 2
+        # threads set in this process made them differ in the last bit)
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         proc = subprocess.Popen([sys.executable, "-m", "growlm.cli", *cli_args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, env=env)
         deadline = time.time() + timeout
         try:
             while time.time() < deadline and proc.poll() is None:
