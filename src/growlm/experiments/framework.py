@@ -33,7 +33,9 @@ the package that is not a helper is imported when a study is looked up, see ``lo
         notes=("method notes printed under the table",),
     ))
 
-A study must fit, all seeds included, in 20 minutes on 2 CPU cores at its default size, have a ``quick`` shape
+A study should fit, all seeds included, in about 20 minutes of both cores of a 2-core CPU at its default size
+(with their controls, composition now takes ~38 and grown-vs-monolithic ~28 CPU minutes for 3 seeds at one
+thread: the committed seeds' ``cpu_s``; two studies run side by side use both cores), have a ``quick`` shape
 that a test runs in seconds, and entries for the ``cpu10x`` and ``gpu`` scales (tests/experiments/test_scales.py
 holds every run of them to its FLOPs range). ``run_study`` runs seeds 0..N-1 (default 3) and writes into
 ``--out``: ``seed-N.json`` per seed (the rows, with commit, dirty flag, machine, command, torch version, wall and CPU
