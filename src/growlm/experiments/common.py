@@ -11,9 +11,12 @@ import torch
 
 from growlm.experiments.framework import SeedContext
 from growlm.experiments.heldout import heldout_scores
+from growlm.model.saved import load_model
+from growlm.training.budget import plan_flops as counted_plan_flops
 from growlm.training.flops import resolve_precision
 from growlm.training.loop import autocast
 from growlm.training.plan import Recipe
+from growlm.training.run import grow
 
 # The shapes a study trains, one per scale (framework.SCALES). "default" is sized by FLOPs to fit a study (all arms, 3
 # seeds) into ~20 minutes on 2 CPU cores: at d_model 64 the compact vocabulary's head (64 x ~16K) is most of a step,
@@ -80,8 +83,6 @@ def train(ctx: SeedContext, raw: dict, name: str) -> Path:
 
     A run directory is reused or resumed only if the plan it stores (``plan.json``) is ``raw``'s; one made by another
     plan (the study's recipe changed since) is refused, never reused and never deleted (``check_same_plan``)."""
-    from growlm.training.run import grow
-
     run = ctx.work / name
     check_same_plan(run, raw)
     if not (run / "model" / "model.json").exists():
@@ -115,8 +116,6 @@ def measure(ctx: SeedContext, model_dir: Path, raw: dict) -> dict:
 
     The validation figures are the ones training measured at the end of that stage (saved with it); the held-out
     texts are scored here with the same definition (``growlm.evaluate.bpc``)."""
-    from growlm.model.saved import load_model
-
     meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
     if "val_bpc" not in meta:
         raise ValueError(f"{model_dir} carries no validation bits per character; measure a stage directory")
@@ -156,6 +155,4 @@ def last_stage(run: Path) -> Path:
 
 def plan_flops(raw: dict) -> dict:
     """Training FLOPs of a plan given as a dict (``growlm.training.budget.plan_flops``)."""
-    from growlm.training.budget import plan_flops as counted
-
-    return counted(Recipe.from_dict(raw))
+    return counted_plan_flops(Recipe.from_dict(raw))

@@ -18,10 +18,9 @@ expert names suffixed ``(learned emb)``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from growlm.data.tokens import open_data
 from growlm.experiments.common import (
     DOC_METRICS,
     heldout_row,
@@ -47,9 +46,11 @@ from growlm.experiments.framework import (
     summary_scale,
 )
 from growlm.experiments.heldout import LANGUAGES, heldout_scores
-
-if TYPE_CHECKING:
-    from growlm.training.compose_plan import ComposePipeline
+from growlm.model.saved import load_model
+from growlm.training.compose_plan import ComposePipeline, ComposeStep, ExpertStep
+from growlm.training.flops import counted_flops
+from growlm.training.plan import Recipe
+from growlm.training.validation import validate
 
 DEPTH = {"default": 2, "quick": 1, "cpu10x": 6, "gpu": 6}  # growth stages per expert, one block each
 STAGE_STEPS = {"default": 200, "quick": 2, "cpu10x": 75, "gpu": 300}
@@ -116,9 +117,6 @@ def expert_plan(ctx: SeedContext, name: str) -> dict:
 def score(ctx: SeedContext, model: torch.nn.Module, data, raw: dict, heldout: bool = True) -> dict:
     """Validation-split and held-out bits per character per language (and their means), the same for any model on
     the scale's device and in its precision (``heldout=False``: the validation split only)."""
-    from growlm.training.plan import Recipe
-    from growlm.training.validation import validate
-
     spec = Recipe.from_dict(raw).train
     device, precision = runtime(ctx)
     model.to(device).eval()
@@ -146,8 +144,6 @@ def gaps(row: dict, members: list[dict]) -> dict:
 def finetune_flops(model, raw: dict, steps: int) -> float:
     """Training FLOPs of ``steps`` fine-tuning steps of a composed model (counted by running one sequence where the
     model is)."""
-    from growlm.training.flops import counted_flops
-
     seq, batch = raw["train"]["seq_len"], raw["train"]["batch_size"]
     device = next(model.parameters()).device
     return counted_flops(model, seq, model.vocab_size, device).total * seq * batch * steps
@@ -156,9 +152,6 @@ def finetune_flops(model, raw: dict, steps: int) -> float:
 def pipeline(ctx: SeedContext) -> ComposePipeline:
     """The study's grow -> compose -> fine-tune steps: every expert, then each composition by every method; the
     FINETUNED methods fine-tuned on all three languages at the study's own rates (FINETUNE_LR)."""
-    from growlm.training.compose_plan import ComposePipeline, ComposeStep, ExpertStep
-    from growlm.training.plan import Recipe
-
     shape = ctx.shape
     experts = [ExpertStep(name, Recipe.from_dict(expert_plan(ctx, name))) for name in (*EXPERTS, *CONTROL)]
     runs = [(names, methods(shape)) for names in COMPOSITIONS.values()] + [(tuple(CONTROL), control_methods(shape))]
@@ -174,9 +167,6 @@ def pipeline(ctx: SeedContext) -> ComposePipeline:
 
 
 def run(ctx: SeedContext) -> list[dict]:
-    from growlm.data.tokens import open_data
-    from growlm.model.saved import load_model
-
     plan_ = pipeline(ctx)
     device = runtime(ctx)[0]  # experts, compositions and fine-tunes all live there (a fine-tune trains where it is)
     experts, rows, by_name = {}, [], {}

@@ -6,8 +6,13 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from growlm.data.tokens import open_data
 from growlm.experiments.common import last_stage, measure, plan, plan_flops, runtime, train
 from growlm.experiments.framework import VERDICTS, SeedContext, Study, Verdict, cell, decide, fmt, paired, register
+from growlm.model.composition import METHODS, compose
+from growlm.model.saved import load_model, save_model
+from growlm.training.plan import Recipe
+from growlm.training.validation import validate
 
 BASE_DEPTH = {"default": 2, "quick": 2, "cpu10x": 6, "gpu": 6}  # base stages (one block each) on English + Russian
 BASE_STEPS = {"default": 240, "quick": 2, "cpu10x": 75, "gpu": 300}  # per base stage
@@ -81,8 +86,6 @@ def forgetting(row: dict, base: dict) -> dict:
 
 def arms() -> list[str]:
     """The rows of one seed, in order (the composition methods this checkout has)."""
-    from growlm.model.composition import METHODS
-
     return [BASE, GROW, GROW_FROZEN_HEAD, *(label for m, label in COMPOSED.items() if m in METHODS), FINETUNE,
             GROW_NO_REPLAY, FINETUNE_NO_REPLAY, EXPERT]
 
@@ -90,12 +93,6 @@ def arms() -> list[str]:
 def composed_dir(ctx: SeedContext, method: str, base_dir: Path, expert_dir: Path, raw: dict) -> Path:
     """The base and the Chinese expert composed by ``method``, validated (on the scale's device, in its precision)
     and saved (reused if saved)."""
-    from growlm.data.tokens import open_data
-    from growlm.model.composition import compose
-    from growlm.model.saved import load_model, save_model
-    from growlm.training.plan import Recipe
-    from growlm.training.validation import validate
-
     out = ctx.work / f"composed-{method}"
     if not (out / "model.json").exists():
         device, precision = runtime(ctx)
@@ -108,8 +105,6 @@ def composed_dir(ctx: SeedContext, method: str, base_dir: Path, expert_dir: Path
 
 
 def run(ctx: SeedContext) -> list[dict]:
-    from growlm.model.composition import METHODS
-
     p = plans(ctx)
     base_dir = last_stage(train(ctx, p["base"], "base"))  # trained once; every arm starts from it
     arm_runs = {k: train(ctx, on_base(p[k], base_dir), f"{k}-on-base")

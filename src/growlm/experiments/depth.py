@@ -7,6 +7,7 @@ import copy
 import math
 from pathlib import Path
 
+from growlm.evaluate.runner import evaluate
 from growlm.experiments.common import DOC_METRICS, last_stage, measure, plan, plan_flops, runtime, scoring, train
 from growlm.experiments.framework import (
     VERDICTS,
@@ -20,6 +21,7 @@ from growlm.experiments.framework import (
     register,
 )
 from growlm.model.saved import load_model
+from growlm.substrate import Tokenizer
 from growlm.training.plan import Recipe
 
 DEPTH = {"default": 6, "quick": 2, "cpu10x": 6, "gpu": 6}
@@ -40,9 +42,6 @@ def gold_scores(ctx: SeedContext, model, vocab: str) -> dict:
     wrong - gold) and length-normalised accuracy, as the evaluation scores them, on the scale's tasks and limit, on
     its device and in its precision; and each one's mean over the tasks measured. A task whose data or metric is
     missing is left out."""
-    from growlm.evaluate.runner import evaluate
-    from growlm.substrate import Tokenizer
-
     tok = Tokenizer.load(vocab)
     model.to(runtime(ctx)[0])
     out, measured = {}, []

@@ -48,9 +48,12 @@ common.py, the scale, the held-out texts and the data) is read back, not rerun; 
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import math
 import os
+import pkgutil
 import platform
 import subprocess
 import sys
@@ -59,9 +62,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from growlm.experiments.heldout import CURRENT as HELDOUT_VERSION
 from growlm.training.flops import cpu_model
-from growlm.util.fileio import atomic_write_text, check_not_input
+from growlm.training.rundir import RunDir
+from growlm.util.fileio import atomic_file, atomic_write_text, check_not_input
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond 30 the normal's 1.96 is within 4%
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -173,12 +179,7 @@ def register(study: Study) -> Study:
 
 def load_studies() -> dict[str, Study]:
     """Import every study module of ``growlm.experiments`` (each registers itself); the registry."""
-    import importlib
-    import pkgutil
-
-    import growlm.experiments as package
-
-    for mod in pkgutil.iter_modules(package.__path__):
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):  # this package's folder (no self-import)
         if not mod.name.startswith("_") and mod.name not in HELPERS:
             importlib.import_module(f"growlm.experiments.{mod.name}")
     return STUDIES
@@ -265,8 +266,6 @@ def paired(a: dict | None, b: dict | None) -> dict | None:
 
 def provenance(argv: list[str] | None = None) -> dict:
     """Commit (with a dirty flag), machine, command and library versions of this process."""
-    import torch
-
     root = Path(__file__).resolve().parents[3]
 
     def git(*args: str) -> str:
@@ -291,8 +290,6 @@ def study_fingerprint(study: Study, scale: str, data: str) -> str:
     """What a seed's raw JSON was made by: the SHA-256 of the study's module and of ``common.py`` (the shared shapes
     and training), the scale, the held-out texts' version and the data (its name, and a prepared directory's
     ``meta.json``, which lists every shard's SHA-256). A seed file whose fingerprint differs is rerun."""
-    import hashlib
-
     h = hashlib.sha256()
     module = sys.modules.get(study.run.__module__)
     source = getattr(module, "__file__", None)
@@ -315,8 +312,6 @@ def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, a
     by this very study (``study_fingerprint``: its code, scale, held-out texts and data) is read, not rerun, so an
     interrupted study continues where it stopped; any other seed file is reported and rerun.
     """
-    from growlm.training.rundir import RunDir
-
     study = get_study(name)
     scale = check_scale(scale or ("quick" if quick else "default"))
     if quick and scale != "quick":
@@ -324,8 +319,6 @@ def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, a
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if SeedContext(seed=0, work=Path("."), scale=scale).device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise ValueError(f"--scale {scale} trains on a CUDA device and this machine has none; run it on a GPU "
                              "machine, or pick --scale cpu10x")
@@ -406,12 +399,10 @@ def markdown_table(summary: dict) -> str:
 def plot_summary(summary: dict, path: Path) -> None:
     """The first metrics against ``plot_x`` (one line per arm) or one point per group, with 95% interval error bars;
     the commit, machine and command that made the data are printed under the plot."""
-    import matplotlib
+    import matplotlib  # deferred: ~0.5 s with pyplot, needed only to plot a finished study, not to list or look one up
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from growlm.util.fileio import atomic_file
 
     metrics, rows, group = summary["metrics"][:PLOT_METRICS], summary["rows"], summary["group"]
     study = STUDIES.get(summary["study"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from growlm.evaluate.bpc import bits_per_char, score_texts
+from growlm.substrate import Tokenizer
 
 TEXT_DIR = Path(__file__).resolve().parent / "heldout_texts"
 LANGUAGES = ("en", "ru", "zh")
@@ -78,8 +79,6 @@ class HeldoutScore:
 def heldout_scores(model: torch.nn.Module, vocab: str, window: int, langs: tuple[str, ...] = LANGUAGES,
                    max_chars: int | None = None, version: str = CURRENT) -> dict[str, HeldoutScore]:
     """Each language's held-out documents scored one by one (``window``: the validation length)."""
-    from growlm.substrate import Tokenizer
-
     tok = Tokenizer.load(vocab)
     out = {}
     for lang in langs:

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from growlm.data.tokens import open_data
 from growlm.experiments.common import last_stage, measure, plan, plan_flops, runtime, train
 from growlm.experiments.framework import SeedContext, Study, Verdict, cell, decide, fmt, paired, register
+from growlm.model.saved import load_model, save_model
+from growlm.training import stages
+from growlm.training.loop import Hooks, Loop, RunState, build_optimizer, lr_at
+from growlm.training.metrics import read_metrics
+from growlm.training.parallel import Distributed
+from growlm.training.plan import Recipe
+from growlm.training.stages import head_lr_scale
+from growlm.training.validation import validate
 
 BASE_DEPTH = {"default": 2, "quick": 2, "cpu10x": 6, "gpu": 6}  # base stages, one block each
 BASE_STEPS = {"default": 200, "quick": 2, "cpu10x": 75, "gpu": 300}  # per base stage
@@ -71,8 +81,6 @@ def insertion_stage(init: str, head: str, shape: str) -> dict:
 
 def pre_insertion_loss(run_dir: Path, window: int) -> float:
     """Mean training loss of the base run's last ``window`` steps (its metrics log every step)."""
-    from growlm.training.metrics import read_metrics
-
     losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "train"]
     if len(losses) < window:
         raise ValueError(f"{run_dir} logged {len(losses)} training steps, fewer than the window of {window}")
@@ -85,17 +93,6 @@ def train_insertion(ctx: SeedContext, base_raw: dict, stage_raw: dict, name: str
     The trainer's loop runs it (``growlm.training.loop``: head optimiser groups, warm-up + cosine, ``head_lr_scale``),
     started from the base's saved model so every arm shares it, with one data stream and one init seed for every arm
     of a seed; every step's loss is logged."""
-    from dataclasses import replace
-
-    from growlm.data.tokens import open_data
-    from growlm.model.saved import load_model, save_model
-    from growlm.training import stages
-    from growlm.training.loop import Hooks, Loop, RunState, build_optimizer, lr_at
-    from growlm.training.parallel import Distributed
-    from growlm.training.plan import Recipe
-    from growlm.training.stages import head_lr_scale
-    from growlm.training.validation import validate
-
     out = ctx.work / "arms" / name
     curve_path = ctx.work / "arms" / f"{name}.curve.json"
     if (out / "model.json").exists() and curve_path.exists():

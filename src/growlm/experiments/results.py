@@ -32,6 +32,10 @@ from growlm.experiments.framework import (
     provenance,
     summary_scale,
 )
+from growlm.model import Config
+from growlm.substrate.binary import code_bits
+from growlm.training.plan import parameter_budget
+from growlm.util.fileio import atomic_write_text, check_output_file
 
 ORDER = ("substrates", "grown-vs-monolithic", "insertion-spike", "composition", "depth", "continual")
 DATA = Path("data") / "experiments"  # relative to the docs directory
@@ -50,10 +54,6 @@ NOT_TESTABLE = [
 
 def _params_rows() -> list[Verdict]:
     """The paper's parameter counts, counted from growlm's code now (meta device, no memory)."""
-    from growlm.model import Config
-    from growlm.substrate.binary import code_bits
-    from growlm.training.plan import parameter_budget
-
     v = 65536
     b9 = parameter_budget(Config.from_preset("paper", vocab_size=v, d_model=1024, n_layer=9), train_newest=3)
     b16 = parameter_budget(Config.from_preset("paper", vocab_size=v, d_model=1024, n_layer=16), train_newest=1,
@@ -365,8 +365,6 @@ def is_results_page(path: Path) -> bool:
 
 def write_results(path: str | Path = "docs/results.md", argv: list[str] | None = None) -> Path:
     """Write docs/results.md (``path``; its directory holds the raw JSON) atomically; the path."""
-    from growlm.util.fileio import atomic_write_text, check_output_file
-
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"{path.parent} does not exist; the report is written next to the raw JSON in docs/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from growlm.experiments.common import DOC_METRICS, last_stage, measure, plan, plan_flops, train
 from growlm.experiments.framework import SeedContext, Study, Verdict, cell, decide, fmt, paired, register
 from growlm.experiments.heldout import LANGUAGES
+from growlm.substrate.substrate import KINDS
 
 # blocks, all trained together from step 0, so only the input interface differs
 DEPTH = {"default": 4, "quick": 1, "cpu10x": 6, "gpu": 6}
@@ -22,8 +23,6 @@ ARMS = {
 
 
 def available(kind: str) -> bool:
-    from growlm.substrate.substrate import KINDS
-
     return kind in KINDS
 
 
