@@ -185,20 +185,25 @@ def test_the_control_verdict_without_its_arm():
     assert _control_row(_control_summary(None, None)) == []  # no average at all: no row
 
 
-def test_the_committed_summary_still_renders(tmp_path):
-    """docs/data/experiments/composition/summary.json (made before the control) renders in the report."""
-    import shutil
+def test_the_committed_summary_and_one_made_before_the_control_render(tmp_path):
+    """docs/data/experiments/composition/summary.json renders with the control judged; the same summary without the
+    control's rows (as the study wrote it before the control existed) renders with the row 'not run yet'."""
     from pathlib import Path
 
     from growlm.experiments.results import render
 
     committed = Path(__file__).resolve().parents[2] / "docs" / "data" / "experiments" / "composition" / "summary.json"
-    d = tmp_path / "data" / "experiments" / "composition"
-    d.mkdir(parents=True)
-    shutil.copy(committed, d / "summary.json")
-    text = render(tmp_path)
-    assert "Merging by logit averaging needs the shared frozen substrate" in text
-    assert "the learned-embedding experts are newer than this summary" in text
+    summary = json.loads(committed.read_text(encoding="utf-8"))
+    assert any("(learned emb)" in r["experts"] for r in summary["rows"])
+    older = {**summary, "rows": [r for r in summary["rows"] if "(learned emb)" not in r["experts"]]}
+    claim = "Merging by logit averaging needs the shared frozen substrate"
+    for name, data in (("now", summary), ("older", older)):
+        d = tmp_path / name / "data" / "experiments" / "composition"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(data))
+    now, before = render(tmp_path / "now"), render(tmp_path / "older")
+    assert claim in now and "the learned-embedding experts are newer than this summary" not in now
+    assert claim in before and "the learned-embedding experts are newer than this summary" in before
 
 
 def test_a_summary_with_the_control_renders(study, tmp_path):

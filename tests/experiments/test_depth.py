@@ -89,10 +89,20 @@ def test_the_control_row_follows_its_rule(control, verdict_row):
     assert "gold_bpb at k=6: -0.0500" in ctl.measured
 
 
-def test_the_committed_summary_without_the_control_still_gives_its_rows():
+def without_the_control(summary: dict) -> dict:
+    """The committed summary as a study made before the control wrote it: no control rows, no margin or acc_norm."""
+    new = ("bpb_margin", "acc_norm", "train_steps")
+    rows = [{k: v for k, v in r.items() if not k.startswith(new)} for r in summary["rows"] if r["arm"] != CONTROL_ARM]
+    return {**summary, "rows": rows, "metrics": [m for m in summary["metrics"] if not m.startswith(new)]}
+
+
+def test_the_committed_summary_is_judged_and_an_older_one_still_gives_its_rows():
     summary = json.loads((DOCS / "data" / "experiments" / "depth" / "summary.json").read_text(encoding="utf-8"))
-    assert not any(r.get("arm") == CONTROL_ARM for r in summary["rows"])
-    rows = verdict(summary)
+    assert any(r.get("arm") == CONTROL_ARM for r in summary["rows"])
+    judged = verdict(summary)
+    assert judged[3].source == "growlm" and judged[3].verdict != "not run yet"
+    assert "bpb_margin" in judged[2].measured and "acc_norm" in judged[2].measured
+    rows = verdict(without_the_control(summary))
     assert [r.claim.split(": ")[1].split(",")[0] for r in rows[:3]] == ["heldout_bpc", "val_bpc", "gold_bpb"]
     assert "not in this summary" in rows[2].measured
     assert (rows[3].source, rows[3].verdict) == ("growlm", "not run yet")
