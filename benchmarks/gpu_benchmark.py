@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import torch
 from growlm.training.metrics import read_metrics
 from growlm.training.plan import Recipe
 from growlm.training.run import grow
+from growlm.util.provenance import git_commit
 
 PAPER = dict(preset="paper", d_model=1024, n_head=32, block_size=1024, vocab="bvv241-2-3", depth=9, grown=3)
 SMOKE = dict(preset="tiny", d_model=32, n_head=2, block_size=32, vocab="compact", depth=3, grown=1)
@@ -97,11 +97,8 @@ def run_one(shape: dict, mode: str, compiled: bool, args, work: Path, device: st
 
 
 def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except OSError:
-        return ""
+    """HEAD's commit ("" outside a git checkout)."""
+    return git_commit(Path(__file__).parent)[0]
 
 
 def main(argv: list[str] | None = None) -> dict:

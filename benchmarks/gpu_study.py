@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from growlm.util.provenance import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ("plan.json", "metrics.jsonl", "model.json", "*.curve.json")  # small files of a run that say what it did
 GRACE_S = 30  # after SIGINT, how long the study may take to stop before it is killed
@@ -37,10 +39,10 @@ def environment() -> dict:
     """Device, torch, commit and machine of this process."""
     import torch
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    commit = git_commit(ROOT)[0]
     cuda = torch.cuda.is_available()
     return {"cuda": cuda, "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
-            "torch": torch.__version__, "python": platform.python_version(), "commit": commit.strip() or None,
+            "torch": torch.__version__, "python": platform.python_version(), "commit": commit or None,
             "cpus": os.cpu_count()}
 
 

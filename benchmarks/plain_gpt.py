@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from growlm.model.model import Config
 from growlm.training import flops
 from growlm.training.loop import Loop, build_optimizer
 from growlm.training.plan import TrainSpec
+from growlm.util.provenance import git_commit
 
 # --------------------------------------------------------------------------- the plain GPT
 
@@ -159,14 +159,9 @@ def compare(d: int, n_layer: int, vocab: int, batch: int, seq_len: int, steps: i
 
 
 def _commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except OSError:
-        return ""
+    """HEAD's commit, "-dirty" appended where tracked files differ from it ("" outside a git checkout)."""
+    head, dirty = git_commit(Path(__file__).parent)
+    return head + ("-dirty" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> dict:

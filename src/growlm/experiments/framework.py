@@ -55,7 +55,6 @@ import math
 import os
 import pkgutil
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -68,6 +67,7 @@ from growlm.experiments.heldout import CURRENT as HELDOUT_VERSION
 from growlm.training.flops import cpu_model
 from growlm.training.rundir import RunDir
 from growlm.util.fileio import atomic_file, atomic_write_text, check_not_input
+from growlm.util.provenance import git_commit
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond 30 the normal's 1.96 is within 4%
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -266,19 +266,10 @@ def paired(a: dict | None, b: dict | None) -> dict | None:
 
 def provenance(argv: list[str] | None = None) -> dict:
     """Commit (with a dirty flag), machine, command and library versions of this process."""
-    root = Path(__file__).resolve().parents[3]
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit != "unknown" else None
-    return {"commit": commit, "dirty": dirty, "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch threads "
-            f"{torch.get_num_threads()}", "python": platform.python_version(), "torch": torch.__version__,
+    commit, dirty = git_commit()
+    return {"commit": commit or "unknown (not a git checkout)", "dirty": dirty,
+            "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+            "python": platform.python_version(), "torch": torch.__version__,
             "command": " ".join(["growlm", *(argv if argv is not None else sys.argv[1:])]),
             "heldout_texts": HELDOUT_VERSION}
 
