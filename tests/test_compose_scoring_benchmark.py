@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "compose_scoring.py"
 
 
-def test_every_method_is_timed_both_ways_and_agrees(capsys):
-    spec = importlib.util.spec_from_file_location("compose_scoring", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_every_method_is_timed_both_ways_and_agrees(capsys, load_benchmark):
+    bench = load_benchmark("compose_scoring")
     report = bench.main(["--d-model", "64", "--n-layer", "1", "--batch", "2", "--seq", "16", "--repeats", "1"])
     assert json.loads(capsys.readouterr().out) == report
     assert [r["method"] for r in report["results"]] == ["average", "prob", "adapter", "router", "posterior"]
