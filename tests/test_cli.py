@@ -329,6 +329,26 @@ def test_finetune_never_takes_over_a_growth_run(runs, tiny_recipe, tmp_path, cap
         assert tree(run) == before
 
 
+def test_compose_of_experts_with_their_own_embeddings_needs_the_flag(glyph, tmp_path, capsys):
+    """Experts that trained their own token tables are refused (nothing written) unless --own-embeddings is given;
+    with it, each expert embeds its input with its own table: the average of their own logits."""
+    experts = []
+    for i in range(2):
+        m = tiny_model(glyph, i, trainable_embedding=True, embedding_init="random")
+        save_model(m, tmp_path / f"learned{i}")
+        experts.append(m)
+    args = ["compose", str(tmp_path / "learned0"), str(tmp_path / "learned1"), "--out", str(tmp_path / "c")]
+    assert main(args) == 2
+    assert "embedding mismatch" in (err := error_of(capsys)) and "--own-embeddings" in err
+    assert not (tmp_path / "c").exists()
+    assert main([*args, "--own-embeddings"]) == 0
+    composed = load_model(tmp_path / "c")
+    assert composed.own_embeddings
+    x = torch.randint(0, glyph.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(composed(x), (experts[0](x) + experts[1](x)) / 2, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- clear errors before work (issue 22, 3)
 
 

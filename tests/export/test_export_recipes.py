@@ -117,3 +117,17 @@ def test_every_composition_method_exports(method, experts, tmp_path):
     info = json.loads((out / "growlm_export.json").read_text())
     assert info["format"] == "growlm" and info["method"] == method and "composed" in info["reason"]
     check_export(model, out)
+
+
+def test_a_composite_of_experts_with_their_own_embeddings_exports(tiny_data, tmp_path):
+    """Experts that trained their own token tables (the trainable-embedding recipe, composed with own_embeddings):
+    transformers and growlm read the export back with each expert's own table."""
+    key = next(k for k, v in SHAPES.items() if "paper-v3-9layer-trainable" in v)
+    runs = [tiny_run(key, tiny_data, tmp_path / m, seed=i, mixture=m) for i, m in enumerate(("en_ru", "en_zh"))]
+    experts = [load_model(r) for r in runs]
+    assert not torch.equal(experts[0].embedding, experts[1].embedding)  # two different trained tables
+    model = compose(experts, "average", [0.3, 0.7], own_embeddings=True).eval()
+    save_model(model, tmp_path / "composed")
+    out = export_hf(tmp_path / "composed", tmp_path / "hf")
+    check_export(model, out)
+    assert load_model(out).own_embeddings

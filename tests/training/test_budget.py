@@ -10,7 +10,7 @@ from growlm.demo import demo_budget
 from growlm.evaluate.bpc import score_split
 from growlm.model import Config, GrowLM
 from growlm.model.composition import compose
-from growlm.training import budget, flops
+from growlm.training import budget, flops, stages
 from growlm.training.metrics import read_metrics
 from growlm.training.plan import Recipe
 from growlm.training.run import grow
@@ -131,3 +131,18 @@ def test_generation_count():
     assert budget.generation_flops(m, 4, 3) == pytest.approx(prefill + 2 * (a - b) + b * (5 + 6))
     with pytest.raises(ValueError, match="prompt and new_tokens must be >= 1"):
         budget.generation_flops(m, 0, 3)
+
+
+def test_plan_flops_counts_the_last_stages_lora_adapters():
+    """A plan whose last stage trains LoRA adapters on the frozen blocks: its active parameters are those the stage
+    trains (adapters included), not the merged model's after the stage ends."""
+    raw = Recipe.load_raw("demo")
+    raw["stages"][-1]["lora"] = {"rank": 4, "alpha": 8}
+    recipe = Recipe.from_dict(raw)
+    last = stages.plan_budgets(recipe)[-1]
+    assert last["lora_params"] > 0
+    assert budget.plan_flops(recipe)["active_params"] == last["active_params"]
+    raw["stages"][-1].pop("lora")
+    plain = budget.plan_flops(Recipe.from_dict(raw))["active_params"]
+    assert plain == stages.plan_budgets(Recipe.from_dict(raw))[-1]["active_params"]
+    assert last["active_params"] == plain + last["lora_params"]

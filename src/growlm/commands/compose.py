@@ -1,4 +1,5 @@
-"""``growlm compose EXPERT_RUN... --method ... [--window N] --out DIR``: combine experts that share a substrate."""
+"""``growlm compose EXPERT_RUN... --method ... [--window N] [--own-embeddings] --out DIR``: combine experts that share
+a substrate."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--window applies to --method {' or '.join(names_where('windowed'))} only, "
                          f"not {args.method!r}")
     model = compose_from_runs(args.experts, args.method, parse_weights(args.weights), rank=args.rank,
-                              train_heads=args.train_heads, window=args.window)
+                              train_heads=args.train_heads, window=args.window,
+                              own_embeddings=args.own_embeddings)
     out = save_model(model, args.out)
     print(json.dumps({"method": model.method, "weights": [round(w, 6) for w in model.weights], "window": model.window,
                       "experts": [str(p) for p in args.experts],
@@ -52,6 +54,9 @@ def add_parser(sub) -> None:
                    "the last N tokens only (default 0: the whole text so far)")
     p.add_argument("--rank", type=int, default=8, help="adapter: rank of the shared logit projection")
     p.add_argument("--train-heads", action="store_true", help="leave the experts' LM heads trainable")
+    p.add_argument("--own-embeddings", action="store_true", help="experts that trained their own token embeddings "
+                   "(baselines with trainable_embedding): each embeds its input with its own table; refused "
+                   "without this flag, since merging is meant for experts that share one frozen substrate")
     p.add_argument("--out", required=True, help="directory for the composed model: new, empty or an earlier "
                    "composed model (never one of the experts)")
     p.set_defaults(func=run)

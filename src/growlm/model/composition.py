@@ -111,8 +111,8 @@ def check_compatible(experts: list[nn.Module], names: list[str] | None = None, o
                 raise SubstrateMismatchError(
                     f"embedding mismatch: {who} trained its own token embedding, so {fname} and {name} no longer share "
                     "the frozen substrate their fingerprint names; merging relies on that one shared input space. "
-                    "Compose experts grown on a frozen substrate, or pass own_embeddings=True to let each expert "
-                    "embed its input with its own table")
+                    "Compose experts grown on a frozen substrate, or pass own_embeddings=True (growlm compose "
+                    "--own-embeddings) to let each expert embed its input with its own table")
 
 
 def _trained(e: GrowLM) -> bool:

@@ -172,12 +172,12 @@ def grow_part(recipe: Recipe, val_windows: list[int], name: str = "growth") -> t
 
 
 def plan_flops(recipe: Recipe) -> dict:
-    """Training FLOPs and tokens of a whole plan, stage by stage as it trains, and the last stage's active
-    parameters (``grow_part`` without validation)."""
-    part, depths = grow_part(recipe, [])
+    """Training FLOPs and tokens of a whole plan, stage by stage as it trains, and the trainable parameters of its
+    last stage as that stage trains, LoRA adapters included (``grow_part`` without validation)."""
+    part, _ = grow_part(recipe, [])
     trained = [it for it in part.items if it["what"] == "train"]
     return {"train_flops": sum(it["flops"] for it in trained), "tokens": sum(it["tokens"] for it in trained),
-            "active_params": stages.active_budget(depths[-1])["active_params"]}
+            "active_params": stages.plan_budgets(recipe)[-1]["active_params"]}
 
 
 def samples_part(depths: list[GrowLM], prompt_tokens: int, max_tokens: int) -> Part:
