@@ -329,6 +329,23 @@ def test_finetune_never_takes_over_a_growth_run(runs, tiny_recipe, tmp_path, cap
         assert tree(run) == before
 
 
+def test_experiment_only_seed_writes_that_seed_and_says_how_to_summarise(tmp_path, capsys):
+    from growlm.experiments import framework
+
+    framework.register(framework.Study(name="toy-cli", title="t", claim="c", metrics=("loss",),
+                                       run=lambda ctx: [{"arm": "a", "loss": float(ctx.seed)}]))
+    try:
+        out = tmp_path / "x"
+        assert main(["experiment", "toy-cli", "--quick", "--only-seed", "3", "--out", str(out)]) == 2
+        assert "--only-seed must be one of the seeds 0..2, got 3" in error_of(capsys) and not out.exists()
+        assert main(["experiment", "toy-cli", "--quick", "--only-seed", "1", "--out", str(out), "--no-progress"]) == 0
+        assert "seed-1.json" in capsys.readouterr().out
+        assert sorted(p.name for p in out.glob("*.json")) == ["seed-1.json"]
+        assert json.loads((out / "seed-1.json").read_text())["command"].endswith("--only-seed 1 --out " + str(out))
+    finally:
+        framework.STUDIES.pop("toy-cli", None)
+
+
 def test_compose_of_experts_with_their_own_embeddings_needs_the_flag(glyph, tmp_path, capsys):
     """Experts that trained their own token tables are refused (nothing written) unless --own-embeddings is given;
     with it, each expert embeds its input with its own table: the average of their own logits."""

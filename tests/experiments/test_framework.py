@@ -60,6 +60,27 @@ def test_run_study_writes_raw_json_summary_table_and_plot(toy_study, tmp_path):
     assert calls[3:] == [(3, True, True)]
 
 
+def test_seeds_split_over_processes_come_together_in_one_summary(toy_study, tmp_path):
+    """--only-seed K runs one seed into its own directory (no summary); copied beside the others, the study reads
+    every seed back and summarises them as if one process had run them all."""
+    study, calls = toy_study
+    quiet = dict(seeds=3, quick=True, log=lambda *a: None)
+    assert run_study("toy-study", tmp_path / "b", only_seed=2, **quiet) is None
+    assert calls == [(2, True, True)]
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.json")) == ["seed-2.json"]
+    assert json.loads((tmp_path / "b" / "seed-2.json").read_text())["seed"] == 2
+    run_study("toy-study", tmp_path / "a", only_seed=0, **quiet)
+    run_study("toy-study", tmp_path / "a", only_seed=1, **quiet)
+    assert [c[0] for c in calls] == [2, 0, 1]
+    (tmp_path / "a" / "seed-2.json").write_bytes((tmp_path / "b" / "seed-2.json").read_bytes())
+    summary = run_study("toy-study", tmp_path / "a", **quiet)
+    assert [c[0] for c in calls] == [2, 0, 1]  # every seed read back, none rerun
+    whole = run_study("toy-study", tmp_path / "whole", **quiet)
+    assert summary["rows"] == whole["rows"]
+    with pytest.raises(ValueError, match=r"--only-seed must be one of the seeds 0..2, got 3"):
+        run_study("toy-study", tmp_path / "c", only_seed=3, **quiet)
+
+
 def test_bad_input_is_refused(toy_study, tmp_path):
     with pytest.raises(ValueError, match="unknown study 'nope'.*toy-study"):
         run_study("nope", tmp_path / "x")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from growlm.commands.options import add_no_progress
 
@@ -36,12 +37,22 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.quick and args.scale not in (None, "quick"):
         print(f"growlm experiment: error: --quick is --scale quick, not --scale {args.scale}", file=sys.stderr)
         return 2
+    if args.only_seed is not None and not 0 <= args.only_seed < args.seeds:
+        print(f"growlm experiment: error: --only-seed must be one of the seeds 0..{args.seeds - 1}, got "
+              f"{args.only_seed}", file=sys.stderr)
+        return 2
     scale = "quick" if args.quick else (args.scale or "default")
     out = args.out or f"runs/experiments/{args.name}{'' if scale == 'default' else '-' + scale}"
     argv = ["experiment", args.name, "--seeds", str(args.seeds), *(["--scale", scale] if scale != "default" else []),
+            *(["--only-seed", str(args.only_seed)] if args.only_seed is not None else []),
             "--out", out, *(["--data", args.data] if args.data != "default" else [])]
     summary = run_study(args.name, out, seeds=args.seeds, scale=scale, argv=argv, work=args.work,
-                        progress=not args.no_progress, data=args.data, log=lambda *a: print(*a, file=sys.stderr))
+                        progress=not args.no_progress, data=args.data, log=lambda *a: print(*a, file=sys.stderr),
+                        only_seed=args.only_seed)
+    if summary is None:
+        print(f"wrote {Path(out) / f'seed-{args.only_seed}.json'}; copy the seed files into one directory and run "
+              f"the study there without --only-seed to read them back and write the summary")
+        return 0
     print(markdown_table(summary))
     print(f"\nraw JSON (seed-N.json), summary.json, table.md and plot.png in {out}")
     return 0
@@ -56,6 +67,9 @@ def add_parser(sub) -> None:
                                    "'growlm experiment report' writes docs/results.md from the committed raw JSON.")
     p.add_argument("name", nargs="?", help="the study (see --list), or 'report'")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--only-seed", type=int, metavar="K", help="run only seed K of 0..N-1 and write its seed-K.json "
+                   "(no summary): split a study's seeds over processes or machines, each with its own --out, then "
+                   "copy the seed files into one --out and run the study there to read them back and summarise")
     p.add_argument("--scale", help="the size to run: quick (seconds, what the tests run), default "
                    "(the CPU size of the committed results), cpu10x (~3e13 FLOPs per run), gpu (~1e16 FLOPs per run, "
                    "on CUDA in bf16); see docs/experiments.md")

@@ -295,13 +295,16 @@ def study_fingerprint(study: Study, scale: str, data: str) -> str:
 
 def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, argv: list[str] | None = None,
               progress: bool = False, data: str = "default", log=print, work: str | Path | None = None,
-              scale: str | None = None) -> dict:
+              scale: str | None = None, only_seed: int | None = None) -> dict | None:
     """Run every seed of study ``name`` into ``out``; write raw JSON per seed, summary.json, table.md, plot.png.
 
     ``scale`` is one of SCALES (``quick=True``: the older spelling of ``scale="quick"``; default: "default").
     ``work`` holds the seeds' growth runs and models (default ``out/work``); a seed whose ``seed-N.json`` was made
     by this very study (``study_fingerprint``: its code, scale, held-out texts and data) is read, not rerun, so an
-    interrupted study continues where it stopped; any other seed file is reported and rerun.
+    interrupted study continues where it stopped; any other seed file is reported and rerun. ``only_seed``: run (or
+    read back) that one seed of 0..seeds-1 and write only its ``seed-N.json`` (returns None): the seeds of a study can
+    run in several processes or on several machines, each into its own ``out``; copying the seed files into one
+    directory and running the study there without ``only_seed`` reads them all back and writes the summary.
     """
     study = get_study(name)
     scale = check_scale(scale or ("quick" if quick else "default"))
@@ -309,6 +312,8 @@ def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, a
         raise ValueError(f"quick=True and scale={scale!r} disagree: give one of them")
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if only_seed is not None and not 0 <= only_seed < seeds:
+        raise ValueError(f"--only-seed must be one of the seeds 0..{seeds - 1}, got {only_seed}")
     if SeedContext(seed=0, work=Path("."), scale=scale).device == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--scale {scale} trains on a CUDA device and this machine has none; run it on a GPU "
@@ -322,7 +327,7 @@ def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, a
     try:
         prov = provenance(argv)
         per_seed: dict[int, list[dict]] = {}
-        for seed in range(seeds):
+        for seed in range(seeds) if only_seed is None else [only_seed]:
             raw_path = out / f"seed-{seed}.json"
             if raw_path.is_file():
                 raw = json.loads(raw_path.read_text(encoding="utf-8"))
@@ -343,6 +348,8 @@ def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, a
                    "cpu_s": round(time.process_time() - c0, 1), "rows": rows}
             atomic_write_text(raw_path, json.dumps(raw, indent=1, ensure_ascii=False))
             per_seed[seed] = rows
+        if only_seed is not None:
+            return None
         summary = {"study": name, "title": study.title, "claim": study.claim, "scale": scale,
                    "quick": scale == "quick", "seeds": seeds, "study_fingerprint": fingerprint, **prov,
                    "group": list(study.group), "metrics": list(study.metrics), "notes": list(study.notes),
