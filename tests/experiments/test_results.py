@@ -177,7 +177,7 @@ def _write(tmp_path, folder: str, summary: dict) -> None:
 
 def _table_rows(text: str) -> list[str]:
     """The rows of both verdict tables."""
-    tables = text.split("## Does it reproduce the paper?")[1].split("\n## ")[0]
+    tables = text.split("## Does it reproduce the paper?")[1].split("\n## ")[0].split("\n### From the default")[0]
     return [line for line in tables.splitlines() if line.startswith("| ") and not line.startswith("| claim")
             and not line.startswith("| hypothesis")]
 
@@ -203,6 +203,13 @@ def test_other_scales_render_as_their_own_sections_and_verdict_rows(tmp_path):
                                                                                "this scale")
     assert "judge the same claim by the same rule on that scale's data" in text
     assert "judge the same claim" not in alone
+    # the claims judged at both scales, side by side: the mean rule flips, the other holds
+    changes = text.split("### From the default scale to cpu10x: ")[1].split("\n## ")[0].splitlines()
+    assert changes[0] == "1 verdict(s) hold, 1 flip" and "### From the default scale" not in alone
+    pairs = [r for r in changes if r.startswith("| ") and not r.startswith("| claim")]
+    assert len(pairs) == 2 and sum("| **flips** |" in r for r in pairs) == 1
+    flip = next(r for r in pairs if "flips" in r)
+    assert "| reproduced | not reproduced at this scale |" in flip
 
     # the cpu10x section comes right after the default one, with its own table, provenance and raw data
     after = text.split("\n## substrates\n")[1]

@@ -171,6 +171,28 @@ def reproduce_table(studies: dict[str, Study], summaries: dict[str, dict],
               "Not claims of the paper: controls its argument needs, or readings stricter than its words.", "",
               "| hypothesis | paper | growlm, at its scale | verdict |", "|---|---|---|---|"]
     lines += [f"| {r.claim} | {r.paper} | {r.measured} | **{r.verdict}** |" for r in own]
+    return lines + scale_changes(rows)
+
+
+def scale_changes(rows: list[Verdict]) -> list[str]:
+    """Per other scale with data, a table of every claim judged there and at the default scale: both verdicts and
+    whether the verdict holds or flips (each scaled row paired with the default row of the same claim, in order)."""
+    lines = []
+    for scale in SCALED:
+        left = [r for r in rows if r.scale == "default"]
+        pairs = []
+        for r in (r for r in rows if r.scale == scale):
+            match = next((d for d in left if (d.claim, d.source) == (r.claim, r.source)), None)
+            if match is not None:
+                left.remove(match)
+                pairs.append((match, r))
+        if not pairs:
+            continue
+        held = sum(d.verdict == r.verdict for d, r in pairs)
+        lines += ["", f"### From the default scale to {scale}: {held} verdict(s) hold, {len(pairs) - held} flip", "",
+                  f"| claim | whose | default | {scale} | change |", "|---|---|---|---|---|"]
+        lines += [f"| {d.claim} | {'the paper' if d.source == 'paper' else 'growlm'} | {d.verdict} | {r.verdict} | "
+                  f"{'holds' if d.verdict == r.verdict else '**flips**'} |" for d, r in pairs]
     return lines
 
 
