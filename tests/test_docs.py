@@ -39,6 +39,9 @@ SKIP = {
     "growlm compose-study paper-v1-compose": "the paper-size study: 16-layer experts, needs a GPU",
     "growlm experiment substrates --out": "a whole study with 3 seeds (minutes to hours on CPU)",
     "growlm experiment substrates --quick": "tens of seconds even quick; tests/experiments/test_substrates.py runs it",
+    "OMP_NUM_THREADS=1 growlm experiment": "a study's seeds in two processes at cpu10x (hours); "
+                                           "tests/experiments/test_framework.py and tests/test_cli.py split a toy "
+                                           "study's seeds with --only-seed",
     "growlm experiment grown-vs-monolithic --scale gpu": "the GPU size: ~7.9e16 FLOPs on CUDA; "
                                                          "tests/experiments/test_scales.py sizes it without training",
     "python benchmarks/gpu_study.py": "one study at the GPU size on CUDA; tests/test_gpu_study.py runs it at --scale "

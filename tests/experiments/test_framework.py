@@ -198,3 +198,19 @@ def test_scales_are_named_and_quick_is_an_alias(toy_study, tmp_path):
         with pytest.raises(ValueError, match="--scale gpu trains on a CUDA device"):
             run_study("toy-study", tmp_path / "z", seeds=1, scale="gpu")
         assert calls == []
+
+
+def test_a_wide_summary_renders_as_several_equal_tables_and_counts_as_integers():
+    metrics = [f"m{i}" for i in range(23)]
+    cell = {"n": 3, "mean": 1.5, "sd": 0.1, "ci95": [1.4, 1.6]}
+    rows = [{"arm": a, **{m: cell for m in metrics}, "m0": {"n": 3, "mean": 100.0, "sd": 0.0, "ci95": [100.0, 100.0]}}
+            for a in ("a", "b")]
+    summary = {"title": "t", "study": "s", "scale": "default", "seeds": 3, "claim": "c", "group": ["arm"],
+               "metrics": metrics, "rows": rows, "commit": "x", "machine": "m", "torch": "t", "command": "cmd"}
+    text = framework.markdown_table(summary)
+    headers = [line for line in text.splitlines() if line.startswith("| arm |")]
+    assert [len(h.split(" | ")) - 1 for h in headers] == [8, 8, 7]  # 23 metrics: tables of 8, 8 and 7, arm in each
+    assert sum(line.startswith("| a |") for line in text.splitlines()) == 3
+    assert "| a | 100 ± 0 | 1.5000 ± 0.1000 |" in text  # a count the same in every seed, as an integer
+    assert framework.fmt({"n": 3, "mean": 0.0, "sd": 0.0, "ci95": [0.0, 0.0]}) == "0.0000 ± 0.0000"
+    assert framework.fmt({"n": 1, "mean": 7.0, "sd": None, "ci95": None}) == "7"

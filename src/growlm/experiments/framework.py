@@ -372,9 +372,14 @@ def fmt(cell: dict | None, digits: int = 4) -> str:
     if not cell:
         return "–"
     m = cell["mean"]
+    if abs(m) >= 1 and m == int(m) and (not cell["ci95"] or cell["ci95"][1] == m) and abs(m) < 1e6:
+        return f"{int(m)}" + (" ± 0" if cell["ci95"] else "")  # counts (steps, tokens) the same in every seed
     if abs(m) >= 1e6:
         return f"{m:.3g}" + (f" ± {(cell['ci95'][1] - m):.2g}" if cell["ci95"] else "")
     return f"{m:.{digits}f}" + (f" ± {(cell['ci95'][1] - m):.{digits}f}" if cell["ci95"] else "")
+
+
+TABLE_METRICS = 10  # metric columns per Markdown table: wider studies (per task, per language) get several tables
 
 
 def markdown_table(summary: dict) -> str:
@@ -383,10 +388,13 @@ def markdown_table(summary: dict) -> str:
     scale = summary_scale(summary)
     lines = [f"**{summary['title']}** ({summary['study']}{'' if scale == 'default' else ', ' + scale}; "
              f"{summary['seeds']} seed(s); mean ± 95% t-interval half-width over seeds)", "",
-             f"Paper's claim: {summary['claim']}", "",
-             "| " + " | ".join(group + metrics) + " |", "|" + "---|" * (len(group) + len(metrics))]
-    for r in summary["rows"]:
-        lines.append("| " + " | ".join([str(r[g]) for g in group] + [fmt(r.get(m)) for m in metrics]) + " |")
+             f"Paper's claim: {summary['claim']}"]
+    width = -(-len(metrics) // -(-len(metrics) // TABLE_METRICS)) if metrics else 1  # equal tables, <= TABLE_METRICS
+    for i in range(0, len(metrics), width):  # a wide study's metrics in several tables, its groups in each
+        part = metrics[i:i + width]
+        lines += ["", "| " + " | ".join(group + part) + " |", "|" + "---|" * (len(group) + len(part))]
+        for r in summary["rows"]:
+            lines.append("| " + " | ".join([str(r[g]) for g in group] + [fmt(r.get(m)) for m in part]) + " |")
     lines += ["", f"commit `{summary['commit']}`{' (uncommitted changes)' if summary.get('dirty') else ''}; "
               f"machine: {summary['machine']}; torch {summary['torch']}; command: `{summary['command']}`; held-out "
               f"texts {summary.get('heldout_texts', 'v1')}"]
