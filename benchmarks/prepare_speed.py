@@ -102,15 +102,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from growlm.data.documents import default_corpus_dir, load_documents
+    from growlm.util.provenance import git_commit
 
     docs = list(load_documents(default_corpus_dir()))
     res: dict = {"vocab": args.vocab, "cpu_count": os.cpu_count(), "machine": platform.machine(),
                  "processor": platform.processor() or platform.uname().machine, "python": platform.python_version()}
-    try:
-        res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        res["commit"] = None
+    res["commit"] = git_commit(ROOT)[0][:7] or None
     with open("/proc/cpuinfo", encoding="utf-8") as f:
         res["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
 

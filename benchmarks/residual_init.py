@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from growlm.training.metrics import read_metrics
 from growlm.training.plan import Recipe
 from growlm.training.run import grow
+from growlm.util.provenance import git_commit
 
 
 def run_once(base: Recipe, init_depth: int, seed: int, scale: float, batch_size: int) -> dict:
@@ -67,7 +67,7 @@ def main() -> None:
         summary[f"init_depth={d}"] = {
             "final_val_loss_mean": round(sum(r["val_loss"][-1] for r in rs) / len(rs), 4),
             "final_val_loss_per_seed": [r["val_loss"][-1] for r in rs]}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit, _ = git_commit()
     print(json.dumps({"script": "benchmarks/residual_init.py", "args": vars(args), "commit": commit,
                       "machine": f"{platform.machine()} {platform.processor() or ''} "
                                  f"{torch.get_num_threads()} threads, torch {torch.__version__}".strip(),

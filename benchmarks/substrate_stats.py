@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from growlm.substrate import Substrate, unifont
 from growlm.util.fileio import atomic_file
+from growlm.util.provenance import git_commit
 
 SETTINGS = [("glyph", {}), ("glyph16", {}), ("binary", {}), ("binary", {"lift": "repeat"}), ("random", {})]
 
@@ -53,13 +53,11 @@ def main() -> None:
     rows = [stats(kind, vocab, args.d_model, opts) for vocab in args.vocab for kind, opts in SETTINGS
             if not args.kinds or kind in args.kinds]
     root = Path(__file__).resolve().parent.parent
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], cwd=root, capture_output=True,
-                                text=True).stdout.strip())
+    commit, dirty = git_commit(root)
     out = {"benchmark": "substrate_stats", "command": "python benchmarks/substrate_stats.py " + " ".join(
                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                for k, v in vars(args).items() if v is not None and k != "out"),
-           "commit": commit + ("+uncommitted-src" if dirty else ""),
+           "commit": commit + ("+uncommitted" if dirty else ""),
            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                        "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__},
            "rows": rows}

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from growlm.data.documents import default_corpus_dir, load_documents  # noqa: E402
 from growlm.substrate import Tokenizer  # noqa: E402
+from growlm.util.provenance import git_commit  # noqa: E402
 
 
 def measure(name: str, docs: list[tuple[str, str]]) -> dict:
@@ -32,8 +32,7 @@ def measure(name: str, docs: list[tuple[str, str]]) -> dict:
 def main() -> None:
     names = sys.argv[1:] or ["bvv241-2-3", "bmp65k"]
     docs = [(lang or "unk", text) for lang, text in load_documents(default_corpus_dir())]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit, _ = git_commit(Path(__file__).resolve().parents[1])
     print(json.dumps({"commit": commit, "machine": platform.platform(), "corpus": "embedded default corpus",
                       "vocabularies": {n: measure(n, docs) for n in names}}, indent=1))
 
