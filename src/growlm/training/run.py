@@ -92,7 +92,6 @@ class Run:
             self.checkpoint(None)
         if self.dist.main:
             save_model(self.model, self.out / "model", extra={"depth": len(self.model.blocks)})
-        self.close()
         self.log(f"run finished in {time.perf_counter() - t0:.0f}s: {self.out / 'model'}")
         return self.out / "model"
 
