@@ -389,7 +389,8 @@ def markdown_table(summary: dict) -> str:
     lines = [f"**{summary['title']}** ({summary['study']}{'' if scale == 'default' else ', ' + scale}; "
              f"{summary['seeds']} seed(s); mean ± 95% t-interval half-width over seeds)", "",
              f"Paper's claim: {summary['claim']}"]
-    width = -(-len(metrics) // -(-len(metrics) // TABLE_METRICS)) if metrics else 1  # equal tables, <= TABLE_METRICS
+    tables = max(1, math.ceil(len(metrics) / TABLE_METRICS))
+    width = max(1, math.ceil(len(metrics) / tables))  # tables of equal width, at most TABLE_METRICS metrics each
     for i in range(0, len(metrics), width):  # a wide study's metrics in several tables, its groups in each
         part = metrics[i:i + width]
         lines += ["", "| " + " | ".join(group + part) + " |", "|" + "---|" * (len(group) + len(part))]
