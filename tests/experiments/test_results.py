@@ -171,7 +171,7 @@ def test_substrates_are_judged_on_every_language_too():
 
 def _write(tmp_path, folder: str, summary: dict) -> None:
     d = tmp_path / "data" / "experiments" / folder
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / "summary.json").write_text(json.dumps(summary))
 
 
@@ -210,6 +210,14 @@ def test_other_scales_render_as_their_own_sections_and_verdict_rows(tmp_path):
     assert len(pairs) == 2 and sum("| **flips** |" in r for r in pairs) == 1
     flip = next(r for r in pairs if "flips" in r)
     assert "| reproduced | not reproduced at this scale |" in flip
+
+    # a scaled study with fewer seeds than a study's 3 (still under way) shows its numbers, but is not judged yet
+    _write(tmp_path, "substrates-cpu10x", {**big, "seeds": 2})
+    partial = render(tmp_path)
+    scaled = [r for r in _table_rows(partial) if "| cpu10x, " in r]
+    assert len(scaled) == 2 and all("cpu10x, 2 of 3 seeds so far (judged once all have run): " in r and
+                                    r.endswith("| **not run yet** |") for r in scaled)
+    assert "### From the default scale to cpu10x" not in partial
 
     # the cpu10x section comes right after the default one, with its own table, provenance and raw data
     after = text.split("\n## substrates\n")[1]

@@ -11,7 +11,7 @@ from growlm.commands.options import add_no_progress
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from growlm.experiments.framework import SCALES, load_studies, markdown_table, run_study
+    from growlm.experiments.framework import SCALES, SEEDS, load_studies, markdown_table, run_study
 
     if args.name == "report":
         from growlm.experiments.results import write_results
@@ -27,6 +27,8 @@ def _experiment(args: argparse.Namespace) -> int:
         if not args.list:
             print("growlm experiment: error: name a study (above), or 'report'", file=sys.stderr)
         return 0 if args.list else 2
+    if args.seeds is None:
+        args.seeds = SEEDS
     if args.seeds < 1:
         print(f"growlm experiment: error: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
         return 2
@@ -66,7 +68,7 @@ def add_parser(sub) -> None:
                                    "and scale, held-out texts and data) is read back, not rerun; others rerun. "
                                    "'growlm experiment report' writes docs/results.md from the committed raw JSON.")
     p.add_argument("name", nargs="?", help="the study (see --list), or 'report'")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: framework.SEEDS, 3)")
     p.add_argument("--only-seed", type=int, metavar="K", help="run only seed K of 0..N-1 and write its seed-K.json "
                    "(no summary): split a study's seeds over processes or machines, each with its own --out, then "
                    "copy the seed files into one --out and run the study there to read them back and summarise")

@@ -293,7 +293,10 @@ def study_fingerprint(study: Study, scale: str, data: str) -> str:
     return h.hexdigest()
 
 
-def run_study(name: str, out: str | Path, seeds: int = 3, quick: bool = False, argv: list[str] | None = None,
+SEEDS = 3  # seeds per study (growlm experiment --seeds): results.md judges a scaled study on all of them
+
+
+def run_study(name: str, out: str | Path, seeds: int = SEEDS, quick: bool = False, argv: list[str] | None = None,
               progress: bool = False, data: str = "default", log=print, work: str | Path | None = None,
               scale: str | None = None, only_seed: int | None = None) -> dict | None:
     """Run every seed of study ``name`` into ``out``; write raw JSON per seed, summary.json, table.md, plot.png.

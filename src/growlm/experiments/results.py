@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from growlm.experiments.framework import (
+    SEEDS,
     VERDICTS,
     Study,
     Verdict,
@@ -107,6 +108,9 @@ def _judged(study: Study, summary: dict, scale: str = "default") -> list[Verdict
     for v in study.verdict(summary):
         if made_at == "quick":
             v = replace(v, measured=v.measured + " (quick shape only)", verdict=VERDICTS[3])
+        elif made_at != "default" and summary.get("seeds", 0) < SEEDS:  # a scaled study still under way
+            v = replace(v, measured=f"{made_at}, {summary.get('seeds', 0)} of {SEEDS} seeds so far (judged once all "
+                        f"have run): {v.measured}", verdict=VERDICTS[3])
         elif made_at != "default":
             v = replace(v, measured=f"{made_at}: {v.measured}")
         rows.append(replace(v, scale=scale))
@@ -181,7 +185,7 @@ def scale_changes(rows: list[Verdict]) -> list[str]:
     for scale in SCALED:
         left = [r for r in rows if r.scale == "default"]
         pairs = []
-        for r in (r for r in rows if r.scale == scale):
+        for r in (r for r in rows if r.scale == scale and r.verdict != VERDICTS[3]):
             match = next((d for d in left if (d.claim, d.source) == (r.claim, r.source)), None)
             if match is not None:
                 left.remove(match)
