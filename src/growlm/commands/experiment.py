@@ -39,10 +39,6 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.quick and args.scale not in (None, "quick"):
         print(f"growlm experiment: error: --quick is --scale quick, not --scale {args.scale}", file=sys.stderr)
         return 2
-    if args.only_seed is not None and not 0 <= args.only_seed < args.seeds:
-        print(f"growlm experiment: error: --only-seed must be one of the seeds 0..{args.seeds - 1}, got "
-              f"{args.only_seed}", file=sys.stderr)
-        return 2
     scale = "quick" if args.quick else (args.scale or "default")
     out = args.out or f"runs/experiments/{args.name}{'' if scale == 'default' else '-' + scale}"
     argv = ["experiment", args.name, "--seeds", str(args.seeds), *(["--scale", scale] if scale != "default" else []),
