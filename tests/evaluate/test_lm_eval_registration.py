@@ -48,6 +48,16 @@ def test_without_the_pth_lm_eval_finds_no_growlm():
     assert out.returncode != 0 and "no model for this name found" in out.stderr
 
 
+def test_pth_is_silent_when_growlm_is_gone(tmp_path):
+    """An editable install whose source folder moved leaves the .pth behind: Python must still start quietly."""
+    d = tmp_path / "site"
+    d.mkdir()
+    shutil.copy(PTH, d)
+    out = subprocess.run([sys.executable, "-S", "-c", f"import site; site.addsitedir({str(d)!r}); print('up')"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "up\n", "")
+
+
 def test_importing_the_adapter_keeps_lm_evals_own_models():
     from lm_eval.api.registry import get_model, model_registry
 
