@@ -226,6 +226,10 @@ def test_other_scales_render_as_their_own_sections_and_verdict_rows(tmp_path):
     scaled_section = scaled_section.split("\n## ")[0]
     assert '<a id="substrates-cpu10x"></a>' in scaled_section and "(substrates, cpu10x; 3 seed(s)" in scaled_section
     assert "commit `beef`" in scaled_section and "data/experiments/substrates-cpu10x/" in scaled_section
+    # it names its own shape (the notes under its table are the study's, written for the default scale)
+    shape = next(line for line in scaled_section.splitlines() if line.startswith("Shape at this scale"))
+    assert "d_model 256, 4 heads, seq_len 128, batch 16, lr 0.001," in shape and "(d_model 64)" in shape
+    assert "Shape at this scale" not in own
 
 
 def test_a_scale_without_a_default_summary_still_renders(tmp_path):

@@ -22,6 +22,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from growlm.experiments.common import SIZES
 from growlm.experiments.framework import (
     SEEDS,
     VERDICTS,
@@ -375,9 +376,25 @@ def render(docs: str | Path = "docs", argv: list[str] | None = None) -> str:
             lines += _study_section(docs, name, summaries[name])
         for scale, summary in scaled.get(name, {}).items():
             lines += ["", f"## {name} at {scale} scale", "", f"<a id=\"{name}-{scale}\"></a>", "",
-                      *_study_section(docs, f"{name}-{scale}", summary)]
+                      scale_shape(scale), "", *_study_section(docs, f"{name}-{scale}", summary)]
     lines += ["", *benchmark_sections(docs), ""]
     return "\n".join(lines)
+
+
+def scale_shape(scale: str) -> str:
+    """One line naming a scale's shared shape (``common.SIZES``), for the head of its sections: the method notes of a
+    study are written once, and where they name a width, a length or a count of stages they give the default
+    scale's."""
+    size = SIZES[scale]
+    parts = [f"d_model {size['d_model']}", f"{size['n_head']} heads", f"seq_len {size['seq_len']}",
+             f"batch {size['batch_size']}", f"lr {size['lr']:g}", f"{size['warmup_steps']} warm-up steps",
+             f"{size['val_tokens']:,} validation tokens per language"]
+    if "precision" in size:
+        parts.append(size["precision"])
+    return (f"Shape at this scale (`experiments.common.SIZES[\"{scale}\"]`): {', '.join(parts)}. Where the notes "
+            "under the table name a width, a sequence length or a number of stages, they describe the default scale "
+            "(d_model {d}); the numbers in the tables are this scale's.".format(
+                d=SIZES["default"]["d_model"]))
 
 
 def is_results_page(path: Path) -> bool:
