@@ -391,10 +391,10 @@ def scale_shape(scale: str) -> str:
              f"{size['val_tokens']:,} validation tokens per language"]
     if "precision" in size:
         parts.append(size["precision"])
+    default = SIZES["default"]["d_model"]
     return (f"Shape at this scale (`experiments.common.SIZES[\"{scale}\"]`): {', '.join(parts)}. Where the notes "
             "under the table name a width, a sequence length or a number of stages, they describe the default scale "
-            "(d_model {d}); the numbers in the tables are this scale's.".format(
-                d=SIZES["default"]["d_model"]))
+            f"(d_model {default}); the numbers in the tables are this scale's.")
 
 
 def is_results_page(path: Path) -> bool:
