@@ -146,3 +146,24 @@ def test_plan_flops_counts_the_last_stages_lora_adapters():
     plain = budget.plan_flops(Recipe.from_dict(raw))["active_params"]
     assert plain == stages.plan_budgets(Recipe.from_dict(raw))[-1]["active_params"]
     assert last["active_params"] == plain + last["lora_params"]
+
+
+def test_plan_stages_gives_each_stage_its_budget_tokens_and_flops():
+    """``growlm plan``'s numbers: per stage the parameter budget, tokens (steps x batch x seq_len) and the training
+    FLOPs the demo's budget counts for that stage; their sums are ``plan_flops``; the table shows each."""
+    recipe = Recipe.load("demo")
+    planned = budget.plan_stages(recipe)
+    assert [st["stage"] for st in planned] == [st.name for st in recipe.stages]
+    assert [{k: st[k] for k in ("stage", "kind", "steps", "depth", "active_params", "lora_params", "total_params")}
+            for st in planned] == stages.plan_budgets(recipe)
+    for st in planned:
+        assert st["tokens"] == st["steps"] * recipe.train.batch_size * recipe.train.seq_len
+    growth = demo_budget(exact=False).part("growth")
+    trained = [it["flops"] for it in growth.items if it["what"] == "train"]
+    assert [st["train_flops"] for st in planned] == trained
+    assert budget.plan_flops(recipe)["train_flops"] == sum(trained)
+    table = budget.plan_stages_table(recipe, planned)
+    rows = [r for r in table if r.startswith("| ") and not r.startswith("| stage")]
+    assert len(rows) == len(planned) and rows[3].startswith("| lora-1 | lora | 16 | 3 | ")
+    assert f"{sum(trained) / 1e12:.3g} TFLOP of training" in table[-1]
+    assert table[0].startswith("demo: paper block, d_model 128, 4 heads, vocabulary compact (16,384 ids)")

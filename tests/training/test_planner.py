@@ -190,8 +190,12 @@ add = 1
 steps = 10
 """)
     assert main(["plan", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "| stage | kind | steps | depth | trains |" in table and "| g1 | grow | 10 | " in table
+    assert main(["plan", str(path), "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert set(plain) == {"recipe", "config", "stages"} and plain["stages"][0]["active_params"] > 0
+    assert plain["stages"][0]["tokens"] == 10 * 16 * 64 and plain["stages"][0]["train_flops"] > 0
     assert main(["plan", str(path), "--gpus", "8", "--gpu", "a100-40gb", "--parallel", "ddp",
                  "--activation-checkpointing", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -30,8 +30,8 @@ def _grow(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from growlm.training.budget import plan_stages, plan_stages_table
     from growlm.training.plan import Recipe
-    from growlm.training.stages import plan_budgets
 
     recipe = Recipe.load(args.recipe, overrides=args.set)
     if args.gpus is not None:
@@ -41,8 +41,9 @@ def _plan(args: argparse.Namespace) -> int:
                             activation_checkpointing=args.activation_checkpointing or None, mfu=args.mfu)
         print(json.dumps(plan, indent=1) if args.json else "\n".join(plan_table(plan)))
         return 0
-    print(json.dumps({"recipe": recipe.name, "config": recipe.config().to_dict(), "stages": plan_budgets(recipe)},
-                     indent=1))
+    planned = plan_stages(recipe)
+    print(json.dumps({"recipe": recipe.name, "config": recipe.config().to_dict(), "stages": planned}, indent=1)
+          if args.json else "\n".join(plan_stages_table(recipe, planned)))
     return 0
 
 
@@ -98,8 +99,8 @@ def add_parser(sub) -> None:
     add_no_progress(p)
     p.set_defaults(func=_grow)
 
-    p = sub.add_parser("plan", help="parse a recipe and print every stage's active-parameter budget; with --gpus, "
-                       "plan it on a GPU cluster (memory per GPU, largest micro-batch, FLOPs, time, GPU-hours)")
+    p = sub.add_parser("plan", help="parse a recipe and print every stage's parameters, tokens and FLOPs; with "
+                       "--gpus, plan it on a GPU cluster (memory per GPU, largest micro-batch, FLOPs, time, GPU-hours)")
     p.add_argument("recipe", help="recipe file or shipped name")
     _add_set(p)
     p.add_argument("--gpus", type=int, help="plan the run on this many GPUs (docs/cluster.md)")
@@ -109,7 +110,8 @@ def add_parser(sub) -> None:
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="plan with the trained blocks recomputed in the backward (else the recipe's setting)")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation the time estimate assumes")
-    p.add_argument("--json", action="store_true", help="the cluster plan as JSON rather than a table")
+    p.add_argument("--json", action="store_true", help="the plan (or with --gpus the cluster plan) as JSON rather "
+                   "than a table")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("init-recipe", help="start a recipe of your own from a shipped one (copied with its comments)")

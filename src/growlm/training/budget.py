@@ -171,13 +171,40 @@ def grow_part(recipe: Recipe, val_windows: list[int], name: str = "growth") -> t
     return part, depths
 
 
-def plan_flops(recipe: Recipe) -> dict:
-    """Training FLOPs and tokens of a whole plan, stage by stage as it trains, and the trainable parameters of its
-    last stage as that stage trains, LoRA adapters included (``grow_part`` without validation)."""
+def plan_stages(recipe: Recipe) -> list[dict]:
+    """Every stage of a plan as it trains: its parameter budget (``stages.plan_budgets``: depth, trainable parameters,
+    LoRA adapters among them, total) with its tokens and training FLOPs (``grow_part`` without validation)."""
     part, _ = grow_part(recipe, [])
     trained = [it for it in part.items if it["what"] == "train"]
-    return {"train_flops": sum(it["flops"] for it in trained), "tokens": sum(it["tokens"] for it in trained),
-            "active_params": stages.plan_budgets(recipe)[-1]["active_params"]}
+    return [{**b, "tokens": it["tokens"], "train_flops": it["flops"]}
+            for b, it in zip(stages.plan_budgets(recipe), trained, strict=True)]
+
+
+def plan_flops(recipe: Recipe) -> dict:
+    """Training FLOPs and tokens of a whole plan, and the trainable parameters of its last stage as that stage
+    trains, LoRA adapters included (``plan_stages`` summed)."""
+    planned = plan_stages(recipe)
+    return {"train_flops": sum(st["train_flops"] for st in planned), "tokens": sum(st["tokens"] for st in planned),
+            "active_params": planned[-1]["active_params"]}
+
+
+def plan_stages_table(recipe: Recipe, planned: list[dict]) -> list[str]:
+    """Markdown lines of ``plan_stages``: the model in one line, a row per stage, the totals."""
+    cfg, train = recipe.config(), recipe.train
+    head = (f"{recipe.name}: {cfg.block} block, d_model {cfg.d_model}, {cfg.n_head} heads, vocabulary "
+            f"{recipe.substrate.vocab} ({cfg.vocab_size:,} ids) on the {recipe.substrate.kind} substrate"
+            f"{' (trainable)' if cfg.trainable_embedding else ''}; seq_len {train.seq_len}, batch {train.batch_size}"
+            f"{f' in {train.grad_accum} micro-batches' if train.grad_accum > 1 else ''}, lr {train.lr:g}, "
+            f"precision {train.precision}")
+    rows = [head, "", "| stage | kind | steps | depth | trains | of which LoRA | total params | tokens | TFLOP |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    rows += [f"| {st['stage']} | {st['kind']} | {st['steps']:,} | {st['depth']} | {st['active_params']:,} | "
+             f"{st['lora_params']:,} | {st['total_params']:,} | {st['tokens']:,} | {st['train_flops'] / 1e12:.3g} |"
+             for st in planned]
+    rows += ["", f"total: {sum(st['steps'] for st in planned):,} steps, {sum(st['tokens'] for st in planned):,} "
+             f"tokens, {sum(st['train_flops'] for st in planned) / 1e12:.3g} TFLOP of training (model FLOPs: the "
+             "matmuls of forward and backward as each stage runs; validation not counted)"]
+    return rows
 
 
 def samples_part(depths: list[GrowLM], prompt_tokens: int, max_tokens: int) -> Part:
