@@ -3,7 +3,8 @@
 Each recipe shape is a tiny trained run: the recipe's own [model] and [substrate] (preset, head bias, trainable
 embedding, substrate kind) at d_model 32 on the compact vocabulary, grown through the real runner. The export is
 read by ``transformers`` (logits within 1e-5 in float32, same greedy ids, same tokenizer ids) and read back by
-growlm (``load_model(OUT)``: the same logits).
+growlm (``load_model(OUT)``: the same logits); ``--arch stock`` writes each as a widened GPT-NeoX, read the same way
+(read back within 1e-5).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def ids() -> torch.Tensor:
     return torch.randint(0, 16384, (2, 24), generator=torch.Generator().manual_seed(3))
 
 
-def check_export(model, out: Path) -> None:
-    """transformers gives growlm's logits, greedy ids and token ids; growlm reads the export back exactly."""
+def check_export(model, out: Path, back_within: float = 0.0) -> None:
+    """transformers gives growlm's logits, greedy ids and token ids; growlm reads the export back exactly (a widened
+    stock export: within ``back_within``)."""
     info = json.loads((out / "growlm_export.json").read_text())
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=info["trust_remote_code"]).eval()
     idx = ids()
@@ -75,7 +77,7 @@ def check_export(model, out: Path) -> None:
         assert hf.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False).tolist() == greedy.tolist()
         back = load_model(out).eval()
         assert type(back) is type(model)
-        assert torch.equal(back(idx), ours)
+        assert (back(idx) - ours).abs().max().item() <= back_within
     tok, hf_tok = Tokenizer.load("compact"), transformers.AutoTokenizer.from_pretrained(out)
     for text in TEXTS:
         assert hf_tok(text)["input_ids"] == tok.encode(text)
@@ -92,6 +94,12 @@ def test_every_shipped_recipe_exports(key, tiny_data, tmp_path):
     assert model.cfg.head_bias and info["format"] == "growlm" and "bias" in info["reason"]
     assert {"configuration_growlm.py", "modeling_growlm.py"} <= {p.name for p in out.iterdir()}
     check_export(model, out)
+    # --arch stock: the paper block with its head bias as a widened GPTNeoXForCausalLM, a stock architecture
+    stock = export_hf(run, tmp_path / "stock", arch="stock")
+    info = json.loads((stock / "growlm_export.json").read_text())
+    assert (info["format"], info["architecture"], info["widened"]) == ("stock", "GPTNeoXForCausalLM", True)
+    assert not (stock / "modeling_growlm.py").exists()
+    check_export(model, stock, back_within=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -90,17 +90,22 @@ def test_paper_vocabulary_tokenizers(vocab, tmp_path):
 
 
 def test_nonzero_head_bias_goes_to_growlms_modelling_file(substrate, tmp_path):
-    model, run = make_model(substrate, tmp_path, "paper")
+    model, run = make_model(substrate, tmp_path, "llama", head_bias=True)
     with torch.no_grad():
         model.head.bias.add_(0.01)
     save_model(model, run / "model")
     with pytest.raises(ExportError, match="no stock architecture holds this model exactly: the LM head has a bias"):
-        export_hf(run, tmp_path / "hf", arch="stock")
+        export_hf(run, tmp_path / "hf", arch="stock")  # RMSNorm has no bias to carry it: no widened Llama
     assert not (tmp_path / "hf" / "model.safetensors").exists()
+    model, run = make_model(substrate, tmp_path, "paper")
+    with torch.no_grad():
+        model.head.bias.add_(0.01)
+    save_model(model, run / "model")
     out = export_hf(run, tmp_path / "hf")
     info = json.loads((out / "growlm_export.json").read_text())
     assert (info["format"], info["architecture"], info["trust_remote_code"]) == ("growlm", "GrowLMForCausalLM", True)
     assert "LM head has a bias" in info["reason"]
+    assert "--arch stock writes a widened GPTNeoXForCausalLM" in info["reason"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_growlm.GrowLMForCausalLM"
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
@@ -162,3 +167,57 @@ def test_cli_export_verify(substrate, tmp_path, capsys):
     assert out["architecture"] == "GPTNeoXForCausalLM" and out["depth"] == 3
     assert out["format"] == "stock" and "exactly GPTNeoXForCausalLM" in out["why"]
     assert out["max_abs_logit_diff"] == 0.0
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(bias=False, norm_bias=False)])
+@pytest.mark.parametrize("dtype,within", [("float32", 1e-5), ("bfloat16", 0.1)])
+def test_head_bias_as_widened_neox(substrate, tmp_path, overrides, dtype, within):
+    """--arch stock for the paper block with an LM-head bias: GPTNeoXForCausalLM with each head widened to a multiple
+    of 8, with growlm's logits up to rounding (float32), the same greedy ids, and read back."""
+    from growlm.model.saved import load_model
+
+    model, run = make_model(substrate, tmp_path, "paper", **overrides)
+    with torch.no_grad():
+        model.head.bias.copy_(0.3 * torch.randn(model.cfg.vocab_size, generator=torch.Generator().manual_seed(4)))
+    save_model(model, run / "model")
+    out = export_hf(run, tmp_path / "hf", arch="stock", dtype=dtype)
+    info = json.loads((out / "growlm_export.json").read_text())
+    assert (info["format"], info["trust_remote_code"], info["widened"]) == ("stock", False, True)
+    assert "widened to 96 channels (head size 24)" in info["reason"]  # 4 heads of 16 -> 24: 64 + 4 x 8 channels
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["architectures"], cfg["hidden_size"], cfg["num_attention_heads"]) == (["GPTNeoXForCausalLM"], 96, 4)
+    assert int(24 * cfg["rotary_pct"]) == 16  # RoPE on the first 16 dimensions of each head, as growlm's
+    assert not (out / "modeling_growlm.py").exists()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    idx = torch.randint(0, model.cfg.vocab_size, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(idx)
+        assert (hf(idx).logits - ours).abs().max().item() <= within
+        assert (load_model(out)(idx) - ours).abs().max().item() <= within
+        if dtype == "float32":
+            greedy = model.generate(idx[:1, :8], 6, temperature=0)
+            theirs = hf.generate(idx[:1, :8], max_new_tokens=6, do_sample=False, min_new_tokens=6)
+            assert theirs.tolist() == greedy.tolist()
+
+
+@pytest.mark.parametrize("name,index", [("gpt_neox.final_layer_norm.bias", (65,)),
+                                        ("gpt_neox.layers.1.attention.dense.weight", (66, 3)),
+                                        ("gpt_neox.embed_in.weight", (5, 64)),
+                                        ("gpt_neox.layers.0.attention.query_key_value.weight", (16, 2))])  # q extra
+def test_a_changed_widened_export_is_not_read_back(substrate, tmp_path, name, index):
+    """An extra channel (the bias's carrier, a mean row, a zero query dimension) changed after export: reading the
+    export back stops with the tensor's name."""
+    from safetensors.torch import load_file, save_file
+
+    from growlm.model.saved import CheckpointError, load_model
+
+    model, run = make_model(substrate, tmp_path, "paper")
+    with torch.no_grad():
+        model.head.bias.add_(0.1)
+    save_model(model, run / "model")
+    out = export_hf(run, tmp_path / "hf", arch="stock")
+    t = load_file(str(out / "model.safetensors"))
+    t[name][index] += 0.5
+    save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"its '{name}' is not what widening its own weights gives"):
+        load_model(out)

@@ -38,7 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--format", default="hf", choices=["hf"], help="export format (only hf for now)")
     p.add_argument("--arch", default="auto", choices=["auto", "stock", "growlm"],
                    help="auto: a stock architecture where one holds the model exactly, else growlm's modelling "
-                        "file; stock: refuse a model no stock architecture holds; growlm: always growlm's file")
+                        "file; stock: a stock architecture, for the paper block with an LM-head bias (every shipped "
+                        "recipe) a GPTNeoXForCausalLM widened by extra channels that carry the bias (for vLLM and "
+                        "llama.cpp; logits equal up to float rounding), else refuse; growlm: always growlm's file")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the written weights")
     p.add_argument("--verify", action="store_true",

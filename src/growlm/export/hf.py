@@ -7,8 +7,9 @@ Two formats, both exact (same float32 logits up to rounding, same greedy text, s
   ``attn.qkv`` rows [0:C], [C:2C], [2C:3C] become ``q_proj``, ``k_proj``, ``v_proj``); ``paper`` block ->
   ``GPTNeoXForCausalLM`` with ``use_parallel_residual=False`` (sequential pre-norm), ``rotary_pct=1.0`` and exact
   ``gelu`` (NeoX fuses qkv per head, [H, 3, D] rows, where growlm stacks [3, H, D], so the rows are permuted;
-  missing biases export as zeros). Neither output layer has a bias, so a model whose LM head bias is non-zero
-  cannot go here.
+  missing biases export as zeros). Neither output layer has a bias: a paper-block model whose LM head has one goes
+  to a ``GPTNeoXForCausalLM`` widened by extra channels that carry it (``widened_neox_checkpoint``; exact up
+  to float rounding) when asked for (``arch="stock"``).
 * **growlm**, growlm's own small modelling file (``growlm.export.remote``: ``configuration_growlm.py`` and
   ``modeling_growlm.py`` copied into the export, ``auto_map`` in config.json, loaded with
   ``trust_remote_code=True``), for everything else: an LM head with a bias (every shipped recipe trains one: the
@@ -22,6 +23,7 @@ reads the directory back as a growlm model (``load_model(OUT)``, ``growlm eval/g
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -68,6 +70,12 @@ def stock_refusal(model) -> str | None:
         return (f"the LM head has a bias (max |b| = {float(b.detach().abs().max()):.4g}) and "
                 f"{STOCK_NAMES[model.cfg.block]}'s output layer has none")
     return None
+
+
+def widens(model) -> bool:
+    """Whether ``widened_neox_checkpoint`` holds a model that no stock architecture holds as it is: a paper-block
+    GrowLM whose only obstacle is its LM-head bias."""
+    return isinstance(model, GrowLM) and model.cfg.block == "paper" and model.head.bias is not None
 
 
 def _check_head_bias(model, arch: str) -> None:
@@ -144,18 +152,87 @@ def neox_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
             p + "mlp.dense_h_to_4h.weight": blk.mlp.fc.weight, p + "mlp.dense_h_to_4h.bias": _bias(blk.mlp.fc),
             p + "mlp.dense_4h_to_h.weight": blk.mlp.proj.weight, p + "mlp.dense_4h_to_h.bias": _bias(blk.mlp.proj),
         })
-    config = {
+    return _neox_config(model, C, cfg.norm_eps, 1.0), t
+
+
+def _neox_config(model, hidden_size: int, norm_eps: float, rotary_pct: float) -> dict:
+    """The ``GPTNeoXForCausalLM`` config.json of a paper-block GrowLM at this width, eps and rotary share."""
+    cfg = model.cfg
+    return {
         "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
-        "vocab_size": cfg.vocab_size, "hidden_size": C, "intermediate_size": cfg.hidden,
-        "num_hidden_layers": len(model.blocks), "num_attention_heads": H, "hidden_act": "gelu",
-        "max_position_embeddings": cfg.block_size, "layer_norm_eps": cfg.norm_eps,
-        "rotary_pct": 1.0, "rotary_emb_base": cfg.rope_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base, "partial_rotary_factor": 1.0},
+        "vocab_size": cfg.vocab_size, "hidden_size": hidden_size, "intermediate_size": cfg.hidden,
+        "num_hidden_layers": len(model.blocks), "num_attention_heads": cfg.n_head, "hidden_act": "gelu",
+        "max_position_embeddings": cfg.block_size, "layer_norm_eps": norm_eps,
+        "rotary_pct": rotary_pct, "rotary_emb_base": cfg.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base, "partial_rotary_factor": rotary_pct},
         "use_parallel_residual": False, "attention_bias": True, "attention_dropout": cfg.dropout,
         "hidden_dropout": cfg.dropout, "tie_word_embeddings": False, "initializer_range": cfg.init_std,
         "use_cache": True,
     }
-    return config, t
+
+
+def widened_head_size(head_dim: int) -> int:
+    """The head size of a widened export: the next multiple of 8 above ``head_dim`` (fused attention kernels, vLLM's
+    among them, take head sizes in multiples of 8)."""
+    return (head_dim // 8 + 1) * 8
+
+
+def widened_neox_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``GPTNeoXForCausalLM`` config and tensors of a paper-block GrowLM whose LM head has a bias, made exact by
+    widening each head from D to ``widened_head_size(D)`` = D + E dimensions and the residual stream from C to
+    C + H E channels (H heads).
+
+    Every extra channel carries the mean of the C channels: the embedding row's mean, and each sublayer's output
+    projection writes to it the mean of its rows (linear, so it stays the mean). A LayerNorm over C + H E channels
+    then sees the same mean and C / (C + H E) of the variance, which its weight (times sqrt(C / (C + H E))) and eps
+    (times C / (C + H E)) undo; its output on the extra channels is its bias there: zero inside the blocks, so the
+    attention and the MLP see nothing new, and 1 on the first extra channel of the final norm, whose column in the
+    output layer is the head bias. Each head's extra dimensions have zero query, key and value weights; the query is
+    scaled by sqrt((D + E) / D) because attention divides by sqrt(head size); RoPE covers the first D dimensions
+    (``rotary_pct`` (D + 0.5) / (D + E), whose int(head size x pct) is D). Logits equal growlm's up to float
+    rounding (a few 1e-6 in float32).
+    """
+    cfg = model.cfg
+    C, H, D = cfg.d_model, cfg.n_head, cfg.head_dim
+    E = widened_head_size(D) - D
+    X = H * E  # extra channels
+    W = C + X
+    shrink, q_scale = math.sqrt(C / W), math.sqrt((D + E) / D)
+
+    def mean_rows(x: torch.Tensor) -> torch.Tensor:  # C output rows -> C + X, the extras the mean of the C
+        return torch.cat([x, x.mean(0, keepdim=True).expand(X, *x.shape[1:])])
+
+    def zero_cols(x: torch.Tensor) -> torch.Tensor:  # C input columns -> C + X, the extras read nothing
+        return torch.cat([x, x.new_zeros(x.shape[0], X)], 1)
+
+    def norm(n: torch.nn.Module, extra_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([n.weight * shrink, n.weight.new_zeros(X)]), torch.cat([_norm_bias(n), extra_bias])
+
+    def qkv(x: torch.Tensor) -> torch.Tensor:  # rows [3, H, D] -> [H, 3, D + E], the query scaled, zero extras
+        x = x.reshape(3, H, D, -1) * torch.tensor([q_scale, 1.0, 1.0]).view(3, 1, 1, 1)
+        return torch.cat([x, x.new_zeros(3, H, E, x.shape[-1])], 2).transpose(0, 1).reshape(3 * W, -1)
+
+    emb, zeros = model.embedding, torch.zeros(X)
+    head_bias = torch.cat([_bias(model.head)[:, None], model.head.weight.new_zeros(cfg.vocab_size, X - 1)], 1)
+    t = {"gpt_neox.embed_in.weight": torch.cat([emb, emb.mean(1, keepdim=True).expand(-1, X)], 1),
+         "embed_out.weight": torch.cat([model.head.weight, head_bias], 1)}
+    t["gpt_neox.final_layer_norm.weight"], t["gpt_neox.final_layer_norm.bias"] = norm(model.norm, torch.eye(X)[0])
+    for i, blk in enumerate(model.blocks):
+        p = f"gpt_neox.layers.{i}."
+        t[p + "input_layernorm.weight"], t[p + "input_layernorm.bias"] = norm(blk.norm1, zeros)
+        t[p + "post_attention_layernorm.weight"], t[p + "post_attention_layernorm.bias"] = norm(blk.norm2, zeros)
+        proj = blk.attn.proj.weight.reshape(C, H, D)  # its input: heads of D + E, whose extra values are 0
+        t.update({
+            p + "attention.query_key_value.weight": zero_cols(qkv(blk.attn.qkv.weight)),
+            p + "attention.query_key_value.bias": qkv(_bias(blk.attn.qkv)[:, None])[:, 0],
+            p + "attention.dense.weight": mean_rows(torch.cat([proj, proj.new_zeros(C, H, E)], 2).reshape(C, W)),
+            p + "attention.dense.bias": mean_rows(_bias(blk.attn.proj)),
+            p + "mlp.dense_h_to_4h.weight": zero_cols(blk.mlp.fc.weight),
+            p + "mlp.dense_h_to_4h.bias": _bias(blk.mlp.fc),
+            p + "mlp.dense_4h_to_h.weight": mean_rows(blk.mlp.proj.weight),
+            p + "mlp.dense_4h_to_h.bias": mean_rows(_bias(blk.mlp.proj)),
+        })
+    return _neox_config(model, W, cfg.norm_eps * C / W, (D + 0.5) / (D + E)), t
 
 
 STOCK = {"llama": llama_checkpoint, "paper": neox_checkpoint}
@@ -209,19 +286,28 @@ def hf_checkpoint(model, arch: str = "auto") -> tuple[dict, dict[str, torch.Tens
     """The HF config dict, tensors, format (``stock`` or ``growlm``) and the reason for it, of a growlm model.
 
     ``arch``: ``auto`` (a stock architecture where one holds the model exactly, else growlm's modelling file),
-    ``stock`` (refuse what no stock architecture holds) or ``growlm`` (always growlm's modelling file).
+    ``stock`` (a stock architecture: a paper-block model with an LM-head bias as the widened GPT-NeoX of
+    ``widened_neox_checkpoint``; refuse what none holds) or ``growlm`` (always growlm's modelling file).
     """
     if arch not in ARCHS:
         raise ExportError(f"unknown arch {arch!r}; valid: {list(ARCHS)}")
     refusal = stock_refusal(model)
+    if arch == "stock" and refusal and widens(model):
+        config, tensors = widened_neox_checkpoint(model)
+        return config, tensors, "stock", (f"{refusal}: wrote GPTNeoXForCausalLM widened to {config['hidden_size']} "
+                                          f"channels (head size {widened_head_size(model.cfg.head_dim)}), the extra "
+                                          "ones carrying the residual mean and the head bias (logits equal up to "
+                                          "float rounding; a stock architecture, as vLLM and llama.cpp expect)")
     if arch == "stock" and refusal:
         raise ExportError(f"no stock architecture holds this model exactly: {refusal}; export with arch='growlm' "
                           "(growlm's own modelling file, loaded with trust_remote_code=True)")
     if arch == "growlm" or refusal:
         why = "asked for (--arch growlm)" if arch == "growlm" and not refusal else refusal
         config, tensors = growlm_checkpoint(model)
+        stock = ("; --arch stock writes a widened GPTNeoXForCausalLM, a stock architecture"
+                 if arch == "auto" and widens(model) else "")
         return config, tensors, "growlm", (f"{why}: wrote growlm's own modelling file (GrowLMForCausalLM; load with "
-                                           "trust_remote_code=True)")
+                                           f"trust_remote_code=True){stock}")
     style = model.cfg.block
     config, tensors = STOCK[style](model)
     return config, tensors, "stock", f"{STOCK_WHY[style]}: wrote the stock architecture (vLLM and llama.cpp read it)"
@@ -300,6 +386,7 @@ def export_hf(path: str | Path, out: str | Path, dtype: str = "float32", force: 
         (tmp / MARKER).write_text(json.dumps({
             "format": fmt, "architecture": config["architectures"][0], "reason": reason,
             "trust_remote_code": fmt == "growlm", "source": str(src), "kind": meta.get("kind"),
+            "widened": fmt == "stock" and config["hidden_size"] != model.cfg.d_model,
             "method": getattr(model, "method", None),
             "block": experts[0].cfg.block if len(experts) == 1 else [e.cfg.block for e in experts],
             "depth": [len(e.blocks) for e in experts] if len(experts) > 1 else len(experts[0].blocks),

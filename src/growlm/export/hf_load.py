@@ -11,6 +11,7 @@ Registered with ``growlm.model.saved.register_format``, so ``load_model``, ``gro
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -106,8 +107,11 @@ def _from_neox(t: dict, cfg: Config, d: Path) -> dict[str, torch.Tensor]:
             _zero(b, src + ".bias", d)
 
     s = {"head.weight": _take(t, "embed_out.weight", d)}
+    head_bias = t.pop("embed_out.bias", None)  # a widened export's (``_narrowed``)
     if cfg.head_bias:
-        s["head.bias"] = torch.zeros(cfg.vocab_size)
+        s["head.bias"] = torch.zeros(cfg.vocab_size) if head_bias is None else head_bias
+    elif head_bias is not None:
+        _zero(head_bias, "embed_out.bias", d)
     norm("gpt_neox.final_layer_norm", "norm")
     for i in range(cfg.n_layer):
         p, q = f"gpt_neox.layers.{i}.", f"blocks.{i}."
@@ -118,6 +122,52 @@ def _from_neox(t: dict, cfg: Config, d: Path) -> dict[str, torch.Tensor]:
         linear(p + "mlp.dense_h_to_4h", q + "mlp.fc")
         linear(p + "mlp.dense_4h_to_h", q + "mlp.proj")
     return s
+
+
+def _narrowed(t: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """The plain GPT-NeoX tensors (C channels, head size D) of an export that ``widened_neox_checkpoint`` wrote
+    (less its input embedding), the head bias as ``embed_out.bias``; ``check_widened`` holds the rest to it."""
+    C, H, D = cfg.d_model, cfg.n_head, cfg.head_dim
+    W = t["embed_out.weight"].shape[1]
+    E = (W - C) // H  # extra dimensions per head
+    if W <= C or (W - C) % H:
+        raise CheckpointError(f"a widened export of d_model {C} and {H} heads cannot be {W} wide")
+    norm_scale, q_scale = math.sqrt(C / W), math.sqrt((D + E) / D)
+    out = {}
+    for name, x in t.items():
+        if name == "embed_out.weight":
+            out[name], out["embed_out.bias"] = x[:, :C], x[:, C]
+        elif "layernorm" in name or "layer_norm" in name:
+            out[name] = x[:C] / norm_scale if name.endswith(".weight") else x[:C]
+        elif "query_key_value" in name:  # rows [H, 3, D + E] -> [H, 3, D], the query unscaled
+            x = x.reshape(H, 3, D + E, -1)[:, :, :D, :C] / torch.tensor([q_scale, 1.0, 1.0]).view(1, 3, 1, 1)
+            out[name] = x.reshape(3 * C, -1).squeeze(1) if name.endswith(".bias") else x.reshape(3 * C, C)
+        elif "attention.dense" in name:
+            out[name] = x[:C].reshape(C, H, D + E)[:, :, :D].reshape(C, C) if x.dim() == 2 else x[:C]
+        elif "dense_h_to_4h.weight" in name:
+            out[name] = x[:, :C]
+        elif "dense_4h_to_h" in name:
+            out[name] = x[:C]
+        else:
+            out[name] = x
+    return out
+
+
+def check_widened(model, stored: dict[str, torch.Tensor], dtype: str, d: Path) -> None:
+    """Widening the model read back must give the tensors the export holds (up to the export dtype's rounding):
+    an extra channel changed after export stops here instead of changing the logits silently."""
+    from growlm.export.hf import widened_neox_checkpoint  # the one owner of the layout
+
+    dt = DTYPES.get(dtype, torch.float32)
+    eps = torch.finfo(dt).eps
+    for name, x in widened_neox_checkpoint(model)[1].items():
+        x = x.detach().to(dt).float()
+        ref = stored.get(name)
+        if ref is None or ref.shape != x.shape or not torch.allclose(
+                ref, x, rtol=8 * eps, atol=8 * eps * float(ref.abs().max().clamp(min=1.0))):
+            raise CheckpointError(f"the export {d} was written widened (growlm_export.json) but its {name!r} is not "
+                                  "what widening its own weights gives: it was changed after export, and reading it "
+                                  "back would change the logits")
 
 
 EMBEDDING = {"LlamaForCausalLM": "model.embed_tokens.weight", "GPTNeoXForCausalLM": "gpt_neox.embed_in.weight",
@@ -149,9 +199,13 @@ def load_export(d: str | Path, substrate: Substrate | None = None) -> torch.nn.M
     if cls is None:
         raise CheckpointError(f"{d}: unknown model kind {meta['kind']!r}; known kinds: {sorted(KINDS)}")
     t = _read_weights(d)
+    widened = bool(info.get("widened")) and arch == "GPTNeoXForCausalLM"
+    stored = dict(t) if widened else None
     if substrate is None:
         substrate = Substrate.from_spec(meta["substrate"])
     emb = _take(t, EMBEDDING[arch], d)
+    if widened:
+        emb = emb[:, :Config.from_dict(meta["config"]).d_model]
     experts = meta["experts"] if meta["kind"] == "composed" else [meta]
     if arch == "GrowLMForCausalLM":
         state = t
@@ -159,6 +213,8 @@ def load_export(d: str | Path, substrate: Substrate | None = None) -> torch.nn.M
             state = {k.removeprefix("experts.0."): v for k, v in t.items()}
     else:
         cfg = Config.from_dict(meta["config"])
+        if widened:
+            t = _narrowed(t, cfg)
         state = (_from_llama if arch == "LlamaForCausalLM" else _from_neox)(t, cfg, d)
         if t:
             raise CheckpointError(f"the export {d} holds tensors the growlm model has no place for: {sorted(t)[:5]}")
@@ -167,7 +223,10 @@ def load_export(d: str | Path, substrate: Substrate | None = None) -> torch.nn.M
         state["experts.0.embedding" if composed else "embedding"] = emb
     else:
         _check_embedding(emb, substrate, info.get("dtype", "float32"), "expert 0" if composed else "embedding", d)
-    return cls.from_saved(d, meta, state, substrate)
+    model = cls.from_saved(d, meta, state, substrate)
+    if stored is not None:
+        check_widened(model, stored, info.get("dtype", "float32"), d)
+    return model
 
 
 register_format(MARKER, read_description, load_export)
