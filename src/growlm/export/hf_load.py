@@ -128,10 +128,12 @@ def _narrowed(t: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor
     """The plain GPT-NeoX tensors (C channels, head size D) of an export that ``widened_neox_checkpoint`` wrote
     (less its input embedding), the head bias as ``embed_out.bias``; ``check_widened`` holds the rest to it."""
     C, H, D = cfg.d_model, cfg.n_head, cfg.head_dim
+    if "embed_out.weight" not in t:
+        raise CheckpointError("a widened export without 'embed_out.weight': it does not fit its growlm_export.json")
     W = t["embed_out.weight"].shape[1]
-    E = (W - C) // H  # extra dimensions per head
     if W <= C or (W - C) % H:
         raise CheckpointError(f"a widened export of d_model {C} and {H} heads cannot be {W} wide")
+    E = (W - C) // H  # extra dimensions per head
     norm_scale, q_scale = math.sqrt(C / W), math.sqrt((D + E) / D)
     out = {}
     for name, x in t.items():
