@@ -75,6 +75,24 @@ def test_lm_eval_hf_export_agrees_with_growlm_eval(model, tok, offline, data_roo
     _agree(res, evaluate(model, tok, list(tasks), limit=10, data_dir=data_root, progress=False), tasks)
 
 
+def test_lm_eval_hf_reads_a_widened_stock_export(tok, offline, data_root, tmp_path):
+    """A paper-block model with an LM-head bias (as every shipped recipe trains), exported with --arch stock as the
+    widened GPTNeoXForCausalLM: lm-eval's plain `hf` model (no trust_remote_code) scores it as growlm does."""
+    pytest.importorskip("transformers")
+    from growlm.export.hf import export_hf
+    from growlm.model.saved import save_model
+
+    torch.manual_seed(2)
+    cfg = Config.from_preset("tiny", vocab_size=tok.vocab_size, block_size=256, block="paper", head_bias=True)
+    model = GrowLM(cfg, Substrate.build("glyph", "compact", cfg.d_model)).eval()
+    with torch.no_grad():
+        model.head.bias.normal_(0, 0.5)
+    export = export_hf(save_model(model, tmp_path / "model"), tmp_path / "hf", arch="stock")
+    tasks = ("arc_easy", "sciq")
+    res = _lm_eval("hf", f"pretrained={export},dtype=float32", [f"growlm_{t}" for t in tasks], limit=10)
+    _agree(res, evaluate(model, tok, list(tasks), limit=10, data_dir=data_root, progress=False), tasks)
+
+
 def test_load_docs_reads_growlm_keys_only_and_names_bad_tasks(offline):
     docs = load_docs(growlm_task="arc_easy", pretrained="ignored", max_length=64)["test"]
     assert docs[0]["context"] == "Question: Which is hot?\nAnswer:" and docs[0]["choices"][1] == "fire"
