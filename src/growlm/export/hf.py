@@ -23,7 +23,6 @@ reads the directory back as a growlm model (``load_model(OUT)``, ``growlm eval/g
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from growlm.export.hf_load import MARKER
+from growlm.export.widened import bias_or_zeros, widen, widened_head_size
 from growlm.model import GrowLM
 from growlm.model.saved import CheckpointError, load_model, read_json, resolve_model_dir
 from growlm.substrate import Tokenizer
@@ -78,7 +78,7 @@ def widens(model) -> bool:
     return isinstance(model, GrowLM) and model.cfg.block == "paper" and model.head.bias is not None
 
 
-def _check_head_bias(model, arch: str) -> None:
+def _check_headbias_or_zeros(model, arch: str) -> None:
     b = model.head.bias
     if b is not None and bool(b.detach().abs().max() > 0):
         raise ExportError(
@@ -87,18 +87,10 @@ def _check_head_bias(model, arch: str) -> None:
             "modelling file), or train with head_bias=False")
 
 
-def _bias(linear: torch.nn.Linear) -> torch.Tensor:
-    return linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
-
-
-def _norm_bias(norm: torch.nn.Module) -> torch.Tensor:
-    return norm.bias if getattr(norm, "bias", None) is not None else torch.zeros_like(norm.weight)
-
-
 def llama_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
     """HF ``LlamaForCausalLM`` config dict and tensors of a llama-block GrowLM."""
     cfg = model.cfg
-    _check_head_bias(model, "LlamaForCausalLM")
+    _check_headbias_or_zeros(model, "LlamaForCausalLM")
     C = cfg.d_model
     t = {"model.embed_tokens.weight": model.embedding, "model.norm.weight": model.norm.weight,
          "lm_head.weight": model.head.weight}
@@ -132,25 +124,27 @@ def llama_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
 def neox_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
     """HF ``GPTNeoXForCausalLM`` config dict and tensors of a paper-block GrowLM (head bias must be zero)."""
     cfg = model.cfg
-    _check_head_bias(model, "GPTNeoXForCausalLM")
+    _check_headbias_or_zeros(model, "GPTNeoXForCausalLM")
     C, H, D = cfg.d_model, cfg.n_head, cfg.head_dim
 
     def per_head(x: torch.Tensor) -> torch.Tensor:  # rows [3, H, D] -> [H, 3, D]
         return x.reshape(3, H, D, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
 
     t = {"gpt_neox.embed_in.weight": model.embedding, "gpt_neox.final_layer_norm.weight": model.norm.weight,
-         "gpt_neox.final_layer_norm.bias": _norm_bias(model.norm), "embed_out.weight": model.head.weight}
+         "gpt_neox.final_layer_norm.bias": bias_or_zeros(model.norm), "embed_out.weight": model.head.weight}
     for i, blk in enumerate(model.blocks):
         p = f"gpt_neox.layers.{i}."
         t.update({
-            p + "input_layernorm.weight": blk.norm1.weight, p + "input_layernorm.bias": _norm_bias(blk.norm1),
+            p + "input_layernorm.weight": blk.norm1.weight, p + "input_layernorm.bias": bias_or_zeros(blk.norm1),
             p + "post_attention_layernorm.weight": blk.norm2.weight,
-            p + "post_attention_layernorm.bias": _norm_bias(blk.norm2),
+            p + "post_attention_layernorm.bias": bias_or_zeros(blk.norm2),
             p + "attention.query_key_value.weight": per_head(blk.attn.qkv.weight),
-            p + "attention.query_key_value.bias": per_head(_bias(blk.attn.qkv)),
-            p + "attention.dense.weight": blk.attn.proj.weight, p + "attention.dense.bias": _bias(blk.attn.proj),
-            p + "mlp.dense_h_to_4h.weight": blk.mlp.fc.weight, p + "mlp.dense_h_to_4h.bias": _bias(blk.mlp.fc),
-            p + "mlp.dense_4h_to_h.weight": blk.mlp.proj.weight, p + "mlp.dense_4h_to_h.bias": _bias(blk.mlp.proj),
+            p + "attention.query_key_value.bias": per_head(bias_or_zeros(blk.attn.qkv)),
+            p + "attention.dense.weight": blk.attn.proj.weight,
+            p + "attention.dense.bias": bias_or_zeros(blk.attn.proj),
+            p + "mlp.dense_h_to_4h.weight": blk.mlp.fc.weight, p + "mlp.dense_h_to_4h.bias": bias_or_zeros(blk.mlp.fc),
+            p + "mlp.dense_4h_to_h.weight": blk.mlp.proj.weight,
+            p + "mlp.dense_4h_to_h.bias": bias_or_zeros(blk.mlp.proj),
         })
     return _neox_config(model, C, cfg.norm_eps, 1.0), t
 
@@ -171,68 +165,11 @@ def _neox_config(model, hidden_size: int, norm_eps: float, rotary_pct: float) ->
     }
 
 
-def widened_head_size(head_dim: int) -> int:
-    """The head size of a widened export: the next multiple of 8 above ``head_dim`` (fused attention kernels, vLLM's
-    among them, take head sizes in multiples of 8)."""
-    return (head_dim // 8 + 1) * 8
-
-
 def widened_neox_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``GPTNeoXForCausalLM`` config and tensors of a paper-block GrowLM whose LM head has a bias, made exact by
-    widening each head from D to ``widened_head_size(D)`` = D + E dimensions and the residual stream from C to
-    C + H E channels (H heads).
-
-    Every extra channel carries the mean of the C channels: the embedding row's mean, and each sublayer's output
-    projection writes to it the mean of its rows (linear, so it stays the mean). A LayerNorm over C + H E channels
-    then sees the same mean and C / (C + H E) of the variance, which its weight (times sqrt(C / (C + H E))) and eps
-    (times C / (C + H E)) undo; its output on the extra channels is its bias there: zero inside the blocks, so the
-    attention and the MLP see nothing new, and 1 on the first extra channel of the final norm, whose column in the
-    output layer is the head bias. Each head's extra dimensions have zero query, key and value weights; the query is
-    scaled by sqrt((D + E) / D) because attention divides by sqrt(head size); RoPE covers the first D dimensions
-    (``rotary_pct`` (D + 0.5) / (D + E), whose int(head size x pct) is D). Logits equal growlm's up to float
-    rounding (a few 1e-6 in float32).
-    """
-    cfg = model.cfg
-    C, H, D = cfg.d_model, cfg.n_head, cfg.head_dim
-    E = widened_head_size(D) - D
-    X = H * E  # extra channels
-    W = C + X
-    shrink, q_scale = math.sqrt(C / W), math.sqrt((D + E) / D)
-
-    def mean_rows(x: torch.Tensor) -> torch.Tensor:  # C output rows -> C + X, the extras the mean of the C
-        return torch.cat([x, x.mean(0, keepdim=True).expand(X, *x.shape[1:])])
-
-    def zero_cols(x: torch.Tensor) -> torch.Tensor:  # C input columns -> C + X, the extras read nothing
-        return torch.cat([x, x.new_zeros(x.shape[0], X)], 1)
-
-    def norm(n: torch.nn.Module, extra_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([n.weight * shrink, n.weight.new_zeros(X)]), torch.cat([_norm_bias(n), extra_bias])
-
-    def qkv(x: torch.Tensor) -> torch.Tensor:  # rows [3, H, D] -> [H, 3, D + E], the query scaled, zero extras
-        x = x.reshape(3, H, D, -1) * torch.tensor([q_scale, 1.0, 1.0]).view(3, 1, 1, 1)
-        return torch.cat([x, x.new_zeros(3, H, E, x.shape[-1])], 2).transpose(0, 1).reshape(3 * W, -1)
-
-    emb, zeros = model.embedding, torch.zeros(X)
-    head_bias = torch.cat([_bias(model.head)[:, None], model.head.weight.new_zeros(cfg.vocab_size, X - 1)], 1)
-    t = {"gpt_neox.embed_in.weight": torch.cat([emb, emb.mean(1, keepdim=True).expand(-1, X)], 1),
-         "embed_out.weight": torch.cat([model.head.weight, head_bias], 1)}
-    t["gpt_neox.final_layer_norm.weight"], t["gpt_neox.final_layer_norm.bias"] = norm(model.norm, torch.eye(X)[0])
-    for i, blk in enumerate(model.blocks):
-        p = f"gpt_neox.layers.{i}."
-        t[p + "input_layernorm.weight"], t[p + "input_layernorm.bias"] = norm(blk.norm1, zeros)
-        t[p + "post_attention_layernorm.weight"], t[p + "post_attention_layernorm.bias"] = norm(blk.norm2, zeros)
-        proj = blk.attn.proj.weight.reshape(C, H, D)  # its input: heads of D + E, whose extra values are 0
-        t.update({
-            p + "attention.query_key_value.weight": zero_cols(qkv(blk.attn.qkv.weight)),
-            p + "attention.query_key_value.bias": qkv(_bias(blk.attn.qkv)[:, None])[:, 0],
-            p + "attention.dense.weight": mean_rows(torch.cat([proj, proj.new_zeros(C, H, E)], 2).reshape(C, W)),
-            p + "attention.dense.bias": mean_rows(_bias(blk.attn.proj)),
-            p + "mlp.dense_h_to_4h.weight": zero_cols(blk.mlp.fc.weight),
-            p + "mlp.dense_h_to_4h.bias": _bias(blk.mlp.fc),
-            p + "mlp.dense_4h_to_h.weight": mean_rows(blk.mlp.proj.weight),
-            p + "mlp.dense_4h_to_h.bias": mean_rows(_bias(blk.mlp.proj)),
-        })
-    return _neox_config(model, W, cfg.norm_eps * C / W, (D + 0.5) / (D + E)), t
+    """``GPTNeoXForCausalLM`` config dict and tensors of a paper-block GrowLM whose LM head has a bias: the widened
+    layout of ``growlm.export.widened.widen``."""
+    values, t = widen(model)
+    return _neox_config(model, values["hidden_size"], values["layer_norm_eps"], values["rotary_pct"]), t
 
 
 STOCK = {"llama": llama_checkpoint, "paper": neox_checkpoint}

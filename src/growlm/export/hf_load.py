@@ -11,13 +11,13 @@ Registered with ``growlm.model.saved.register_format``, so ``load_model``, ``gro
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from growlm.export.widened import check_widened, narrow
 from growlm.model.model import Config
 from growlm.model.saved import KINDS, CheckpointError, read_json, register_format
 from growlm.substrate import Substrate
@@ -107,7 +107,7 @@ def _from_neox(t: dict, cfg: Config, d: Path) -> dict[str, torch.Tensor]:
             _zero(b, src + ".bias", d)
 
     s = {"head.weight": _take(t, "embed_out.weight", d)}
-    head_bias = t.pop("embed_out.bias", None)  # a widened export's (``_narrowed``)
+    head_bias = t.pop("embed_out.bias", None)  # a widened export's (``widened.narrow``)
     if cfg.head_bias:
         s["head.bias"] = torch.zeros(cfg.vocab_size) if head_bias is None else head_bias
     elif head_bias is not None:
@@ -122,54 +122,6 @@ def _from_neox(t: dict, cfg: Config, d: Path) -> dict[str, torch.Tensor]:
         linear(p + "mlp.dense_h_to_4h", q + "mlp.fc")
         linear(p + "mlp.dense_4h_to_h", q + "mlp.proj")
     return s
-
-
-def _narrowed(t: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
-    """The plain GPT-NeoX tensors (C channels, head size D) of an export that ``widened_neox_checkpoint`` wrote
-    (less its input embedding), the head bias as ``embed_out.bias``; ``check_widened`` holds the rest to it."""
-    C, H, D = cfg.d_model, cfg.n_head, cfg.head_dim
-    if "embed_out.weight" not in t:
-        raise CheckpointError("a widened export without 'embed_out.weight': it does not fit its growlm_export.json")
-    W = t["embed_out.weight"].shape[1]
-    if W <= C or (W - C) % H:
-        raise CheckpointError(f"a widened export of d_model {C} and {H} heads cannot be {W} wide")
-    E = (W - C) // H  # extra dimensions per head
-    norm_scale, q_scale = math.sqrt(C / W), math.sqrt((D + E) / D)
-    out = {}
-    for name, x in t.items():
-        if name == "embed_out.weight":
-            out[name], out["embed_out.bias"] = x[:, :C], x[:, C]
-        elif "layernorm" in name or "layer_norm" in name:
-            out[name] = x[:C] / norm_scale if name.endswith(".weight") else x[:C]
-        elif "query_key_value" in name:  # rows [H, 3, D + E] -> [H, 3, D], the query unscaled
-            x = x.reshape(H, 3, D + E, -1)[:, :, :D, :C] / torch.tensor([q_scale, 1.0, 1.0]).view(1, 3, 1, 1)
-            out[name] = x.reshape(3 * C, -1).squeeze(1) if name.endswith(".bias") else x.reshape(3 * C, C)
-        elif "attention.dense" in name:
-            out[name] = x[:C].reshape(C, H, D + E)[:, :, :D].reshape(C, C) if x.dim() == 2 else x[:C]
-        elif "dense_h_to_4h.weight" in name:
-            out[name] = x[:, :C]
-        elif "dense_4h_to_h" in name:
-            out[name] = x[:C]
-        else:
-            out[name] = x
-    return out
-
-
-def check_widened(model, stored: dict[str, torch.Tensor], dtype: str, d: Path) -> None:
-    """Widening the model read back must give the tensors the export holds (up to the export dtype's rounding):
-    an extra channel changed after export stops here instead of changing the logits silently."""
-    from growlm.export.hf import widened_neox_checkpoint  # the one owner of the layout
-
-    dt = DTYPES.get(dtype, torch.float32)
-    eps = torch.finfo(dt).eps
-    for name, x in widened_neox_checkpoint(model)[1].items():
-        x = x.detach().to(dt).float()
-        ref = stored.get(name)
-        if ref is None or ref.shape != x.shape or not torch.allclose(
-                ref, x, rtol=8 * eps, atol=8 * eps * float(ref.abs().max().clamp(min=1.0))):
-            raise CheckpointError(f"the export {d} was written widened (growlm_export.json) but its {name!r} is not "
-                                  "what widening its own weights gives: it was changed after export, and reading it "
-                                  "back would change the logits")
 
 
 EMBEDDING = {"LlamaForCausalLM": "model.embed_tokens.weight", "GPTNeoXForCausalLM": "gpt_neox.embed_in.weight",
@@ -216,7 +168,7 @@ def load_export(d: str | Path, substrate: Substrate | None = None) -> torch.nn.M
     else:
         cfg = Config.from_dict(meta["config"])
         if widened:
-            t = _narrowed(t, cfg)
+            t = narrow(t, cfg)
         state = (_from_llama if arch == "LlamaForCausalLM" else _from_neox)(t, cfg, d)
         if t:
             raise CheckpointError(f"the export {d} holds tensors the growlm model has no place for: {sorted(t)[:5]}")
@@ -227,7 +179,7 @@ def load_export(d: str | Path, substrate: Substrate | None = None) -> torch.nn.M
         _check_embedding(emb, substrate, info.get("dtype", "float32"), "expert 0" if composed else "embedding", d)
     model = cls.from_saved(d, meta, state, substrate)
     if stored is not None:
-        check_widened(model, stored, info.get("dtype", "float32"), d)
+        check_widened(model, stored, DTYPES.get(info.get("dtype", "float32"), torch.float32), d)
     return model
 
 
