@@ -45,6 +45,10 @@ def test_quickstart_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     out = capsys.readouterr()
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert "split 1 .txt file(s) into" in out.err
+    # the summary: a row per language and split with meta.json's counts, and the next step of the quick start
+    n = meta["languages"]["unk"]["train"]
+    assert f"| unk | train | {n['documents']:,} | {n['tokens']:,} | {n['characters']:,} |" in out.out
+    assert out.out.rstrip().endswith("next: growlm init-recipe mine.toml --from demo --data data")
     assert any(s.endswith(".arrow") for s in meta["sources"])  # the save_to_disk folder was read
     docs = {k: v["documents"] for k, v in meta["languages"]["unk"].items()}
     assert docs["val"] > 0 and docs["train"] + docs["val"] > 60

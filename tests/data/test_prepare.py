@@ -328,7 +328,7 @@ def test_cli_names_the_bad_line_and_skips_with_the_flag(tmp_path: Path, capsys) 
     assert "en.jsonl:2: not UTF-8" in capsys.readouterr().err
     # the same --out resumes with --skip-bad (segments written so far had no bad document)
     with pytest.warns(DataWarning):
-        assert main(["prepare", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--skip-bad"]) == 0
+        assert main(["prepare", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--skip-bad", "--json"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["skipped"] == 3 and "skipped 3 bad document(s)" in out.err
     assert main(["prepare", str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 2

@@ -56,9 +56,21 @@ def _prepare(args: argparse.Namespace) -> int:
     meta = prepare(args.corpus, args.out, vocab=args.vocab, val_fraction=args.val_fraction,
                    text_field=args.text_field, skip_bad=args.skip_bad, split=split,
                    log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress, hub_split=args.hub_split)
-    print(json.dumps({"out": args.out, "vocab": meta["vocab"], "dtype": meta["dtype"], "shards": len(meta["shards"]),
-                      "skipped": meta["skipped"]["count"], "languages": meta["languages"]}, indent=1))
+    summary = {"out": args.out, "vocab": meta["vocab"], "dtype": meta["dtype"], "shards": len(meta["shards"]),
+               "skipped": meta["skipped"]["count"], "languages": meta["languages"]}
+    print(json.dumps(summary, indent=1) if args.json else "\n".join(_prepared_table(summary)))
     return 0
+
+
+def _prepared_table(summary: dict) -> list[str]:
+    """What ``growlm prepare`` wrote, as Markdown lines: a row per language and split, then the next command."""
+    rows = [f"{summary['out']}: vocabulary {summary['vocab']} ({summary['dtype']}), {summary['shards']} shard(s), "
+            f"{summary['skipped']} document(s) skipped", "", "| language | split | documents | tokens | characters |",
+            "|---|---|---|---|---|"]
+    for lang, splits in summary["languages"].items():
+        rows += [f"| {lang} | {split} | {c['documents']:,} | {c['tokens']:,} | {c['characters']:,} |"
+                 for split, c in splits.items()]
+    return rows + ["", f"next: growlm init-recipe mine.toml --from demo --data {summary['out']}"]
 
 
 def _init_recipe(args: argparse.Namespace) -> int:
@@ -139,6 +151,7 @@ def add_parser(sub) -> None:
     p.add_argument("--hub-split", default="train", help="with hf:NAME, the split to prepare")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out documents that are not UTF-8 or not valid JSON, counting them (else: stop)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON rather than a table")
     add_no_progress(p)
     p.set_defaults(func=_prepare)
 
