@@ -9,6 +9,7 @@ import pytest
 
 from growlm.experiments import framework
 from growlm.experiments.framework import Study, mean_interval, register, run_study
+from growlm.util.fileio import OutputDirError
 
 
 def test_mean_interval_is_the_t_interval_over_seeds():
@@ -77,6 +78,24 @@ def test_seeds_split_over_processes_come_together_in_one_summary(toy_study, tmp_
     assert [c[0] for c in calls] == [2, 0, 1]  # every seed read back, none rerun
     whole = run_study("toy-study", tmp_path / "whole", **quiet)
     assert summary["rows"] == whole["rows"]
+    # the seed files copied into a new directory (no marker: they came from other machines) are read back there too
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for k in range(3):
+        (fresh / f"seed-{k}.json").write_bytes((tmp_path / "a" / f"seed-{k}.json").read_bytes())
+    assert run_study("toy-study", fresh, **quiet)["rows"] == whole["rows"]
+    assert [c[0] for c in calls] == [2, 0, 1, 0, 1, 2]  # only the "whole" run trained
+    # ... but not beside a file that is no output of the study, nor as another study's seeds
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "seed-0.json").write_bytes((tmp_path / "a" / "seed-0.json").read_bytes())
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="holds files growlm did not write"):
+        run_study("toy-study", other, **quiet)
+    (other / "notes.txt").unlink()
+    (other / "seed-0.json").write_text(json.dumps({"study": "another-study", "seed": 0}))
+    with pytest.raises(OutputDirError, match="holds files growlm did not write"):
+        run_study("toy-study", other, **quiet)
     with pytest.raises(ValueError, match=r"--only-seed must be one of the seeds 0..2, got 3"):
         run_study("toy-study", tmp_path / "c", only_seed=3, **quiet)
 

@@ -66,7 +66,7 @@ import torch
 from growlm.experiments.heldout import CURRENT as HELDOUT_VERSION
 from growlm.training.flops import cpu_model
 from growlm.training.rundir import RunDir
-from growlm.util.fileio import atomic_file, atomic_write_text, check_not_input
+from growlm.util.fileio import LOCK_NAME, atomic_file, atomic_write_text, check_not_input
 from growlm.util.provenance import git_commit
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); beyond 30 the normal's 1.96 is within 4%
@@ -293,6 +293,25 @@ def study_fingerprint(study: Study, scale: str, data: str) -> str:
     return h.hexdigest()
 
 
+STUDY_OUTPUTS = ("summary.json", "table.md", "plot.png")  # what run_study writes besides seed-N.json and work/
+
+
+def holds_only_seeds_of(d: Path, name: str) -> bool:
+    """Whether directory ``d`` holds nothing but study ``name``'s outputs, with at least one seed file: seed files
+    of ``--only-seed`` runs copied into a new directory, to be read back together."""
+    seeds = [p for p in d.iterdir() if p.name.startswith("seed-") and p.suffix == ".json"]
+    if not seeds or any(p.name not in (*STUDY_OUTPUTS, LOCK_NAME) and p not in seeds for p in d.iterdir()):
+        return False
+    for p in seeds:
+        try:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        if not isinstance(raw, dict) or raw.get("study") != name:
+            return False
+    return True
+
+
 SEEDS = 3  # seeds per study (growlm experiment --seeds): results.md judges a scaled study on all of them
 
 
@@ -326,7 +345,8 @@ def run_study(name: str, out: str | Path, seeds: int = SEEDS, quick: bool = Fals
         check_not_input(out, [data], "--out")
         check_not_input(work or out / "work", [data], "--work")
     fingerprint = study_fingerprint(study, scale, str(data))
-    rundir = RunDir(out, "experiment")  # missing, empty or an earlier experiment's; locked while we write
+    # missing, empty, an earlier experiment's, or seed files of this study copied together; locked while we write
+    rundir = RunDir(out, "experiment", legacy=lambda d: holds_only_seeds_of(d, name))
     try:
         prov = provenance(argv)
         per_seed: dict[int, list[dict]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from growlm.model.saved import MODEL_OWNED
@@ -64,10 +65,12 @@ class RunDir:
     """Claim ``out`` for ``tool`` (it must be missing, empty or that tool's own) and lock it until ``close()``.
 
     With ``resume`` the directory must already be a run. Only the process that writes (rank 0) claims
-    and locks; the others pass ``enabled=False``.
+    and locks; the others pass ``enabled=False``. ``legacy`` recognises an unmarked directory as ``tool``'s own
+    (default: ``LEGACY``'s for the tool).
     """
 
-    def __init__(self, out: str | Path, tool: str, resume: bool = False, enabled: bool = True):
+    def __init__(self, out: str | Path, tool: str, resume: bool = False, enabled: bool = True,
+                 legacy: Callable[[Path], bool] | None = None):
         self.path = Path(out)
         self.lock = None
         if not enabled:
@@ -77,7 +80,7 @@ class RunDir:
             if (self.path / MARKER).is_file() and (self.path / MARKER).read_text().strip() != tool:
                 raise OutputDirError(f"{self.path} is not the output of `growlm {tool}`")
         else:
-            claim_output_dir(self.path, tool, legacy=LEGACY.get(tool))
+            claim_output_dir(self.path, tool, legacy=legacy or LEGACY.get(tool))
         check_writable(self.path)
         check_own_outputs(self.path)
         self.lock = DirLock(self.path)
