@@ -78,7 +78,7 @@ def widens(model) -> bool:
     return isinstance(model, GrowLM) and model.cfg.block == "paper" and model.head.bias is not None
 
 
-def _check_headbias_or_zeros(model, arch: str) -> None:
+def _check_head_bias(model, arch: str) -> None:
     b = model.head.bias
     if b is not None and bool(b.detach().abs().max() > 0):
         raise ExportError(
@@ -90,7 +90,7 @@ def _check_headbias_or_zeros(model, arch: str) -> None:
 def llama_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
     """HF ``LlamaForCausalLM`` config dict and tensors of a llama-block GrowLM."""
     cfg = model.cfg
-    _check_headbias_or_zeros(model, "LlamaForCausalLM")
+    _check_head_bias(model, "LlamaForCausalLM")
     C = cfg.d_model
     t = {"model.embed_tokens.weight": model.embedding, "model.norm.weight": model.norm.weight,
          "lm_head.weight": model.head.weight}
@@ -124,7 +124,7 @@ def llama_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
 def neox_checkpoint(model) -> tuple[dict, dict[str, torch.Tensor]]:
     """HF ``GPTNeoXForCausalLM`` config dict and tensors of a paper-block GrowLM (head bias must be zero)."""
     cfg = model.cfg
-    _check_headbias_or_zeros(model, "GPTNeoXForCausalLM")
+    _check_head_bias(model, "GPTNeoXForCausalLM")
     C, H, D = cfg.d_model, cfg.n_head, cfg.head_dim
 
     def per_head(x: torch.Tensor) -> torch.Tensor:  # rows [3, H, D] -> [H, 3, D]
