@@ -153,13 +153,12 @@ def load_export(d: str | Path, substrate: Substrate | None = None) -> torch.nn.M
     if cls is None:
         raise CheckpointError(f"{d}: unknown model kind {meta['kind']!r}; known kinds: {sorted(KINDS)}")
     t = _read_weights(d)
-    widened = bool(info.get("widened")) and arch == "GPTNeoXForCausalLM"
-    stored = dict(t) if widened else None
+    stored = None
+    if info.get("widened") and arch == "GPTNeoXForCausalLM":  # the plain layout first; stored is checked at the end
+        stored, t = t, narrow(t, Config.from_dict(meta["config"]))
     if substrate is None:
         substrate = Substrate.from_spec(meta["substrate"])
     emb = _take(t, EMBEDDING[arch], d)
-    if widened:
-        emb = emb[:, :Config.from_dict(meta["config"]).d_model]
     experts = meta["experts"] if meta["kind"] == "composed" else [meta]
     if arch == "GrowLMForCausalLM":
         state = t
@@ -167,8 +166,6 @@ def load_export(d: str | Path, substrate: Substrate | None = None) -> torch.nn.M
             state = {k.removeprefix("experts.0."): v for k, v in t.items()}
     else:
         cfg = Config.from_dict(meta["config"])
-        if widened:
-            t = narrow(t, cfg)
         state = (_from_llama if arch == "LlamaForCausalLM" else _from_neox)(t, cfg, d)
         if t:
             raise CheckpointError(f"the export {d} holds tensors the growlm model has no place for: {sorted(t)[:5]}")

@@ -87,8 +87,8 @@ def widen(model) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def narrow(t: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
-    """The plain GPT-NeoX tensors (C channels, head size D) of tensors that ``widen`` wrote (less the input
-    embedding), the head bias as ``embed_out.bias``; ``check_widened`` holds the rest to them."""
+    """The plain GPT-NeoX tensors (C channels, head size D) of tensors that ``widen`` wrote, the head bias as
+    ``embed_out.bias`` (a new dict; ``t`` is left as it is): ``check_widened`` holds the extras to the model."""
     C, H, D = cfg.d_model, cfg.n_head, cfg.head_dim
     if "embed_out.weight" not in t:
         raise CheckpointError("a widened export without 'embed_out.weight': it does not fit its growlm_export.json")
@@ -101,6 +101,8 @@ def narrow(t: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     for name, x in t.items():
         if name == "embed_out.weight":
             out[name], out["embed_out.bias"] = x[:, :C], x[:, C]
+        elif name == "gpt_neox.embed_in.weight":
+            out[name] = x[:, :C]
         elif "layernorm" in name or "layer_norm" in name:
             out[name] = x[:C] / norm_scale if name.endswith(".weight") else x[:C]
         elif "query_key_value" in name:  # rows [H, 3, D + E] -> [H, 3, D], the query unscaled
